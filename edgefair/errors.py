@@ -1,0 +1,25 @@
+"""The error hierarchy. The CLI turns every EdgefairError into a one-line message and exit code 2."""
+
+
+class EdgefairError(Exception):
+    """Base class: bad input or a failure edgefair can explain in one line."""
+
+
+class RecipeError(EdgefairError):
+    """The recipe is malformed: unknown key, bad value, missing file it names."""
+
+
+class DataError(EdgefairError):
+    """Evaluation or calibration data is missing, malformed or does not fit the model."""
+
+
+class ModelSourceError(EdgefairError):
+    """The model source cannot be loaded."""
+
+
+class ExportError(EdgefairError):
+    """Export to ONNX failed or the exported model disagrees with torch."""
+
+
+class StepError(EdgefairError):
+    """A compression step cannot be applied to its input model."""
