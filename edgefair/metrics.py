@@ -1,0 +1,346 @@
+"""Point metrics over one set of rows: classification, calibration, fidelity. Pure numpy.
+
+Conventions (shared with ``edgefair.stats``):
+- ``probs`` is (N, K) with K >= 2 columns of class probabilities; the prediction is the argmax
+  (ties go to the lowest class id) and the *confidence* is the top-label probability.
+- A ratio whose denominator is zero (TPR of a group with no positives, precision of a model that
+  never predicts the positive class, ...) is ``None``, never a made-up 0 or 1. For the multiclass
+  macro averages such classes are left out of the average (scikit-learn's ``zero_division=np.nan``);
+  if every class is undefined the average is ``None``.
+- Binary (K = 2): ``tpr``/``fpr``/``precision``/``f1`` are those of ``positive_label``.
+  Multiclass (K > 2): they are macro averages of the one-vs-rest value of every class.
+  ``selection_rate`` is always the share of rows predicted as ``positive_label`` (the favourable
+  outcome), so demographic parity means the same thing for K = 2 and K > 2.
+- Calibration bins (``strategy="uniform"``): edges ``0, 1/B, ..., 1``; bins are right-closed,
+  ``(e_i, e_{i+1}]``, and confidence exactly 0 falls in the first bin. torchmetrics uses
+  left-closed bins ``[e_i, e_{i+1})`` and puts confidence exactly 1 in a bin of its own: the two
+  agree unless a confidence lies exactly on an inner edge or equals 1 while other rows share the
+  last bin. ``strategy="quantile"`` (equal mass): edges are the ``0, 1/B, ..., 1`` quantiles of
+  the confidences, same right-closed rule, so tied confidences stay in one bin and a bin may be
+  empty.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from edgefair.errors import DataError
+
+OUTPUT_SHAPE_ERROR = "model outputs must have shape (N,), (N, 1) or (N, K), got {shape}"
+NON_FINITE_ERROR = "model outputs contain NaN or infinite values"
+NOT_PROBABILITIES_ERROR = "outputs are not probabilities: values must be in [0, 1] and rows sum to 1"
+KIND_ERROR = "kind must be 'auto', 'logits' or 'probabilities', got {kind!r}"
+STRATEGY_ERROR = "strategy must be 'uniform' or 'quantile', got {strategy!r}"
+N_BINS_ERROR = "n_bins must be an integer >= 1, got {n_bins!r}"
+PROBS_SHAPE_ERROR = "probabilities must have shape (N, K) with K >= 2, got {shape}"
+LABELS_ERROR = "labels must be {n} integer class ids in [0, {k}), got {detail}"
+
+ROW_SUM_TOLERANCE = 1e-4  # float32 softmax outputs sum to 1 within ~1e-6; 1e-4 leaves margin
+LOG_EPS = float(np.finfo(np.float64).eps)  # scikit-learn's log_loss clip for float64 input
+
+# Direction of each metric, used to name best/worst groups (scikit-learn: *_score up, *_loss down).
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "accuracy": True, "balanced_accuracy": True, "tpr": True, "fpr": False, "precision": True,
+    "f1": True, "selection_rate": True, "ece": False, "ece_equal_mass": False, "mce": False,
+    "brier": False, "nll": False, "agreement": True, "flip_rate": False, "cosine_mean": True,
+    "cosine_min": True, "rel_error_mean": False,
+}
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    ex = np.exp(x[~pos])  # exp of a negative number: never overflows
+    out[~pos] = ex / (1.0 + ex)
+    return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, shifted by the row maximum so that no exponent overflows."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    ez = np.exp(z)
+    return ez / ez.sum(axis=1, keepdims=True)
+
+
+def to_probabilities(
+    outputs: np.ndarray, kind: Literal["auto", "logits", "probabilities"] = "auto"
+) -> np.ndarray:
+    """Turn raw model outputs into (N, K) float64 class probabilities.
+
+    (N,) or (N, 1) outputs are binary scores for class 1: a sigmoid for logits, then stacked as
+    ``[1 - p, p]``. ``"auto"`` reads them as probabilities when every value is in [0, 1] and (for
+    K >= 2) rows sum to 1 within 1e-4, else as logits (softmax for K >= 2).
+    """
+    if kind not in ("auto", "logits", "probabilities"):
+        raise ValueError(KIND_ERROR.format(kind=kind))
+    x = np.asarray(outputs, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[1] < 1:
+        raise DataError(OUTPUT_SHAPE_ERROR.format(shape=np.shape(outputs)))
+    if not np.isfinite(x).all():
+        raise DataError(NON_FINITE_ERROR)
+    in_unit = bool(((x >= 0) & (x <= 1)).all())
+    sums_to_one = x.shape[1] == 1 or bool((np.abs(x.sum(axis=1) - 1.0) <= ROW_SUM_TOLERANCE).all())
+    if kind == "auto":
+        kind = "probabilities" if in_unit and sums_to_one else "logits"
+    if kind == "probabilities":
+        if not (in_unit and sums_to_one):
+            raise DataError(NOT_PROBABILITIES_ERROR)
+        if x.shape[1] == 1:
+            return np.hstack([1.0 - x, x])
+        return x / x.sum(axis=1, keepdims=True)  # remove the float32 rounding of the row sums
+    if x.shape[1] == 1:
+        p1 = _sigmoid(x)
+        return np.hstack([1.0 - p1, p1])
+    return softmax(x)
+
+
+def check_probs(probs: np.ndarray) -> np.ndarray:
+    """Validate (N, K >= 2) probabilities and return them as float64."""
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise DataError(PROBS_SHAPE_ERROR.format(shape=np.shape(probs)))
+    if not np.isfinite(p).all():
+        raise DataError(NON_FINITE_ERROR)
+    return p
+
+
+def check_labels(y_true: np.ndarray, n: int, k: int) -> np.ndarray:
+    """Validate integer class ids in [0, k) for n rows and return them as int64."""
+    y = np.asarray(y_true)
+    if y.shape != (n,):
+        raise DataError(LABELS_ERROR.format(n=n, k=k, detail=f"shape {y.shape}"))
+    if y.dtype.kind not in "iub":
+        if y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all():
+            y = y.astype(np.int64)
+        else:
+            raise DataError(LABELS_ERROR.format(n=n, k=k, detail=f"dtype {y.dtype}"))
+    y = y.astype(np.int64)
+    if n and (y.min() < 0 or y.max() >= k):
+        raise DataError(LABELS_ERROR.format(n=n, k=k, detail=f"values in [{y.min()}, {y.max()}]"))
+    return y
+
+
+def top_label(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Confidence (top-label probability) and predicted class of each row."""
+    pred = probs.argmax(axis=1)
+    return probs[np.arange(len(probs)), pred], pred
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return None if den == 0 else float(num) / float(den)
+
+
+def bin_edges(confidence: np.ndarray, n_bins: int, strategy: str) -> np.ndarray:
+    """The n_bins + 1 bin edges (see the module docstring for the closed side)."""
+    if not isinstance(n_bins, (int, np.integer)) or isinstance(n_bins, bool) or n_bins < 1:
+        raise ValueError(N_BINS_ERROR.format(n_bins=n_bins))
+    if strategy == "uniform":
+        return np.linspace(0.0, 1.0, n_bins + 1)
+    if strategy == "quantile":
+        if len(confidence) == 0:
+            return np.linspace(0.0, 1.0, n_bins + 1)
+        edges = np.quantile(confidence, np.linspace(0.0, 1.0, n_bins + 1))
+        edges[0], edges[-1] = 0.0, 1.0  # cover the whole range; inner edges carry the mass split
+        return edges
+    raise ValueError(STRATEGY_ERROR.format(strategy=strategy))
+
+
+def bin_index(confidence: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Right-closed bin of each confidence: bin i holds (edges[i], edges[i+1]]; 0 goes to bin 0."""
+    return np.searchsorted(edges[1:-1], confidence, side="left")
+
+
+def _binned(probs: np.ndarray, y_true: np.ndarray, n_bins: int, strategy: str):
+    p = check_probs(probs)
+    y = check_labels(y_true, len(p), p.shape[1])
+    conf, pred = top_label(p)
+    correct = (pred == y).astype(np.float64)
+    edges = bin_edges(conf, n_bins, strategy)
+    idx = bin_index(conf, edges)
+    count = np.bincount(idx, minlength=n_bins).astype(np.float64)
+    conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
+    acc_sum = np.bincount(idx, weights=correct, minlength=n_bins)
+    return edges, count, conf_sum, acc_sum
+
+
+def reliability(
+    probs: np.ndarray, y_true: np.ndarray, *, n_bins: int = 15,
+    strategy: Literal["uniform", "quantile"] = "uniform",
+) -> list[dict]:
+    """Reliability-curve data, one dict per bin: ``lo``, ``hi`` (edges), ``count``, ``confidence``
+    (mean top-label confidence) and ``accuracy``; the last two are ``None`` for an empty bin."""
+    edges, count, conf_sum, acc_sum = _binned(probs, y_true, n_bins, strategy)
+    return [
+        {"lo": float(edges[i]), "hi": float(edges[i + 1]), "count": int(count[i]),
+         "confidence": _ratio(conf_sum[i], count[i]), "accuracy": _ratio(acc_sum[i], count[i])}
+        for i in range(n_bins)
+    ]
+
+
+def ece(
+    probs: np.ndarray, y_true: np.ndarray, *, n_bins: int = 15,
+    strategy: Literal["uniform", "quantile"] = "uniform",
+) -> float | None:
+    """Top-label expected calibration error: sum over bins of (count/N) * |accuracy - confidence|.
+
+    ``None`` for zero rows.
+    """
+    _, count, conf_sum, acc_sum = _binned(probs, y_true, n_bins, strategy)
+    n = count.sum()
+    return None if n == 0 else float(np.abs(conf_sum - acc_sum).sum() / n)
+
+
+def mce(
+    probs: np.ndarray, y_true: np.ndarray, *, n_bins: int = 15,
+    strategy: Literal["uniform", "quantile"] = "uniform",
+) -> float | None:
+    """Maximum calibration error: the largest |accuracy - confidence| over non-empty bins."""
+    _, count, conf_sum, acc_sum = _binned(probs, y_true, n_bins, strategy)
+    full = count > 0
+    return None if not full.any() else float(np.max(np.abs(conf_sum[full] - acc_sum[full]) / count[full]))
+
+
+def brier_score(probs: np.ndarray, y_true: np.ndarray) -> float | None:
+    """Brier score as scikit-learn defines it: mean over rows of sum_k (p_k - [y = k])^2, halved
+    for K = 2 so that it equals the familiar mean (p_1 - y)^2. ``None`` for zero rows."""
+    p = check_probs(probs)
+    y = check_labels(y_true, len(p), p.shape[1])
+    if len(p) == 0:
+        return None
+    sq = (p - np.eye(p.shape[1])[y]) ** 2
+    value = sq.sum(axis=1).mean()
+    return float(value / 2.0 if p.shape[1] == 2 else value)
+
+
+def log_loss(probs: np.ndarray, y_true: np.ndarray) -> float | None:
+    """Mean negative log-likelihood of the true class, probabilities clipped to [eps, 1 - eps]
+    (float64 eps, as scikit-learn), so a probability of exactly 0 costs -log(eps) ~ 36, not inf."""
+    p = check_probs(probs)
+    y = check_labels(y_true, len(p), p.shape[1])
+    if len(p) == 0:
+        return None
+    p_true = np.clip(p[np.arange(len(p)), y], LOG_EPS, 1.0 - LOG_EPS)
+    return float(-np.log(p_true).mean())
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
+    """(K, K) confusion counts, rows = true class, columns = predicted class."""
+    return np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
+
+
+def _nanmean_or_none(values: np.ndarray) -> float | None:
+    values = values[~np.isnan(values)]
+    return None if len(values) == 0 else float(values.mean())
+
+
+def rates_from_confusion(cm: np.ndarray, *, positive_label: int = 1) -> dict[str, float | None]:
+    """Accuracy, balanced accuracy, TPR, FPR, precision, F1 and selection rate from confusion counts.
+
+    Balanced accuracy is the mean recall over the classes present in the true labels (scikit-learn).
+    """
+    k = cm.shape[0]
+    n = cm.sum()
+    tp = np.diag(cm).astype(np.float64)
+    actual = cm.sum(axis=1).astype(np.float64)   # per true class
+    predicted = cm.sum(axis=0).astype(np.float64)  # per predicted class
+    fp = predicted - tp
+    fn = actual - tp
+    tn = n - tp - fp - fn
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = np.where(actual > 0, tp / actual, np.nan)
+        fpr = np.where(fp + tn > 0, fp / (fp + tn), np.nan)
+        precision = np.where(predicted > 0, tp / predicted, np.nan)
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
+    if k == 2:
+        pick = lambda v: None if np.isnan(v[positive_label]) else float(v[positive_label])  # noqa: E731
+        tpr_v, fpr_v, prec_v, f1_v = pick(recall), pick(fpr), pick(precision), pick(f1)
+    else:
+        tpr_v, fpr_v = _nanmean_or_none(recall), _nanmean_or_none(fpr)
+        prec_v, f1_v = _nanmean_or_none(precision), _nanmean_or_none(f1)
+    return {
+        "accuracy": _ratio(tp.sum(), n),
+        "balanced_accuracy": _nanmean_or_none(recall),
+        "tpr": tpr_v,
+        "fpr": fpr_v,
+        "precision": prec_v,
+        "f1": f1_v,
+        "selection_rate": _ratio(predicted[positive_label], n),
+    }
+
+
+def positive_rates(cm: np.ndarray, *, positive_label: int = 1) -> tuple[float | None, float | None]:
+    """One-vs-rest TPR and FPR of ``positive_label`` (what equalized odds compares, for any K)."""
+    tp = float(cm[positive_label, positive_label])
+    pos = float(cm[positive_label].sum())
+    fp = float(cm[:, positive_label].sum()) - tp
+    neg = float(cm.sum()) - pos
+    return _ratio(tp, pos), _ratio(fp, neg)
+
+
+def classification_metrics(
+    y_true: np.ndarray, probs: np.ndarray, *, positive_label: int = 1, n_bins: int = 15
+) -> dict[str, float | int | None]:
+    """Every per-group metric of one model on one set of rows (see the module docstring).
+
+    Keys: ``n``, ``accuracy``, ``balanced_accuracy``, ``tpr``, ``fpr``, ``precision``, ``f1``,
+    ``selection_rate``, ``ece`` (uniform bins), ``ece_equal_mass``, ``mce``, ``brier``, ``nll``.
+    """
+    p = check_probs(probs)
+    k = p.shape[1]
+    y = check_labels(y_true, len(p), k)
+    if not 0 <= positive_label < k:
+        raise DataError(LABELS_ERROR.format(n=len(p), k=k, detail=f"positive_label {positive_label}"))
+    _, pred = top_label(p)
+    out: dict[str, float | int | None] = {"n": int(len(p))}
+    out.update(rates_from_confusion(confusion(y, pred, k), positive_label=positive_label))
+    out["ece"] = ece(p, y, n_bins=n_bins)
+    out["ece_equal_mass"] = ece(p, y, n_bins=n_bins, strategy="quantile")
+    out["mce"] = mce(p, y, n_bins=n_bins)
+    out["brier"] = brier_score(p, y)
+    out["nll"] = log_loss(p, y)
+    return out
+
+
+def _as_rows(outputs: np.ndarray) -> np.ndarray:
+    x = np.asarray(outputs, dtype=np.float64)
+    return x[:, None] if x.ndim == 1 else x.reshape(len(x), -1)
+
+
+def row_fidelity(outputs: np.ndarray, base_outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row cosine similarity and relative error of raw outputs vs the baseline's.
+
+    (N,) outputs count as 1-vector rows (cosine is then the sign agreement). Cosine of two zero
+    rows is 1, of one zero row 0; relative error divides by max(||base||, 1e-12).
+    """
+    a, b = _as_rows(outputs), _as_rows(base_outputs)
+    if a.shape != b.shape:
+        raise DataError(OUTPUT_SHAPE_ERROR.format(shape=f"{a.shape} vs baseline {b.shape}"))
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    dot = (a * b).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cosine = np.where((na > 0) & (nb > 0), dot / (na * nb), np.where((na == 0) & (nb == 0), 1.0, 0.0))
+    cosine = np.clip(cosine, -1.0, 1.0)
+    rel = np.linalg.norm(a - b, axis=1) / np.maximum(nb, 1e-12)
+    return cosine, rel
+
+
+def fidelity_metrics(
+    pred: np.ndarray, base_pred: np.ndarray, cosine: np.ndarray, rel_error: np.ndarray
+) -> dict[str, float | None]:
+    """Label-free agreement with the baseline over one set of rows (``None`` fields when empty)."""
+    n = len(pred)
+    if n == 0:
+        return {k: None for k in ("agreement", "flip_rate", "cosine_mean", "cosine_min", "rel_error_mean")}
+    flip = float(np.mean(pred != base_pred))
+    return {
+        "agreement": 1.0 - flip,
+        "flip_rate": flip,
+        "cosine_mean": float(cosine.mean()),
+        "cosine_min": float(cosine.min()),
+        "rel_error_mean": float(rel_error.mean()),
+    }
