@@ -1,0 +1,45 @@
+"""Run a model over the evaluation data and turn its outputs into per-group statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .data import Dataset
+from .errors import DataError
+from .runtime import fixed_batch, make_session, run_batched
+
+
+def predict(path: Path, data: Dataset, *, batch_size: int) -> np.ndarray:
+    """Raw first output of the model on every eval row, in order. Uses all cores."""
+    session = make_session(path, threads=0)
+    fixed = fixed_batch(session)
+    try:
+        return run_batched(session, data.batches(fixed or batch_size))
+    except Exception as e:  # onnxruntime raises InvalidArgument/Fail for shape or dtype mismatches
+        first = str(e).strip().splitlines()[0]
+        raise DataError(f"data.eval: {data.path.name} does not fit model {path.name}: {first}") from e
+
+
+def conform_inputs(session, data: Dataset, key: str) -> Dataset:
+    """Check that `data` has every model input with a compatible shape; cast to the model's dtypes."""
+    from .runtime import ORT_DTYPES
+
+    inputs = {}
+    for spec in session.get_inputs():
+        if spec.name not in data.inputs:
+            have = ", ".join(sorted(data.inputs)) or "none"
+            raise DataError(f"{key}: {data.path} has no array {spec.name!r} for model input {spec.name!r} (inputs there: {have})")
+        arr = data.inputs[spec.name]
+        want = spec.shape
+        if arr.ndim != len(want) or any(isinstance(w, int) and w != a for w, a in zip(want[1:], arr.shape[1:])):
+            shown = tuple(w if isinstance(w, int) else "batch" if i == 0 else w for i, w in enumerate(want))
+            raise DataError(f"{key}: array {spec.name!r} in {data.path.name} has shape {arr.shape}, model input expects {shown}")
+        dtype = ORT_DTYPES.get(spec.type)
+        if dtype is None:
+            raise DataError(f"{key}: model input {spec.name!r} has unsupported type {spec.type}")
+        if arr.dtype.kind in "USO":
+            raise DataError(f"{key}: array {spec.name!r} in {data.path.name} holds strings, model input expects {spec.type}")
+        inputs[spec.name] = np.ascontiguousarray(arr.astype(dtype, copy=False))
+    return Dataset(data.path, inputs, data.labels, data.attributes)

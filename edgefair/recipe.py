@@ -1,0 +1,214 @@
+"""The recipe: a TOML file parsed once, at the edge, into frozen dataclasses.
+
+Paths are resolved relative to the recipe's folder. Unknown keys and bad values are errors naming
+the key path. Downstream code never sees the raw TOML.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .config import as_dict, build, check, in_range, positive
+from .errors import RecipeError
+from .io import sha256_bytes
+from .source import is_factory
+from .steps import REGISTRY
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    source: str  # .pt2, .onnx, or pkg.module:factory
+    weights: str | None = None  # with a factory: .safetensors, or a state dict read weights_only
+    output: Literal["auto", "logits", "probabilities"] = "auto"  # how to read the first model output
+    opset: int | None = check(lambda v: 7 <= v <= 30, "must be in [7, 30]", default=None)
+    parity_atol: float = check(positive, "must be > 0", default=1e-4)  # export parity tolerance
+    parity_rtol: float = check(lambda v: v >= 0, "must be >= 0", default=1e-4)
+    trust_pickle: bool = False  # allow .pt2 archives whose payloads are unpickled
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    eval: str
+    calibration: str | None = None
+    train: str | None = None
+    label: str | None = None  # None: "label" if the file has it, else label-free evaluation
+    groups: tuple[str, ...] = ()
+    intersections: bool = True
+    min_group_size: int = check(lambda v: v >= 1, "must be >= 1", default=50)
+    features: tuple[str, ...] | None = None  # csv only; default: every non-label, non-group column
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    bootstrap: int = check(lambda v: v >= 100, "must be >= 100", default=1000)
+    confidence: float = check(*in_range(0.5, 1.0, hi_open=True), default=0.95)
+    seed: int = 0
+    batch_size: int = check(positive, "must be > 0", default=1024)  # rows per inference call
+    ece_bins: int = check(lambda v: v >= 2, "must be >= 2", default=15)
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    threads: int = check(lambda v: v >= 0, "must be >= 0 (0: onnxruntime's choice)", default=1)
+    batch_size: int = check(positive, "must be > 0", default=1)
+    warmup: int = check(lambda v: v >= 0, "must be >= 0", default=20)
+    runs: int = check(lambda v: v >= 10, "must be >= 10", default=200)
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class GatesConfig:
+    max_group_accuracy_drop: float | None = check(*in_range(0.0, 1.0), default=None)
+    max_accuracy_gap_growth: float | None = check(*in_range(0.0, 1.0), default=None)
+    max_group_ece_increase: float | None = check(*in_range(0.0, 1.0), default=None)
+    max_group_flip_rate: float | None = check(*in_range(0.0, 1.0), default=None)
+    max_latency_p95_ms: float | None = check(positive, "must be > 0", default=None)
+    max_size_mb: float | None = check(positive, "must be > 0", default=None)
+    decision: Literal["ci", "point"] = "ci"  # ci: the upper confidence bound of the harm must pass
+    on_insufficient: Literal["warn", "fail"] = "warn"
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    index: int  # 1-based; the baseline is step 0
+    name: str
+    kind: str
+    input: str  # name of the step whose model this step reads
+    config: Any  # the kind's frozen config dataclass
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path
+    sha256: str
+    model: ModelConfig
+    data: DataConfig
+    evaluate: EvaluateConfig
+    latency: LatencyConfig
+    steps: tuple[StepSpec, ...]
+    gates: GatesConfig
+
+    @property
+    def base(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, rel: str) -> Path:
+        return (self.base / rel).resolve()
+
+    def resolved(self) -> dict[str, Any]:
+        """The recipe as edgefair understood it (defaults filled in), for report.json."""
+        return {
+            "model": as_dict(self.model),
+            "data": as_dict(self.data),
+            "evaluate": as_dict(self.evaluate),
+            "latency": as_dict(self.latency),
+            "steps": [{"name": s.name, "kind": s.kind, "input": s.input, **as_dict(s.config)} for s in self.steps],
+            "gates": as_dict(self.gates),
+        }
+
+
+TOP_LEVEL = {"model", "data", "evaluate", "latency", "steps", "gates"}
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise RecipeError(f"recipe not found: {path}")
+    raw_bytes = path.read_bytes()
+    try:
+        raw = tomllib.loads(raw_bytes.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise RecipeError(f"{path}: not valid TOML: {e}") from e
+    return parse_recipe(raw, path=path, sha256=sha256_bytes(raw_bytes))
+
+
+def parse_recipe(raw: dict[str, Any], *, path: Path, sha256: str = "") -> Recipe:
+    unknown = sorted(set(raw) - TOP_LEVEL)
+    if unknown:
+        raise RecipeError(f"{unknown[0]}: unknown table (allowed: {', '.join(sorted(TOP_LEVEL))})")
+    if "model" not in raw:
+        raise RecipeError("model: required table is missing")
+    if "data" not in raw:
+        raise RecipeError("data: required table is missing")
+    model = build(ModelConfig, raw["model"], "model")
+    data = build(DataConfig, raw["data"], "data")
+    base = path.parent
+    _check_file(base, model.source, "model.source", skip=is_factory(model.source))
+    if model.weights is not None:
+        if not is_factory(model.source):
+            raise RecipeError("model.weights: only used with a `pkg.module:factory` source")
+        _check_file(base, model.weights, "model.weights")
+    for key in ("eval", "calibration", "train"):
+        if getattr(data, key) is not None:
+            _check_file(base, getattr(data, key), f"data.{key}")
+    if len(set(data.groups)) != len(data.groups):
+        raise RecipeError("data.groups: attributes must be unique")
+    if data.label is not None and data.label in data.groups:
+        raise RecipeError(f"data.groups: {data.label!r} is the label column")
+    steps = _parse_steps(raw.get("steps", []), data, torch_source=not model.source.endswith(".onnx"))
+    return Recipe(
+        path=path,
+        sha256=sha256,
+        model=model,
+        data=data,
+        evaluate=build(EvaluateConfig, raw.get("evaluate", {}), "evaluate"),
+        latency=build(LatencyConfig, raw.get("latency", {}), "latency"),
+        steps=steps,
+        gates=build(GatesConfig, raw.get("gates", {}), "gates"),
+    )
+
+
+def _check_file(base: Path, rel: str, key: str, *, skip: bool = False) -> None:
+    if not skip and not (base / rel).resolve().is_file():
+        raise RecipeError(f"{key}: file not found: {(base / rel).resolve()}")
+
+
+def _parse_steps(raw_steps: Any, data: DataConfig, *, torch_source: bool) -> tuple[StepSpec, ...]:
+    if not isinstance(raw_steps, list):
+        raise RecipeError("steps: must be an array of tables ([[steps]])")
+    names = ["baseline"]
+    torch_chain = {"baseline"} if torch_source else set()  # steps whose output still has a torch model
+    out = []
+    for i, table in enumerate(raw_steps):
+        key = f"steps[{i}]"
+        if not isinstance(table, dict):
+            raise RecipeError(f"{key}: must be a table")
+        table = dict(table)
+        kind = table.pop("kind", None)
+        if kind is None:
+            raise RecipeError(f"{key}.kind: required key is missing")
+        if kind not in REGISTRY:
+            raise RecipeError(f"{key}.kind: unknown step kind {kind!r} (known: {', '.join(sorted(REGISTRY))})")
+        name = table.pop("name", kind)
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise RecipeError(f"{key}.name: must be letters, digits, '_', '-' or '.' (got {name!r})")
+        if name in names:
+            raise RecipeError(f"{key}.name: step name {name!r} is used twice; give each step a unique name")
+        source = table.pop("input", names[-1])
+        if source not in names:
+            raise RecipeError(f"{key}.input: {source!r} is not an earlier step (earlier: {', '.join(names)})")
+        step_kind = REGISTRY[kind]
+        config = build(step_kind.config_cls, table, key)
+        if step_kind.needs_torch and source not in torch_chain:
+            raise RecipeError(
+                f"{key}: {kind} works on the torch model, but its input {source!r} has none "
+                "(an ONNX source or an ONNX-level step); use a .pt2 or factory source and put it before quantization steps"
+            )
+        if step_kind.needs_calibration and data.calibration is None:
+            raise RecipeError(f"{key}: {kind} needs data.calibration")
+        if step_kind.needs_torch:
+            torch_chain.add(name)
+        names.append(name)
+        out.append(StepSpec(index=i + 1, name=name, kind=kind, input=source, config=config))
+    return tuple(out)

@@ -1,0 +1,114 @@
+"""The result object: report.json (contract, schema_version 1) built from the pipeline's pieces.
+
+Every human and machine output is rendered from this one dict.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .io import sha256_file
+
+SCHEMA_VERSION = 1
+
+
+def step_entry(model: Any, result: dict[str, Any], *, out_name: str) -> dict[str, Any]:
+    stats = result["stats"]
+    return {
+        "index": model.index,
+        "name": model.name,
+        "kind": model.kind,
+        "input": model.input,
+        "model": out_name,
+        "sha256": sha256_file(model.path),
+        "size_bytes": model.path.stat().st_size,
+        "seconds": round(model.seconds, 3),
+        "details": model.details,
+        "warnings": list(model.warnings),
+        "overall": stats["overall"],
+        "groups": stats["groups"],
+        "disparity": stats.get("disparity", {}),
+        "latency": result["latency"],
+        "gates": [],
+        "passed": True,
+    }
+
+
+def build_report(
+    *,
+    recipe: Any,
+    inputs: Any,
+    models: list[Any],
+    results: list[dict[str, Any]],
+    environment: dict[str, Any],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    data = {"eval": _data_entry(inputs.eval)}
+    if inputs.calibration is not None:
+        data["calibration"] = _data_entry(inputs.calibration)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "edgefair", "version": __version__},
+        "environment": environment,
+        "recipe": {"path": str(recipe.path), "sha256": recipe.sha256, "resolved": recipe.resolved()},
+        "source": {"kind": inputs.source.kind, "spec": inputs.source.spec, "sha256": inputs.source.sha256, "parity": inputs.parity},
+        "data": data,
+        "steps": [step_entry(m, r, out_name=f"{m.index:02d}-{m.name}.onnx") for m, r in zip(models, results)],
+        "verdict": "pass",
+        "selected": None,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+def _data_entry(ds: Any) -> dict[str, Any]:
+    return {
+        "path": str(ds.path),
+        "sha256": sha256_file(ds.path),
+        "n": ds.n,
+        "labelled": ds.labels is not None,
+        "groups": {k: sorted(set(v.tolist())) for k, v in ds.attributes.items()},
+    }
+
+
+def fmt(v: Any, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def terminal_table(report: dict[str, Any]) -> str:
+    """A readable per-step, per-group table for the terminal."""
+    lines = []
+    for step in report["steps"]:
+        lat = step.get("latency") or {}
+        ov = step["overall"]
+        head = (
+            f"[{step['index']}] {step['name']} ({step['kind']})  size {step['size_bytes'] / 1e6:.3f} MB"
+            f"  p50 {fmt(lat.get('p50_ms'), '.4f')} ms  p95 {fmt(lat.get('p95_ms'), '.4f')} ms"
+            f"  acc {fmt(ov.get('accuracy'), '.4f')}  ece {fmt(ov.get('ece'), '.4f')}"
+        )
+        if step["index"] > 0:
+            head += f"  flip {fmt(ov.get('flip_rate'), '.4f')}"
+        lines.append(head)
+        lines.append(f"    {'group':<40} {'n':>6} {'accuracy':>9} {'Δacc':>8} {'Δacc CI':>19} {'ece':>7} {'flip':>7}")
+        for key, g in step["groups"].items():
+            if g.get("status") != "ok":
+                lines.append(f"    {key:<40} {g['n']:>6} {'insufficient data (n < min_group_size)':>52}")
+                continue
+            ci = g.get("accuracy_delta_ci")
+            ci_s = f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "-"
+            delta = g.get("accuracy_delta")
+            lines.append(
+                f"    {key:<40} {g['n']:>6} {fmt(g.get('accuracy'), '.4f'):>9} "
+                f"{(format(delta, '+.4f') if delta is not None else '-'):>8} {ci_s:>19} "
+                f"{fmt(g.get('ece'), '.4f'):>7} {fmt(g.get('flip_rate'), '.4f'):>7}"
+            )
+        for w in step.get("warnings", []):
+            lines.append(f"    ! {w}")
+        for gate in step.get("gates", []):
+            if gate["status"] != "pass":
+                where = f" {gate['group']}" if gate.get("group") else ""
+                lines.append(f"    {gate['status'].upper()}: {gate['gate']}{where} value {gate['value']:.4g} > {gate['threshold']:.4g}")
+    sel = report.get("selected")
+    lines.append(f"verdict: {report['verdict'].upper()}" + (f"  selected: step {sel['step']} ({sel['model']})" if sel else ""))
+    return "\n".join(lines)

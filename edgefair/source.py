@@ -1,0 +1,172 @@
+"""Model sources: a torch.export program (.pt2), a `pkg.module:factory` entry point, or an ONNX file.
+
+Loading never unpickles arbitrary objects by default: state dicts are read with
+`torch.load(weights_only=True)` or safetensors, and a .pt2 archive whose payloads would be
+unpickled is refused unless the recipe sets `model.trust_pickle = true`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import io
+import json
+import re
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelSourceError
+from .io import sha256_file
+
+FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclass
+class ModelSource:
+    """A loaded model source. `module` is None for ONNX sources (export is skipped)."""
+
+    kind: str  # "pt2" | "factory" | "onnx"
+    spec: str  # what the recipe named
+    path: Path | None  # file for pt2/onnx; weights file for factories (may be None)
+    module: Any  # torch.nn.Module or None
+    input_names: list[str]
+    sha256: str | None
+
+
+def is_factory(spec: str) -> bool:
+    return bool(FACTORY_RE.match(spec)) and not spec.endswith((".pt2", ".onnx"))
+
+
+def load_source(spec: str, *, base: Path, weights: Path | None = None, trust_pickle: bool = False) -> ModelSource:
+    """Load what `[model] source` names; relative paths are relative to `base` (the recipe's folder)."""
+    if is_factory(spec):
+        return _load_factory(spec, base=base, weights=weights)
+    path = (base / spec).resolve()
+    if not path.is_file():
+        raise ModelSourceError(f"model.source: file not found: {path}")
+    if weights is not None:
+        raise ModelSourceError("model.weights: only used with a `pkg.module:factory` source")
+    if path.suffix == ".onnx":
+        import onnx
+
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # onnx raises DecodeError and others
+            raise ModelSourceError(f"model.source: {path} is not a valid ONNX model: {e}") from e
+        init = {i.name for i in model.graph.initializer}
+        names = [i.name for i in model.graph.input if i.name not in init]
+        return ModelSource("onnx", spec, path, None, names, sha256_file(path))
+    if path.suffix == ".pt2":
+        return _load_pt2(spec, path, trust_pickle=trust_pickle)
+    raise ModelSourceError(f"model.source: unsupported model file {path.name} (use .pt2, .onnx or pkg.module:factory)")
+
+
+def _load_pt2(spec: str, path: Path, *, trust_pickle: bool) -> ModelSource:
+    import torch
+
+    if not trust_pickle:
+        _refuse_pickled_payloads(path)
+    try:
+        program = torch.export.load(str(path))
+    except Exception as e:
+        raise ModelSourceError(f"model.source: cannot load torch.export program {path}: {e}") from e
+    from torch.export.graph_signature import InputKind
+
+    names = [s.arg.name for s in program.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
+    module = program.module()
+    try:
+        module.eval()
+    except Exception:  # some torch versions reject eval() on unlifted exported modules; they trace in eval mode
+        pass
+    return ModelSource("pt2", spec, path, module, names, sha256_file(path))
+
+
+def _refuse_pickled_payloads(path: Path) -> None:
+    """Refuse .pt2 archives that torch.export.load would unpickle (custom objects, tensor subclasses)."""
+    import torch
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise ModelSourceError(f"model.source: {path} is not a torch.export archive: {e}") from e
+    with archive:
+        for name in archive.namelist():
+            if name.endswith("_config.json") and "/data/" in name:
+                try:
+                    config = json.loads(archive.read(name)).get("config", {})
+                except ValueError as e:
+                    raise ModelSourceError(f"model.source: {path}: unreadable {name}: {e}") from e
+                for fqn, meta in config.items():
+                    pickled = meta.get("use_pickle") or not str(meta.get("path_name", "")).startswith(("weight_", "tensor_"))
+                    if pickled:
+                        raise ModelSourceError(
+                            f"model.source: {path} holds a pickled payload ({fqn}); set model.trust_pickle = true only for files you trust"
+                        )
+            elif "/sample_inputs/" in name:
+                try:
+                    torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+                except Exception as e:
+                    raise ModelSourceError(
+                        f"model.source: {path}: sample inputs need unpickling ({e.__class__.__name__}); set model.trust_pickle = true only for files you trust"
+                    ) from e
+
+
+def _load_factory(spec: str, *, base: Path, weights: Path | None) -> ModelSource:
+    import torch
+
+    module_name, func_name = spec.split(":")
+    added = str(base) not in sys.path
+    if added:
+        sys.path.insert(0, str(base))
+    try:
+        mod = importlib.import_module(module_name)
+        factory = getattr(mod, func_name)
+    except (ImportError, AttributeError) as e:
+        raise ModelSourceError(f"model.source: cannot import {spec}: {e}") from e
+    finally:
+        if added:
+            sys.path.remove(str(base))
+    try:
+        model = factory()
+    except Exception as e:
+        raise ModelSourceError(f"model.source: factory {spec} failed: {e}") from e
+    if not isinstance(model, torch.nn.Module):
+        raise ModelSourceError(f"model.source: factory {spec} returned {type(model).__name__}, not a torch.nn.Module")
+    digest = None
+    if weights is not None:
+        try:
+            model.load_state_dict(_read_state_dict(weights))
+        except (RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0]
+            raise ModelSourceError(f"model.weights: {weights} does not fit {spec}: {first}") from e
+        digest = sha256_file(weights)
+    model.eval()
+    params = [
+        p.name
+        for p in inspect.signature(model.forward).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return ModelSource("factory", spec, weights, model, params, digest)
+
+
+def _read_state_dict(path: Path) -> dict:
+    import torch
+
+    if not path.is_file():
+        raise ModelSourceError(f"model.weights: file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except ImportError as e:
+        raise ModelSourceError("model.weights: reading .safetensors needs the `safetensors` package") from e
+    except Exception as e:
+        raise ModelSourceError(f"model.weights: cannot read {path} safely (weights_only): {e}") from e
+    if not isinstance(state, dict):
+        raise ModelSourceError(f"model.weights: {path} does not hold a state dict")
+    return state

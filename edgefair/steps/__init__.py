@@ -1,0 +1,57 @@
+"""Compression steps: each is a frozen config dataclass plus one `apply` that reads the input step's
+ONNX model (or its torch model, for steps that work before export) and writes a new ONNX file.
+A step never edits its input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..data import Dataset
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a step may read besides its config and input model."""
+
+    torch_model: Any | None  # the input step's torch model, when the chain is still in torch
+    calibration: Dataset | None  # inputs named like the model inputs
+    export: Callable[[Any, Path], None]  # export a torch module with the baseline's inputs
+    workdir: Path  # scratch space, removed after the run
+    seed: int
+
+
+@dataclass
+class StepOutcome:
+    torch_model: Any | None = None  # set by torch-level steps, so later torch-level steps can chain
+    warnings: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StepKind:
+    kind: str
+    config_cls: type
+    apply: Callable[[Any, Path, Path, StepContext], StepOutcome]
+    needs_torch: bool
+    needs_calibration: bool
+
+
+REGISTRY: dict[str, StepKind] = {}
+
+
+def register(kind: str, config_cls: type, *, needs_torch: bool = False, needs_calibration: bool = False):
+    """Register `apply(config, src, dst, ctx) -> StepOutcome` as the handler of `kind`."""
+
+    def deco(fn: Callable[[Any, Path, Path, StepContext], StepOutcome]):
+        if kind in REGISTRY:
+            raise ValueError(f"step kind {kind!r} registered twice")
+        REGISTRY[kind] = StepKind(kind, config_cls, fn, needs_torch, needs_calibration)
+        return fn
+
+    return deco
+
+
+from . import prune, quantize  # noqa: E402,F401  (fill the registry)

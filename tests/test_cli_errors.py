@@ -1,0 +1,162 @@
+"""Every bad input is a one-line `Error:` naming the culprit, exit code 2, and nothing written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import BASE_RECIPE, run_cli, write_recipe
+
+
+def run_bad(recipe_dir, recipe_text: str, expected: str):
+    recipe = write_recipe(recipe_dir / "r.toml", recipe_text)
+    out = recipe_dir / "out"
+    result = run_cli(["run", str(recipe), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = [l for l in result.output.splitlines() if l.startswith("Error:")]
+    assert len(lines) == 1, result.output
+    assert expected in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    assert not out.exists() or not any(out.iterdir()), "a failed run must not leave outputs behind"
+    return lines[0]
+
+
+def test_missing_recipe(tmp_path):
+    result = run_cli(["run", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"Error: recipe not found: {tmp_path / 'nope.toml'}"
+
+
+def test_not_toml(recipe_dir):
+    run_bad(recipe_dir, "[model\nsource=", "not valid TOML")
+
+
+@pytest.mark.parametrize(
+    "patch, expected",
+    [
+        (("[data]", "[data]\nevall = 'x.npz'"), "data.evall: unknown key"),
+        (("[latency]", "[latency]\nthreds = 2"), "latency.threds: unknown key"),
+        (("[evaluate]", "[evaluate]\nconfidence = 1.5"), "evaluate.confidence: must be in [0.5, 1)"),
+        (("[evaluate]", "[evaluate]\nseed = 'zero'"), "evaluate.seed: must be an integer"),
+        (("[model]", "[gates]\nmax_group_acuracy_drop = 0.01\n[model]"), "gates.max_group_acuracy_drop: unknown key"),
+        (("eval = \"eval.npz\"", "eval = \"missing.npz\""), "data.eval: file not found"),
+        (("source = \"tiny.pt2\"", "source = \"missing.pt2\""), "model.source: file not found"),
+    ],
+)
+def test_recipe_errors(recipe_dir, patch, expected):
+    run_bad(recipe_dir, BASE_RECIPE.replace(*patch, 1), expected)
+
+
+def test_bad_step_value(recipe_dir):
+    run_bad(recipe_dir, BASE_RECIPE + "\n[[steps]]\nkind = 'prune'\nsparsity = 1.5\n", "steps[0].sparsity: must be in [0, 1)")
+
+
+def test_unknown_step_kind(recipe_dir):
+    run_bad(recipe_dir, BASE_RECIPE + "\n[[steps]]\nkind = 'distill'\n", "steps[0].kind: unknown step kind 'distill'")
+
+
+def test_unknown_step_key(recipe_dir):
+    run_bad(recipe_dir, BASE_RECIPE + "\n[[steps]]\nkind = 'quantize_static'\nmethd = 'minmax'\n", "steps[0].methd: unknown key")
+
+
+def test_duplicate_step_name(recipe_dir):
+    text = BASE_RECIPE + "\n[[steps]]\nkind = 'quantize_dynamic'\n[[steps]]\nkind = 'quantize_dynamic'\n"
+    run_bad(recipe_dir, text, "steps[1].name: step name 'quantize_dynamic' is used twice")
+
+
+def test_slow_dynamic_conv_refused(recipe_dir):
+    text = BASE_RECIPE + "\n[[steps]]\nkind = 'quantize_dynamic'\nop_types = ['Conv', 'MatMul']\n"
+    run_bad(recipe_dir, text, "steps[0].op_types: dynamic int8 Conv (ConvInteger) runs 7-11x slower")
+
+
+def test_prune_after_quantization_refused(recipe_dir):
+    text = BASE_RECIPE + "\n[[steps]]\nkind = 'quantize_dynamic'\n[[steps]]\nkind = 'prune'\nsparsity = 0.5\n"
+    run_bad(recipe_dir, text, "steps[1]: prune works on the torch model")
+
+
+def test_missing_label_column(recipe_dir):
+    run_bad(recipe_dir, BASE_RECIPE.replace("[data]", "[data]\nlabel = 'target'"), "data.eval: label column 'target' not in")
+
+
+def test_missing_group_column(recipe_dir):
+    run_bad(recipe_dir, BASE_RECIPE.replace('groups = ["g", "h"]', 'groups = ["g", "sex"]'), "data.eval: group column 'sex' not in")
+
+
+def test_data_shape_does_not_fit_model(recipe_dir):
+    with np.load(recipe_dir / "eval.npz") as z:
+        arrays = dict(z)
+    arrays["features"] = arrays["features"][:, :5]
+    np.savez(recipe_dir / "narrow.npz", **arrays)
+    line = run_bad(recipe_dir, BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "narrow.npz"'), "data.eval:")
+    assert "do not fit the model" in line and "features" in line
+
+
+def test_data_shape_does_not_fit_onnx_model(recipe_dir, tmp_path):
+    # first a real run to get an ONNX file, then feed it data of the wrong width
+    result = run_cli(["run", str(write_recipe(recipe_dir / "ok.toml", BASE_RECIPE)), "--out", str(tmp_path / "first")])
+    assert result.exit_code == 0, result.output
+    (recipe_dir / "m.onnx").symlink_to(tmp_path / "first" / "00-baseline.onnx")
+    with np.load(recipe_dir / "eval.npz") as z:
+        arrays = dict(z)
+    arrays["features"] = arrays["features"][:, :5]
+    np.savez(recipe_dir / "narrow.npz", **arrays)
+    text = BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "m.onnx"').replace('eval = "eval.npz"', 'eval = "narrow.npz"')
+    run_bad(recipe_dir, text, "data.eval: array 'features' in narrow.npz has shape (800, 5), model input expects ('batch', 6)")
+
+
+def test_missing_input_array(recipe_dir):
+    with np.load(recipe_dir / "eval.npz") as z:
+        arrays = dict(z)
+    arrays["x"] = arrays.pop("features")
+    np.savez(recipe_dir / "renamed.npz", **arrays)
+    run_bad(recipe_dir, BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "renamed.npz"'), "has no array 'features' for model input 'features'")
+
+
+def test_pickled_data_refused(recipe_dir):
+    with np.load(recipe_dir / "eval.npz") as z:
+        arrays = dict(z)
+    arrays["g"] = arrays["g"].astype(object)
+    np.savez(recipe_dir / "pickled.npz", **arrays)
+    run_bad(recipe_dir, BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "pickled.npz"'), "holds pickled (object) arrays")
+
+
+def test_model_that_fails_to_export(recipe_dir):
+    text = BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "tiny_model:branchy"')
+    run_bad(recipe_dir, text, "model.source: export to ONNX failed")
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("tiny_model:broken", "model.source: factory tiny_model:broken failed: factory exploded"),
+        ("tiny_model:not_a_module", "returned int, not a torch.nn.Module"),
+        ("no_such_module:build", "model.source: cannot import no_such_module:build"),
+    ],
+)
+def test_factory_errors(recipe_dir, source, expected):
+    run_bad(recipe_dir, BASE_RECIPE.replace('source = "tiny.pt2"', f'source = "{source}"'), expected)
+
+
+def test_weights_that_do_not_fit(recipe_dir):
+    import torch
+
+    torch.save({"fc1.weight": torch.zeros(3, 3)}, recipe_dir / "wrong.pt")
+    text = BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "tiny_model:build"\nweights = "wrong.pt"')
+    run_bad(recipe_dir, text, "model.weights:")
+
+
+def test_weights_with_pickled_objects_refused(recipe_dir):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (recipe_dir / "evil.pt").write_bytes(pickle.dumps({"fc1.weight": Evil()}))
+    text = BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "tiny_model:build"\nweights = "evil.pt"')
+    run_bad(recipe_dir, text, "cannot read")
+
+
+def test_not_an_onnx_file(recipe_dir):
+    (recipe_dir / "junk.onnx").write_bytes(b"not a model")
+    run_bad(recipe_dir, BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "junk.onnx"'), "model.source:")

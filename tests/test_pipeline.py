@@ -1,0 +1,145 @@
+"""End to end on the tiny model: real export, real onnxruntime quantization, real sessions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from sklearn.metrics import accuracy_score
+
+from conftest import BASE_RECIPE, run_cli, write_recipe
+
+STEPS = """
+[[steps]]
+kind = "prune"
+sparsity = 0.5
+
+[[steps]]
+kind = "quantize_dynamic"
+per_channel = true
+
+[[steps]]
+name = "static-entropy"
+kind = "quantize_static"
+input = "prune"
+method = "entropy"
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny, tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    for f in tiny.iterdir():
+        if f.is_file():
+            (root / f.name).symlink_to(f)
+    recipe = write_recipe(root / "r.toml", BASE_RECIPE + STEPS)
+    out = root / "out"
+    result = run_cli(["run", str(recipe), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return root, out, json.loads((out / "report.json").read_text()), result.output
+
+
+def test_report_has_every_step_and_group(tiny_run):
+    _, out, report, _ = tiny_run
+    assert report["schema_version"] == 1
+    names = [s["name"] for s in report["steps"]]
+    assert names == ["baseline", "prune", "quantize_dynamic", "static-entropy"]
+    for step in report["steps"]:
+        assert (out / step["model"]).is_file()
+        for key in ["g=a", "g=b", "h=x", "h=y", "g=a&h=x"]:
+            g = step["groups"][key]
+            assert g["status"] == "ok" and 0 <= g["accuracy"] <= 1 and 0 <= g["ece"] <= 1
+        lat = step["latency"]
+        assert lat["runs"] == 20 and 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p95_ms"] <= lat["p99_ms"]
+    for step in report["steps"][1:]:
+        for key, g in step["groups"].items():
+            if g["status"] == "ok":
+                assert 0 <= g["flip_rate"] <= 1
+                lo, hi = g["accuracy_delta_ci"]
+                assert lo <= g["accuracy_delta"] <= hi
+
+
+def test_small_group_is_insufficient(tiny_run):
+    _, _, report, _ = tiny_run
+    g = report["steps"][1]["groups"]["g=c"]
+    assert g["n"] < 40 and g["status"] == "insufficient_data"
+    assert "accuracy" not in g
+
+
+def test_numbers_match_independent_recomputation(tiny_run):
+    root, out, report, _ = tiny_run
+    with np.load(root / "eval.npz") as z:
+        x, y, g, h = z["features"], z["label"], z["g"], z["h"]
+    preds = {}
+    for step in report["steps"]:
+        sess = ort.InferenceSession(str(out / step["model"]), providers=["CPUExecutionProvider"])
+        preds[step["index"]] = sess.run(None, {"features": x})[0].argmax(1)
+    for step in report["steps"]:
+        p = preds[step["index"]]
+        assert step["overall"]["accuracy"] == pytest.approx(accuracy_score(y, p), abs=1e-9)
+        for attr, col in (("g", g), ("h", h)):
+            for value in ("a", "b") if attr == "g" else ("x", "y"):
+                m = col == value
+                entry = step["groups"][f"{attr}={value}"]
+                assert entry["n"] == int(m.sum())
+                assert entry["accuracy"] == pytest.approx(accuracy_score(y[m], p[m]), abs=1e-9)
+                if step["index"] > 0:
+                    base = preds[0]
+                    assert entry["flip_rate"] == pytest.approx(float(np.mean(p[m] != base[m])), abs=1e-9)
+                    acc_base = accuracy_score(y[m], base[m])
+                    assert entry["accuracy_delta"] == pytest.approx(accuracy_score(y[m], p[m]) - acc_base, abs=1e-9)
+
+
+def test_steps_really_compress(tiny_run):
+    _, out, report, _ = tiny_run
+    ops = {s["name"]: {n.op_type for n in onnx.load(str(out / s["model"])).graph.node} for s in report["steps"]}
+    assert "MatMulInteger" in ops["quantize_dynamic"]
+    assert "QuantizeLinear" in ops["static-entropy"] and "DequantizeLinear" in ops["static-entropy"]
+    # pruning zeroes half of each weight matrix, permanently, in the exported graph
+    pruned = onnx.load(str(out / "01-prune.onnx"))
+    mats = [onnx.numpy_helper.to_array(t) for t in pruned.graph.initializer if len(t.dims) == 2]
+    assert mats and all(abs((m == 0).mean() - 0.5) < 0.02 for m in mats)
+    assert report["steps"][1]["details"]["achieved_sparsity"] == pytest.approx(0.5, abs=0.02)
+    # the exported baseline has a dynamic batch axis
+    base = onnx.load(str(out / "00-baseline.onnx"))
+    assert base.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+
+
+def test_terminal_table_lists_groups(tiny_run):
+    *_, output = tiny_run
+    assert "[2] quantize_dynamic" in output and "g=a&h=x" in output and "insufficient data" in output
+
+
+def test_same_inputs_same_metrics(tiny_run, tmp_path):
+    root, _, report, _ = tiny_run
+    out2 = tmp_path / "again"
+    assert run_cli(["run", str(root / "r.toml"), "--out", str(out2)]).exit_code == 0
+    again = json.loads((out2 / "report.json").read_text())
+    for a, b in zip(report["steps"], again["steps"]):
+        assert a["groups"] == b["groups"] and a["overall"] == b["overall"]
+
+
+def test_factory_source_with_safetensors_matches_pt2(recipe_dir, tiny_run):
+    _, _, report, _ = tiny_run
+    text = BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "tiny_model:build"\nweights = "tiny.safetensors"')
+    out = recipe_dir / "out"
+    result = run_cli(["run", str(write_recipe(recipe_dir / "f.toml", text)), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    factory = json.loads((out / "report.json").read_text())
+    assert factory["steps"][0]["overall"]["accuracy"] == report["steps"][0]["overall"]["accuracy"]
+    assert factory["source"]["parity"]["argmax_agreement"] == 1.0
+
+
+def test_onnx_source_skips_export(recipe_dir, tiny_run):
+    _, out, report, _ = tiny_run
+    (recipe_dir / "m.onnx").symlink_to(out / "00-baseline.onnx")
+    text = BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "m.onnx"') + "\n[[steps]]\nkind = 'quantize_dynamic'\n"
+    out2 = recipe_dir / "out"
+    result = run_cli(["run", str(write_recipe(recipe_dir / "o.toml", text)), "--out", str(out2)])
+    assert result.exit_code == 0, result.output
+    rep = json.loads((out2 / "report.json").read_text())
+    assert rep["source"]["kind"] == "onnx" and rep["source"]["parity"] is None
+    assert rep["steps"][0]["overall"] == report["steps"][0]["overall"]
