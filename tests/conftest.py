@@ -71,7 +71,7 @@ def make_tiny_data(rng: np.random.Generator, n: int, model) -> dict[str, np.ndar
         pred = model(torch.from_numpy(x)).argmax(1).numpy()
     noise = rng.random(n) < 0.15
     label = np.where(noise, rng.integers(0, 3, n), pred).astype(np.int64)
-    g = np.where(rng.random(n) < 0.08, "c", np.where(rng.random(n) < 0.5, "a", "b"))
+    g = np.where(rng.random(n) < 0.03, "c", np.where(rng.random(n) < 0.5, "a", "b"))
     h = np.where(rng.random(n) < 0.5, "x", "y")
     return {"features": x, "label": label, "g": g.astype("<U1"), "h": h.astype("<U1")}
 
