@@ -60,7 +60,8 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax, shifted by the row maximum so that no exponent overflows."""
-    z = logits - logits.max(axis=1, keepdims=True)
+    with np.errstate(over="ignore"):  # -1e308 - 1e308 = -inf, whose exp is the right 0
+        z = logits - logits.max(axis=1, keepdims=True)
     ez = np.exp(z)
     return ez / ez.sum(axis=1, keepdims=True)
 

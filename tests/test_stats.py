@@ -1,0 +1,367 @@
+"""edgefair.stats against fairlearn, statsmodels and a slow, obviously-correct bootstrap."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from fairlearn.metrics import (MetricFrame, demographic_parity_difference, equalized_odds_difference,
+                               false_positive_rate, selection_rate)
+from scipy.special import softmax
+from sklearn import metrics as skm
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
+
+from edgefair import metrics as mt
+from edgefair import stats as st
+from edgefair.errors import DataError, RecipeError
+from edgefair.groups import finest_cells, group_masks
+
+
+def make_case(seed: int = 0, n: int = 1200, k: int = 2, flip: float = 0.05):
+    """Two attributes (every intersection >= 50 rows for n=1200), labels, baseline and step outputs."""
+    rng = np.random.default_rng(seed)
+    sex = rng.choice(["Female", "Male"], n, p=[0.4, 0.6])
+    race = rng.choice(["Black", "Other", "White"], n, p=[0.25, 0.15, 0.6])
+    y = rng.integers(0, k, n)
+    base_logits = rng.normal(0, 1.5, (n, k))
+    base_logits[np.arange(n), y] += 1.2 + 0.5 * (sex == "Male")
+    step_logits = base_logits + rng.normal(0, flip * 6, (n, k))
+    return dict(sex=sex, race=race, y=y, base_out=base_logits, step_out=step_logits,
+                base=softmax(base_logits, axis=1), step=softmax(step_logits, axis=1))
+
+
+def run(case, config=st.StatsConfig(n_boot=200), *, labels=True, paired=True, intersections=True):
+    masks = group_masks({"sex": case["sex"], "race": case["race"]}, intersections=intersections)
+    return st.evaluate_step(
+        masks=masks, probs=case["step"], outputs=case["step_out"], y_true=case["y"] if labels else None,
+        base_probs=case["base"] if paired else None, base_outputs=case["base_out"] if paired else None,
+        config=config)
+
+
+@pytest.fixture(scope="module")
+def case():
+    return make_case()
+
+
+@pytest.fixture(scope="module")
+def result(case):
+    return run(case)
+
+
+# --- config and exact tests -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"n_boot": -1}, st.N_BOOT_ERROR.format(value=-1)),
+    ({"n_boot": 10.0}, st.N_BOOT_ERROR.format(value=10.0)),
+    ({"confidence": 1.0}, st.CONFIDENCE_ERROR.format(value=1.0)),
+    ({"seed": -3}, st.SEED_ERROR.format(value=-3)),
+    ({"min_group_size": 0}, st.MIN_GROUP_SIZE_ERROR.format(value=0)),
+    ({"n_bins": True}, st.N_BINS_ERROR.format(value=True)),
+    ({"max_ci_width": 0}, st.MAX_CI_WIDTH_ERROR.format(value=0)),
+    ({"positive_label": -1}, st.POSITIVE_LABEL_ERROR.format(value=-1)),
+])
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        st.StatsConfig(**kwargs)
+
+
+@pytest.mark.parametrize(("lost", "gained"), [(0, 0), (0, 1), (1, 0), (3, 3), (12, 2), (2, 30), (250, 199)])
+def test_mcnemar_matches_statsmodels(lost, gained):
+    table = [[10, lost], [gained, 5]]
+    assert st.mcnemar_exact(lost, gained) == pytest.approx(mcnemar(table, exact=True).pvalue, rel=1e-12)
+
+
+def test_holm_matches_statsmodels():
+    p = np.random.default_rng(0).uniform(0, 0.1, 17).tolist() + [1.0, 0.0, 0.02, 0.02]
+    assert st.holm(p) == pytest.approx(multipletests(p, method="holm")[1].tolist())
+    assert st.holm([]) == []
+
+
+# --- point metrics vs fairlearn MetricFrame ---------------------------------------------------
+
+
+def fairlearn_frame(case, scope: str, probs):
+    pred = probs.argmax(1)
+    cols = scope.split("&")
+    sf = pd.DataFrame({c: case[c] for c in cols})
+    metrics = {
+        "accuracy": skm.accuracy_score, "balanced_accuracy": skm.balanced_accuracy_score,
+        "tpr": skm.recall_score, "fpr": false_positive_rate, "precision": skm.precision_score,
+        "f1": skm.f1_score, "selection_rate": selection_rate,
+    }
+    frame = MetricFrame(metrics=metrics, y_true=case["y"], y_pred=pred, sensitive_features=sf)
+    return frame, sf, pred
+
+
+def key_of(scope: str, index) -> str:
+    values = index if isinstance(index, tuple) else (index,)
+    return "&".join(f"{c}={v}" for c, v in zip(scope.split("&"), values))
+
+
+@pytest.mark.parametrize("scope", ["sex", "race", "sex&race"])
+def test_groups_and_disparity_match_fairlearn(case, result, scope):
+    frame, sf, pred = fairlearn_frame(case, scope, case["step"])
+    disparity = result["disparity"][scope]
+    assert disparity["excluded"] == []
+    for index, row in frame.by_group.iterrows():
+        group = result["groups"][key_of(scope, index)]
+        assert group["status"] == "ok"
+        for name in frame.by_group.columns:
+            assert group[name] == pytest.approx(row[name], abs=1e-12), (index, name)
+    for name, diff in frame.difference().items():
+        assert disparity[name]["gap"] == pytest.approx(diff, abs=1e-12)
+        assert disparity[name]["min_ratio"] == pytest.approx(frame.ratio()[name], abs=1e-12)
+        best = frame.by_group[name].idxmin() if name == "fpr" else frame.by_group[name].idxmax()
+        assert disparity[name]["best_group"] == key_of(scope, best)
+    assert disparity["demographic_parity_difference"] == pytest.approx(
+        demographic_parity_difference(case["y"], pred, sensitive_features=sf))
+    assert disparity["equalized_odds_difference"] == pytest.approx(
+        equalized_odds_difference(case["y"], pred, sensitive_features=sf))
+
+
+def test_overall_and_calibration_fields(case, result):
+    overall = result["overall"]
+    y, p = case["y"], case["step"]
+    assert overall["n"] == len(y)
+    assert overall["accuracy"] == pytest.approx(skm.accuracy_score(y, p.argmax(1)))
+    assert overall["brier"] == pytest.approx(skm.brier_score_loss(y, p[:, 1]))
+    assert overall["nll"] == pytest.approx(skm.log_loss(y, p))
+    assert overall["ece"] == pytest.approx(mt.ece(p, y))
+    female = case["sex"] == "Female"
+    group = result["groups"]["sex=Female"]
+    assert group["ece"] == pytest.approx(mt.ece(p[female], y[female]))
+    assert group["reliability"] == mt.reliability(p[female], y[female])
+    delta = mt.ece(p[female], y[female]) - mt.ece(case["base"][female], y[female])
+    assert group["ece_delta"] == pytest.approx(delta)
+
+
+def test_compression_effects_by_hand(case, result):
+    y, pred, base_pred = case["y"], case["step"].argmax(1), case["base"].argmax(1)
+    mask = (case["sex"] == "Male") & (case["race"] == "Black")
+    group = result["groups"]["sex=Male&race=Black"]
+    flips = pred != base_pred
+    assert group["flip_rate"] == pytest.approx(flips[mask].mean())
+    assert group["agreement"] == pytest.approx(1 - flips[mask].mean())
+    assert group["flip_share_ratio"] == pytest.approx((flips[mask].sum() / flips.sum()) / mask.mean())
+    acc = lambda pr: (pr[mask] == y[mask]).mean()  # noqa: E731
+    assert group["accuracy_delta"] == pytest.approx(acc(pred) - acc(base_pred))
+    lost = int(((base_pred == y) & (pred != y))[mask].sum())
+    gained = int(((base_pred != y) & (pred == y))[mask].sum())
+    assert (group["lost_correct"], group["gained_correct"]) == (lost, gained)
+    assert group["mcnemar_p"] == pytest.approx(mcnemar([[0, lost], [gained, 0]], exact=True).pvalue)
+    ok = [k for k, g in result["groups"].items() if g["status"] == "ok"]
+    expected = multipletests([result["groups"][k]["mcnemar_p"] for k in ok], method="holm")[1]
+    assert [result["groups"][k]["mcnemar_p_holm"] for k in ok] == pytest.approx(expected.tolist())
+    cos = (case["step_out"] * case["base_out"]).sum(1) / (
+        np.linalg.norm(case["step_out"], axis=1) * np.linalg.norm(case["base_out"], axis=1))
+    assert group["cosine_mean"] == pytest.approx(cos[mask].mean())
+    assert group["cosine_min"] == pytest.approx(cos[mask].min())
+
+
+def test_gap_growth_point_value(case, result):
+    y, base_pred, pred = case["y"], case["base"].argmax(1), case["step"].argmax(1)
+    accs = [[(pr[case["sex"] == s] == y[case["sex"] == s]).mean() for s in ("Female", "Male")]
+            for pr in (pred, base_pred)]
+    expected = (max(accs[0]) - min(accs[0])) - (max(accs[1]) - min(accs[1]))
+    sex = result["disparity"]["sex"]
+    assert sex["accuracy_gap_growth"] == pytest.approx(expected)
+    lo, hi = sex["accuracy_gap_growth_ci"]
+    assert lo <= sex["accuracy_gap_growth"] <= hi
+
+
+# --- bootstrap --------------------------------------------------------------------------------
+
+
+def naive_replicates(masks, case, n_boot, seed):
+    """Resample the rows exactly as resample_sums draws them, then recompute with metrics.py."""
+    n = len(case["y"])
+    cell_of_row, membership = finest_cells(masks, n)
+    order = np.argsort(cell_of_row, kind="stable")
+    rng = np.random.default_rng(seed)
+    picked = [[] for _ in range(n_boot)]
+    for c in range(membership.shape[1]):
+        rows = order[cell_of_row[order] == c]
+        block = max(1, min(n_boot, st.BOOT_CHUNK_ELEMENTS // len(rows)))
+        for b0 in range(0, n_boot, block):
+            draws = rng.integers(0, len(rows), size=(min(block, n_boot - b0), len(rows)))
+            for j, d in enumerate(draws):
+                picked[b0 + j].append(rows[d])
+    out = {key: {"accuracy_delta": [], "ece_delta": [], "flip_rate": [], "ece": []} for key in masks}
+    for parts in picked:
+        idx = np.concatenate(parts)
+        for key, mask in masks.items():
+            rows = idx[mask[idx]]
+            y, p, bp = case["y"][rows], case["step"][rows], case["base"][rows]
+            acc = (p.argmax(1) == y).mean() - (bp.argmax(1) == y).mean()
+            out[key]["accuracy_delta"].append(acc)
+            out[key]["ece"].append(mt.ece(p, y))
+            out[key]["ece_delta"].append(mt.ece(p, y) - mt.ece(bp, y))
+            out[key]["flip_rate"].append((p.argmax(1) != bp.argmax(1)).mean())
+    return out
+
+
+def test_bootstrap_matches_a_slow_loop_over_replicates():
+    case = make_case(seed=4, n=500, k=3, flip=0.1)
+    masks = group_masks({"sex": case["sex"], "race": case["race"]}, intersections=True)
+    config = st.StatsConfig(n_boot=40, seed=11, min_group_size=1, confidence=0.9)
+    result = st.evaluate_step(masks=masks, probs=case["step"], outputs=case["step_out"], y_true=case["y"],
+                              base_probs=case["base"], base_outputs=case["base_out"], config=config)
+    naive = naive_replicates(masks, case, 40, 11)
+    for key in masks:
+        for name, reps in naive[key].items():
+            expected = np.quantile(reps, [0.05, 0.95])
+            np.testing.assert_allclose(result["groups"][key][f"{name}_ci"], expected, atol=1e-6,
+                                       err_msg=f"{key} {name}")
+
+
+def test_resampling_keeps_every_cell_size():
+    cells = np.array([0, 0, 1, 1, 1, 2, 0, 2])
+    sums = st.resample_sums(np.ones((8, 1), np.float32), cells, 3, n_boot=50, seed=0)
+    assert sums.shape == (50, 3, 1)
+    assert (sums[:, :, 0] == [3, 3, 2]).all()
+
+
+def test_seeded_and_reproducible(case):
+    a, b = run(case, st.StatsConfig(n_boot=100, seed=5)), run(case, st.StatsConfig(n_boot=100, seed=5))
+    c = run(case, st.StatsConfig(n_boot=100, seed=6))
+    assert json.dumps(a) == json.dumps(b)
+    assert a["groups"]["sex=Female"]["accuracy_delta_ci"] != c["groups"]["sex=Female"]["accuracy_delta_ci"]
+
+
+def test_same_model_twice_has_zero_change_with_zero_width(case):
+    same = dict(case, step=case["base"], step_out=case["base_out"])
+    result = run(same)
+    for group in [result["overall"], *result["groups"].values()]:
+        if group.get("status", "ok") != "ok":
+            continue
+        assert group["accuracy_delta"] == 0 and group["accuracy_delta_ci"] == [0, 0]
+        assert group["flip_rate_ci"] == [0, 0] and group["ece_delta_ci"] == [0, 0]
+        assert group["cosine_min"] == pytest.approx(1.0) and group["rel_error_mean"] == 0
+    for group in result["groups"].values():
+        assert group["mcnemar_p_holm"] == 1.0 and group["flip_share_ratio"] is None
+    assert result["disparity"]["sex&race"]["accuracy_gap_growth_ci"] == [0, 0]
+    assert st.significant_accuracy_drops(result, alpha=0.05) == []
+
+
+def test_intervals_cover_the_point_estimates(result):
+    for group in [result["overall"], *result["groups"].values()]:
+        for name in ("accuracy", "ece", "accuracy_delta", "flip_rate"):
+            lo, hi = group[f"{name}_ci"]
+            assert lo <= group[name] <= hi, name
+
+
+# --- statuses, modes and edge cases ----------------------------------------------------------
+
+
+def test_small_and_empty_groups_are_insufficient_and_excluded():
+    case = make_case(seed=1, n=300)
+    case["race"][case["sex"] == "Female"] = "White"  # Female&Black and Female&Other become empty
+    result = run(case, st.StatsConfig(n_boot=50, min_group_size=40))
+    empty = result["groups"]["sex=Female&race=Black"]
+    assert empty == {"n": 0, "status": "insufficient_data", "reason": "n < min_group_size (40)"}
+    scope = result["disparity"]["sex&race"]
+    assert "sex=Female&race=Black" in scope["excluded"] and "sex=Female&race=White" in scope["groups"]
+    ok = [k for k, g in result["groups"].items() if g["status"] == "ok"]
+    assert all("mcnemar_p_holm" in result["groups"][k] for k in ok)
+
+
+def test_too_wide_an_interval_is_insufficient(case):
+    result = run(case, st.StatsConfig(n_boot=100, max_ci_width=0.05))
+    statuses = {k: g["status"] for k, g in result["groups"].items()}
+    assert statuses["sex=Male"] == "ok"  # ~720 rows: narrow enough
+    narrowest_small = result["groups"]["sex=Female&race=Other"]  # ~70 rows
+    assert narrowest_small["status"] == "insufficient_data"
+    assert re.fullmatch(r"accuracy_delta_ci width 0\.\d{4} > max_ci_width \(0\.05\)", narrowest_small["reason"])
+    assert set(narrowest_small) == {"n", "status", "reason"}
+    with pytest.raises(RecipeError, match=re.escape(st.CI_WIDTH_NEEDS_BOOT_ERROR)):
+        run(case, st.StatsConfig(n_boot=0, max_ci_width=0.05))
+
+
+def test_label_free_mode_has_fidelity_only(case):
+    result = run(case, labels=False)
+    group = result["groups"]["race=Black"]
+    assert {"accuracy", "ece", "accuracy_delta", "mcnemar_p", "reliability"}.isdisjoint(group)
+    assert {"flip_rate", "flip_rate_ci", "agreement", "cosine_mean", "cosine_min", "rel_error_mean",
+            "flip_share_ratio"} <= set(group)
+    assert "demographic_parity_difference" not in result["disparity"]["race"]
+    assert result["disparity"]["race"]["flip_rate"]["gap"] is not None
+
+
+def test_baseline_step_has_no_delta_fields(case):
+    result = run(case, paired=False)
+    fields = set(result["groups"]["sex=Male"]) | set(result["overall"])
+    assert not any(f.endswith("_delta") or f.endswith("_delta_ci") for f in fields)
+    assert {"flip_rate", "agreement", "mcnemar_p", "flip_share_ratio"}.isdisjoint(fields)
+    assert "accuracy_ci" in fields and "ece_ci" in fields
+    assert "accuracy_gap_growth" not in result["disparity"]["sex"]
+
+
+def test_no_bootstrap_gives_null_intervals(case):
+    result = run(case, st.StatsConfig(n_boot=0))
+    assert result["overall"]["accuracy_delta_ci"] is None
+    assert result["disparity"]["sex"]["accuracy_gap_growth_ci"] is None
+
+
+def test_result_is_plain_json(result):
+    def walk(x):
+        if isinstance(x, dict):
+            assert all(type(k) is str for k in x)
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+        else:
+            assert x is None or type(x) in (str, int, float, bool), type(x)
+            assert not (type(x) is float and not math.isfinite(x))
+    walk(result)
+    json.dumps(result, allow_nan=False)
+
+
+def test_one_class_group_and_identical_predictions():
+    case = make_case(seed=2, n=600)
+    case["y"][case["race"] == "Other"] = 0  # one class only in this group
+    case["step"] = np.tile([0.7, 0.3], (600, 1))  # the step predicts class 0 everywhere
+    case["step_out"] = case["step"]
+    result = run(case, st.StatsConfig(n_boot=50))
+    other = result["groups"]["race=Other"]
+    assert other["tpr"] is None and other["tpr_delta"] is None and other["accuracy"] == 1.0
+    assert result["overall"]["selection_rate"] == 0.0 and result["overall"]["precision"] is None
+    race = result["disparity"]["race"]
+    assert race["tpr"]["gap"] == 0.0 and race["precision"]["gap"] is None
+    assert race["demographic_parity_difference"] == 0.0
+    json.dumps(result, allow_nan=False)
+
+
+def test_multiclass_and_single_column_outputs_run():
+    case = make_case(seed=3, n=600, k=4)
+    result = run(case, st.StatsConfig(n_boot=30, positive_label=2))
+    pred = case["step"].argmax(1)
+    assert result["overall"]["selection_rate"] == pytest.approx((pred == 2).mean())
+    binary = make_case(seed=3, n=600)
+    z = binary["step_out"][:, 1] - binary["step_out"][:, 0]
+    zb = binary["base_out"][:, 1] - binary["base_out"][:, 0]
+    masks = group_masks({"sex": binary["sex"]}, intersections=False)
+    r = st.evaluate_step(masks=masks, probs=mt.to_probabilities(z), outputs=z, y_true=binary["y"],
+                         base_probs=mt.to_probabilities(zb), base_outputs=zb, config=st.StatsConfig(n_boot=20))
+    assert r["overall"]["accuracy"] == pytest.approx(((z > 0) == binary["y"]).mean())
+    assert r["groups"]["sex=Male"]["cosine_min"] in (-1.0, 1.0)  # 1-vector rows: sign agreement
+
+
+def test_input_errors(case):
+    masks = group_masks({"sex": case["sex"]}, intersections=False)
+    kwargs = dict(masks=masks, probs=case["step"], outputs=None, y_true=case["y"],
+                  base_probs=case["base"][:10], base_outputs=case["base_out"][:10], config=st.StatsConfig(n_boot=0))
+    with pytest.raises(DataError, match="base_probs has shape"):
+        st.evaluate_step(**kwargs)
+    with pytest.raises(DataError, match=re.escape(st.BASE_OUTPUTS_ERROR)):
+        st.evaluate_step(**{**kwargs, "base_probs": case["base"], "base_outputs": None})
+    with pytest.raises(DataError, match=re.escape(st.NO_ROWS_ERROR)):
+        st.evaluate_step(**{**kwargs, "masks": {}, "probs": np.zeros((0, 2)), "y_true": np.zeros(0, int),
+                            "base_probs": None})
