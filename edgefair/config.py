@@ -54,7 +54,7 @@ def build(cls: type[T], table: Any, path: str) -> T:
         value = _convert(table[name], hints[name], key)
         if "check" in f.metadata and value is not None:
             predicate, message = f.metadata["check"]
-            items = value if isinstance(value, tuple) else (value,)
+            items = value if isinstance(value, (tuple, dict)) else (value,)
             if not all(predicate(v) for v in items):
                 raise RecipeError(f"{key}: {message} (got {table[name]!r})")
         values[name] = value
@@ -76,6 +76,10 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         if value not in args:
             raise RecipeError(f"{key}: must be one of {', '.join(repr(a) for a in args)} (got {value!r})")
         return value
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise RecipeError(f"{key}: must be a table (got {value!r})")
+        return {str(k): _convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, list):
             raise RecipeError(f"{key}: must be a list (got {value!r})")

@@ -58,6 +58,7 @@ class Inputs:
     source: ModelSource
     eval: data_mod.Dataset
     calibration: data_mod.Dataset | None
+    train: data_mod.Dataset | None
     baseline: StepModel
     parity: dict[str, Any] | None
 
@@ -79,7 +80,12 @@ def prepare(recipe: Recipe, workdir: Path, progress: Progress = lambda s: None) 
     calib = None
     if d.calibration:
         calib = data_mod.load(recipe.resolve(d.calibration), key="data.calibration", label=d.label, groups=(), features=d.features)
+    train = None
+    if d.train:
+        train = data_mod.load(recipe.resolve(d.train), key="data.train", label=d.label, groups=(), features=d.features, require_labels=True)
     eval_data, calib = _name_csv_inputs(source, eval_data, calib)
+    if train is not None:
+        train = _name_csv_inputs(source, train, None)[0]
 
     baseline = StepModel(0, "baseline", "export", None, workdir / "00-baseline.onnx", torch_model=source.module)
     parity = None
@@ -89,18 +95,22 @@ def prepare(recipe: Recipe, workdir: Path, progress: Progress = lambda s: None) 
         _check_torch_inputs(source, eval_data)
         progress("export: torch -> ONNX")
         examples = {k: v[:EXPORT_EXAMPLE_ROWS] for k, v in eval_data.inputs.items()}
-        export_onnx(source.module, examples, source.input_names, baseline.path, opset=recipe.model.opset)
+        export_onnx(
+            source.module, examples, source.input_names, baseline.path, opset=recipe.model.opset, dynamic_axes=recipe.model.dynamic_axes
+        )
     session = make_session(baseline.path, threads=0)
     eval_data = conform_inputs(session, eval_data, "data.eval")
     if calib is not None:
         calib = conform_inputs(session, calib, "data.calibration")
+    if train is not None:
+        train = conform_inputs(session, train, "data.train")
     if source.module is not None:
         feed = {k: v[:PARITY_ROWS] for k, v in eval_data.inputs.items()}
         parity = check_parity(
             source.module, session, feed, source.input_names, atol=recipe.model.parity_atol, rtol=recipe.model.parity_rtol
         ).as_dict()
     baseline.seconds = time.perf_counter() - t0
-    return Inputs(recipe, source, eval_data, calib, baseline, parity)
+    return Inputs(recipe, source, eval_data, calib, train, baseline, parity)
 
 
 def _name_csv_inputs(source: ModelSource, eval_data, calib):
@@ -139,7 +149,9 @@ def compress(inputs: Inputs, workdir: Path, progress: Progress = lambda s: None)
 
     def export(module: Any, dst: Path) -> None:
         examples = {k: v[:EXPORT_EXAMPLE_ROWS] for k, v in inputs.eval.inputs.items()}
-        export_onnx(module, examples, inputs.source.input_names, dst, opset=recipe.model.opset)
+        export_onnx(
+            module, examples, inputs.source.input_names, dst, opset=recipe.model.opset, dynamic_axes=recipe.model.dynamic_axes
+        )
 
     for spec in recipe.steps:
         src = by_name[spec.input]
@@ -149,6 +161,7 @@ def compress(inputs: Inputs, workdir: Path, progress: Progress = lambda s: None)
         ctx = StepContext(
             torch_model=src.torch_model,
             calibration=inputs.calibration,
+            train=inputs.train,
             export=export,
             workdir=workdir,
             seed=recipe.evaluate.seed,

@@ -6,6 +6,7 @@ the key path. Downstream code never sees the raw TOML.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ class ModelConfig:
     parity_atol: float = check(positive, "must be > 0", default=1e-4)  # export parity tolerance
     parity_rtol: float = check(lambda v: v >= 0, "must be >= 0", default=1e-4)
     trust_pickle: bool = False  # allow .pt2 archives whose payloads are unpickled
+    # axes beyond the batch axis to export as dynamic, per input (e.g. {input_ids = [1]} for sequence length)
+    dynamic_axes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)

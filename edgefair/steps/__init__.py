@@ -18,6 +18,7 @@ class StepContext:
 
     torch_model: Any | None  # the input step's torch model, when the chain is still in torch
     calibration: Dataset | None  # inputs named like the model inputs
+    train: Dataset | None  # labelled training data (data.train), for recovery fine-tuning
     export: Callable[[Any, Path], None]  # export a torch module with the baseline's inputs
     workdir: Path  # scratch space, removed after the run
     seed: int
