@@ -21,7 +21,8 @@ from typing import Any
 from .errors import ModelSourceError
 from .io import sha256_file
 
-FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+# "pkg.module:factory" (imported with the recipe's folder first on sys.path) or "path/to/file.py:factory"
+FACTORY_RE = re.compile(r"^([A-Za-z_][\w.]*|[^:]+\.py):[A-Za-z_]\w*$")
 
 
 @dataclass
@@ -117,18 +118,12 @@ def _refuse_pickled_payloads(path: Path) -> None:
 def _load_factory(spec: str, *, base: Path, weights: Path | None) -> ModelSource:
     import torch
 
-    module_name, func_name = spec.split(":")
-    added = str(base) not in sys.path
-    if added:
-        sys.path.insert(0, str(base))
+    module_name, func_name = spec.rsplit(":", 1)
     try:
-        mod = importlib.import_module(module_name)
+        mod = _import_file(base, module_name) if module_name.endswith(".py") else _import_module(base, module_name)
         factory = getattr(mod, func_name)
-    except (ImportError, AttributeError) as e:
+    except (ImportError, AttributeError, OSError, SyntaxError) as e:
         raise ModelSourceError(f"model.source: cannot import {spec}: {e}") from e
-    finally:
-        if added:
-            sys.path.remove(str(base))
     try:
         model = factory()
     except Exception as e:
@@ -150,6 +145,45 @@ def _load_factory(spec: str, *, base: Path, weights: Path | None) -> ModelSource
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
     return ModelSource("factory", spec, weights, model, params, digest)
+
+
+def _import_module(base: Path, name: str):
+    with _on_path(base):
+        return importlib.import_module(name)
+
+
+def _import_file(base: Path, rel: str):
+    """Import a model definition file by path; its own folder is importable while it loads."""
+    import importlib.util
+
+    path = (base / rel).resolve()
+    if not path.is_file():
+        raise ImportError(f"file not found: {path}")
+    name = f"edgefair_model_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        with _on_path(path.parent):
+            spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+class _on_path:
+    def __init__(self, folder: Path) -> None:
+        self.folder = str(folder)
+
+    def __enter__(self) -> None:
+        self.added = self.folder not in sys.path
+        if self.added:
+            sys.path.insert(0, self.folder)
+
+    def __exit__(self, *exc) -> None:
+        if self.added:
+            sys.path.remove(self.folder)
 
 
 def _read_state_dict(path: Path) -> dict:

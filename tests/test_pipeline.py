@@ -143,3 +143,13 @@ def test_onnx_source_skips_export(recipe_dir, tiny_run):
     rep = json.loads((out2 / "report.json").read_text())
     assert rep["source"]["kind"] == "onnx" and rep["source"]["parity"] is None
     assert rep["steps"][0]["overall"] == report["steps"][0]["overall"]
+
+
+def test_factory_from_file_path(recipe_dir, tmp_path):
+    sub = recipe_dir / "recipes"
+    sub.mkdir()
+    text = BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "../tiny_model.py:build"\nweights = "../tiny.safetensors"')
+    text = text.replace('"eval.npz"', '"../eval.npz"').replace('"calib.npz"', '"../calib.npz"')
+    result = run_cli(["run", str(write_recipe(sub / "r.toml", text)), "--out", str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["source"]["kind"] == "factory"
