@@ -1,17 +1,152 @@
-"""Release gates: pure functions from the report's numbers and the recipe's thresholds to a verdict."""
+"""Release gates: pure functions from the report's numbers and the recipe's thresholds to a verdict.
+
+Decision rule (`decision = "ci"`, the default): a step passes a group gate only when the upper
+confidence bound of the harm is within the threshold (non-inferiority). The bound is the more
+conservative of the paired bootstrap interval and an analytic one (Newcombe's paired score
+interval for accuracy, Clopper-Pearson for flip rates), because the bootstrap collapses to [0, 0]
+in a group with no flips. A group whose interval is wider than `max_ci_width_ratio` thresholds
+cannot be decided: it is `insufficient`, as are groups below `min_group_size`; those warn or fail
+by `on_insufficient`. `decision = "point"` compares point estimates only.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from .intervals import paired_difference_ci, proportion_ci
+
+GROUP_GATES = ("max_group_accuracy_drop", "max_group_ece_increase", "max_group_flip_rate")
+PASS, FAIL, WARN = "pass", "fail", "warn"
 
 
-def apply_gates(report: dict[str, Any], gates: Any) -> None:
-    """Fill each step's `gates` and `passed`, the report's `verdict` and `selected` (in place)."""
+@dataclass(frozen=True)
+class Harm:
+    """A harm measure of one group (or scope) of one step: larger is worse."""
+
+    value: float | None
+    ci: tuple[float, float] | None
+
+
+def accuracy_drop(g: dict[str, Any], confidence: float) -> Harm:
+    if g.get("accuracy_delta") is None:
+        return Harm(None, None)
+    value = -g["accuracy_delta"]
+    lo, hi = g.get("accuracy_delta_ci") or (g["accuracy_delta"], g["accuracy_delta"])
+    ci = (-hi, -lo)
+    if g.get("lost_correct") is not None:
+        n, lost, gained = g["n"], g["lost_correct"], g["gained_correct"]
+        step_correct = round(g["accuracy"] * n)
+        both = step_correct - gained
+        neither = n - both - lost - gained
+        a_lo, a_hi = paired_difference_ci(both, lost, gained, neither, confidence)
+        ci = (min(ci[0], -a_hi), max(ci[1], -a_lo))
+    return Harm(value, ci)
+
+
+def ece_increase(g: dict[str, Any], confidence: float) -> Harm:
+    if g.get("ece_delta") is None:
+        return Harm(None, None)
+    ci = g.get("ece_delta_ci")
+    return Harm(g["ece_delta"], tuple(ci) if ci else None)
+
+
+def flip_rate(g: dict[str, Any], confidence: float) -> Harm:
+    if g.get("flip_rate") is None:
+        return Harm(None, None)
+    lo, hi = g.get("flip_rate_ci") or (g["flip_rate"], g["flip_rate"])
+    e_lo, e_hi = proportion_ci(round(g["flip_rate"] * g["n"]), g["n"], confidence)
+    return Harm(g["flip_rate"], (min(lo, e_lo), max(hi, e_hi)))
+
+
+HARMS = {
+    "max_group_accuracy_drop": accuracy_drop,
+    "max_group_ece_increase": ece_increase,
+    "max_group_flip_rate": flip_rate,
+}
+
+
+def decide(harm: Harm, threshold: float, *, decision: str, on_insufficient: str, max_width: float) -> tuple[str, str]:
+    """(status, reason) of one harm against one threshold."""
+    if harm.value is None:
+        return (FAIL if on_insufficient == "fail" else WARN), "no estimate (insufficient data)"
+    if decision == "point" or harm.ci is None:
+        ok = harm.value <= threshold
+        return (PASS, "point estimate within threshold") if ok else (FAIL, "point estimate exceeds threshold")
+    lo, hi = harm.ci
+    if hi <= threshold:
+        return PASS, "upper confidence bound within threshold"
+    if lo > threshold:
+        return FAIL, "even the lower confidence bound exceeds the threshold"
+    if hi - lo > max_width * threshold:
+        status = FAIL if on_insufficient == "fail" else WARN
+        return status, f"interval too wide to decide (width {hi - lo:.4f} > {max_width:g} x threshold)"
+    return FAIL, "upper confidence bound exceeds threshold"
+
+
+def _gate(name: str, group: str | None, harm: Harm, threshold: float, status: str, reason: str) -> dict[str, Any]:
+    return {
+        "gate": name,
+        "group": group,
+        "value": harm.value,
+        "ci": list(harm.ci) if harm.ci else None,
+        "threshold": threshold,
+        "status": status,
+        "reason": reason,
+    }
+
+
+def step_gates(step: dict[str, Any], gates: Any, *, confidence: float) -> Iterator[dict[str, Any]]:
+    rule = {"decision": gates.decision, "on_insufficient": gates.on_insufficient, "max_width": gates.max_ci_width_ratio}
+    insufficient = FAIL if gates.on_insufficient == "fail" else WARN
+    if step["index"] > 0:
+        for name in GROUP_GATES:
+            threshold = getattr(gates, name)
+            if threshold is None:
+                continue
+            for key, g in step["groups"].items():
+                if g.get("status") != "ok":
+                    yield _gate(name, key, Harm(None, None), threshold, insufficient, g.get("reason", "insufficient data"))
+                    continue
+                harm = HARMS[name](g, confidence)
+                yield _gate(name, key, harm, threshold, *decide(harm, threshold, **rule))
+        if gates.max_accuracy_gap_growth is not None:
+            for scope, d in step.get("disparity", {}).items():
+                growth = d.get("accuracy_gap_growth")
+                ci = d.get("accuracy_gap_growth_ci")
+                harm = Harm(growth, tuple(ci) if ci else None)
+                yield _gate("max_accuracy_gap_growth", scope, harm, gates.max_accuracy_gap_growth, *decide(harm, gates.max_accuracy_gap_growth, **rule))
+    lat = step.get("latency") or {}
+    if gates.max_latency_p95_ms is not None and lat.get("p95_ms") is not None:
+        harm = Harm(lat["p95_ms"], None)
+        ok = harm.value <= gates.max_latency_p95_ms
+        yield _gate("max_latency_p95_ms", None, harm, gates.max_latency_p95_ms, PASS if ok else FAIL, f"measured p95 ({lat.get('source', 'local')})")
+    if gates.max_size_mb is not None:
+        harm = Harm(step["size_bytes"] / 1e6, None)
+        ok = harm.value <= gates.max_size_mb
+        yield _gate("max_size_mb", None, harm, gates.max_size_mb, PASS if ok else FAIL, "model file size")
+
+
+def apply_gates(report: dict[str, Any], gates: Any, *, confidence: float) -> None:
+    """Fill each step's `gates` and `passed`, and the report's `verdict` and `selected` (in place).
+
+    The verdict is "pass" when every compressed step passes every gate (warnings allowed); the
+    selected model is the last compressed step that passes, or the baseline when there are no steps.
+    """
     steps = report["steps"]
     for step in steps:
-        step["gates"] = []
-        step["passed"] = True
-    candidates = [s for s in steps if s["index"] > 0 and s["passed"]] or steps[:1]
-    chosen = candidates[-1]
-    report["verdict"] = "pass"
-    report["selected"] = {"step": chosen["index"], "name": chosen["name"], "model": chosen["model"]}
+        step["gates"] = list(step_gates(step, gates, confidence=confidence))
+        step["passed"] = all(g["status"] != FAIL for g in step["gates"])
+    compressed = steps[1:]
+    passing = [s for s in compressed if s["passed"]]
+    report["verdict"] = "pass" if all(s["passed"] for s in compressed) else "fail"
+    chosen = passing[-1] if passing else (steps[0] if not compressed else None)
+    report["selected"] = None if chosen is None else {"step": chosen["index"], "name": chosen["name"], "model": chosen["model"]}
+    report["gate_summary"] = {
+        "failed": [_where(s, g) for s in steps for g in s["gates"] if g["status"] == FAIL],
+        "warned": [_where(s, g) for s in steps for g in s["gates"] if g["status"] == WARN],
+    }
+
+
+def _where(step: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
+    return {"step": step["index"], "name": step["name"], "gate": gate["gate"], "group": gate["group"], "value": gate["value"], "threshold": gate["threshold"]}

@@ -255,6 +255,6 @@ def run(recipe: Recipe, out_dir: Path, progress: Progress = lambda s: None) -> d
         report = build_report(
             recipe=recipe, inputs=inputs, models=models, results=results, environment=environment(), timings=timings
         )
-        apply_gates(report, recipe.gates)
+        apply_gates(report, recipe.gates, confidence=recipe.evaluate.confidence)
         publish(out_dir, report, {m.index: m.path for m in models})
     return report

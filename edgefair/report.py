@@ -76,6 +76,13 @@ def fmt(v: Any, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def gate_line(gate: dict[str, Any]) -> str:
+    where = f" [{gate['group']}]" if gate.get("group") else ""
+    ci = gate.get("ci")
+    ci_s = f" (CI {ci[0]:.4g} to {ci[1]:.4g})" if ci else ""
+    return f"{gate['gate']}{where}: {fmt(gate['value'], '.4g')}{ci_s} vs limit {gate['threshold']:.4g}: {gate['reason']}"
+
+
 def terminal_table(report: dict[str, Any]) -> str:
     """A readable per-step, per-group table for the terminal."""
     lines = []
@@ -106,9 +113,11 @@ def terminal_table(report: dict[str, Any]) -> str:
         for w in step.get("warnings", []):
             lines.append(f"    ! {w}")
         for gate in step.get("gates", []):
-            if gate["status"] != "pass":
-                where = f" {gate['group']}" if gate.get("group") else ""
-                lines.append(f"    {gate['status'].upper()}: {gate['gate']}{where} value {gate['value']:.4g} > {gate['threshold']:.4g}")
+            if gate["status"] == "fail":
+                lines.append(f"    FAIL {gate_line(gate)}")
+        warned = sorted({g["group"] or g["gate"] for g in step.get("gates", []) if g["status"] == "warn"})
+        if warned:
+            lines.append(f"    WARN undecided (insufficient data or too wide an interval): {', '.join(warned)}")
     sel = report.get("selected")
     lines.append(f"verdict: {report['verdict'].upper()}" + (f"  selected: step {sel['step']} ({sel['model']})" if sel else ""))
     return "\n".join(lines)
