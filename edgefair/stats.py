@@ -10,14 +10,17 @@ matrix per cell, then a sum over the cells that make up each group: no Python lo
 Confidence intervals are percentile intervals of those replicates.
 
 Accuracy changes are tested per group with the exact McNemar test (only discordant rows carry
-information about a paired change) and the p-values are Holm-corrected across the groups that
-have status ``ok``; that corrected p-value is what a gate should use to fail a build.
+information about a paired change): ``mcnemar_p`` is two-sided (as statsmodels), ``mcnemar_p_drop``
+one-sided for a drop, which is what an accuracy gate asks. Both are Holm-corrected across the
+groups with status ``ok`` (``*_holm``); the corrected one-sided value is what a gate should use to
+fail a build (``significant_accuracy_drops``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from scipy import stats as sps
@@ -34,6 +37,7 @@ N_BINS_ERROR = "n_bins: must be an integer >= 1, got {value!r}"
 MAX_CI_WIDTH_ERROR = "max_ci_width: must be a number > 0 or None, got {value!r}"
 POSITIVE_LABEL_ERROR = "positive_label: must be an integer >= 0, got {value!r}"
 SHAPE_MISMATCH_ERROR = "{what} has shape {got}, expected {expected} like the step's probabilities"
+ALTERNATIVE_ERROR = "alternative must be 'two-sided' or 'drop', got {value!r}"
 BASE_OUTPUTS_ERROR = "base_outputs is required when base_probs is given"
 
 REASON_TOO_SMALL = "n < min_group_size ({min_group_size})"
@@ -88,12 +92,23 @@ class StatsConfig:
 # Exact tests
 
 
-def mcnemar_exact(lost: int, gained: int) -> float:
-    """Two-sided exact McNemar p-value from the discordant counts (as statsmodels, exact=True):
-    ``min(1, 2 * P[Binomial(lost + gained, 1/2) <= min(lost, gained)])``; 1.0 with no discordance."""
+def mcnemar_exact(lost: int, gained: int, *, alternative: Literal["two-sided", "drop"] = "two-sided") -> float:
+    """Exact McNemar p-value from the discordant counts of a paired accuracy comparison.
+
+    ``lost``: rows the baseline got right and the step gets wrong; ``gained``: the reverse. Under
+    no change each discordant row is lost or gained with probability 1/2.
+    ``"two-sided"`` (as statsmodels ``mcnemar(exact=True)``):
+    ``min(1, 2 * P[Binomial(lost + gained, 1/2) <= min(lost, gained)])``.
+    ``"drop"`` (one-sided, alternative: the step is less accurate): ``P[Binomial(n, 1/2) >= lost]``.
+    Both are 1.0 when there is no discordant row.
+    """
+    if alternative not in ("two-sided", "drop"):
+        raise ValueError(ALTERNATIVE_ERROR.format(value=alternative))
     n = int(lost) + int(gained)
     if n == 0:
         return 1.0
+    if alternative == "drop":
+        return float(sps.binom.sf(int(lost) - 1, n, 0.5))
     return float(min(1.0, 2.0 * sps.binom.cdf(min(lost, gained), n, 0.5)))
 
 
@@ -267,7 +282,8 @@ def _point(rows: _Rows, mask: np.ndarray, config: StatsConfig) -> tuple[dict, tu
                 out[f"{key}_delta"] = None if a is None or b is None else float(a - b)
             lost = int(((rows.base_correct == 1) & (rows.correct == 0))[mask].sum())
             gained = int(((rows.base_correct == 0) & (rows.correct == 1))[mask].sum())
-            out.update(lost_correct=lost, gained_correct=gained, mcnemar_p=mcnemar_exact(lost, gained))
+            out.update(lost_correct=lost, gained_correct=gained, mcnemar_p=mcnemar_exact(lost, gained),
+                       mcnemar_p_drop=mcnemar_exact(lost, gained, alternative="drop"))
     if rows.base_pred is not None:
         out.update(mt.fidelity_metrics(rows.pred[mask], rows.base_pred[mask],
                                        rows.cosine[mask], rows.rel_error[mask]))
@@ -411,8 +427,9 @@ def evaluate_step(
             share = None if total_flips == 0 else float(rows.flip[masks[key]].sum() / total_flips)
             groups[key]["flip_share_ratio"] = None if share is None else share / (groups[key]["n"] / n)
     if labels and paired:
-        for key, adjusted in zip(ok, holm([groups[k]["mcnemar_p"] for k in ok])):
-            groups[key]["mcnemar_p_holm"] = adjusted
+        for field in ("mcnemar_p", "mcnemar_p_drop"):
+            for key, adjusted in zip(ok, holm([groups[k][field] for k in ok])):
+                groups[key][f"{field}_holm"] = adjusted
 
     disparity = {scope: _disparity(keys, groups, positive, reps, boot_col, config)
                  for scope, keys in grp.scopes(list(masks)).items()}
@@ -420,7 +437,9 @@ def evaluate_step(
 
 
 def significant_accuracy_drops(result: dict, *, alpha: float) -> list[str]:
-    """Groups (status ok) whose accuracy fell with Holm-corrected McNemar p-value below ``alpha``."""
+    """Groups (status ok) whose accuracy fell significantly: the one-sided exact McNemar p-value
+    for a drop, Holm-corrected across the ok groups, is below ``alpha``. The family-wise chance of
+    flagging any group when nothing changed is at most ``alpha``."""
     return [key for key, g in result["groups"].items()
-            if g["status"] == "ok" and g.get("mcnemar_p_holm") is not None
-            and g["mcnemar_p_holm"] < alpha and g["accuracy_delta"] < 0]
+            if g["status"] == "ok" and g.get("mcnemar_p_drop_holm") is not None
+            and g["mcnemar_p_drop_holm"] < alpha]

@@ -12,6 +12,7 @@ import pytest
 from fairlearn.metrics import (MetricFrame, demographic_parity_difference, equalized_odds_difference,
                                false_positive_rate, selection_rate)
 from scipy.special import softmax
+from scipy.stats import binomtest
 from sklearn import metrics as skm
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
@@ -75,6 +76,14 @@ def test_config_rejects_bad_values(kwargs, message):
 def test_mcnemar_matches_statsmodels(lost, gained):
     table = [[10, lost], [gained, 5]]
     assert st.mcnemar_exact(lost, gained) == pytest.approx(mcnemar(table, exact=True).pvalue, rel=1e-12)
+
+
+@pytest.mark.parametrize(("lost", "gained"), [(0, 0), (1, 0), (0, 4), (5, 5), (40, 10), (3, 20)])
+def test_one_sided_mcnemar_matches_scipy_binomtest(lost, gained):
+    expected = 1.0 if lost + gained == 0 else binomtest(lost, lost + gained, 0.5, alternative="greater").pvalue
+    assert st.mcnemar_exact(lost, gained, alternative="drop") == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match=re.escape(st.ALTERNATIVE_ERROR.format(value="less"))):
+        st.mcnemar_exact(lost, gained, alternative="less")  # type: ignore[arg-type]
 
 
 def test_holm_matches_statsmodels():
@@ -156,8 +165,9 @@ def test_compression_effects_by_hand(case, result):
     assert (group["lost_correct"], group["gained_correct"]) == (lost, gained)
     assert group["mcnemar_p"] == pytest.approx(mcnemar([[0, lost], [gained, 0]], exact=True).pvalue)
     ok = [k for k, g in result["groups"].items() if g["status"] == "ok"]
-    expected = multipletests([result["groups"][k]["mcnemar_p"] for k in ok], method="holm")[1]
-    assert [result["groups"][k]["mcnemar_p_holm"] for k in ok] == pytest.approx(expected.tolist())
+    for field in ("mcnemar_p", "mcnemar_p_drop"):
+        expected = multipletests([result["groups"][k][field] for k in ok], method="holm")[1]
+        assert [result["groups"][k][f"{field}_holm"] for k in ok] == pytest.approx(expected.tolist())
     cos = (case["step_out"] * case["base_out"]).sum(1) / (
         np.linalg.norm(case["step_out"], axis=1) * np.linalg.norm(case["base_out"], axis=1))
     assert group["cosine_mean"] == pytest.approx(cos[mask].mean())
@@ -365,3 +375,16 @@ def test_input_errors(case):
     with pytest.raises(DataError, match=re.escape(st.NO_ROWS_ERROR)):
         st.evaluate_step(**{**kwargs, "masks": {}, "probs": np.zeros((0, 2)), "y_true": np.zeros(0, int),
                             "base_probs": None})
+
+
+def test_significant_accuracy_drops_flags_an_injected_drop():
+    case = make_case(seed=5, n=1200)
+    pred = case["base"].argmax(1)
+    target = np.flatnonzero((case["race"] == "Black") & (pred == case["y"]))[:25]
+    step = case["base"].copy()
+    step[target] = step[target][:, ::-1]  # 25 correct -> wrong flips in race=Black only
+    result = run(dict(case, step=step, step_out=np.log(step)), st.StatsConfig(n_boot=0))
+    flagged = st.significant_accuracy_drops(result, alpha=0.05)
+    assert "race=Black" in flagged and "race=White" not in flagged
+    assert all("Black" in key or key.startswith("sex=") for key in flagged)
+    assert result["groups"]["race=Black"]["lost_correct"] == 25
