@@ -63,3 +63,47 @@ def run(recipe: Path | None, out_dir: Path, quiet: bool) -> None:
         click.echo(terminal_table(report))
         click.echo(f"reports written to {out_dir}/")
     sys.exit(EXIT_OK if report["verdict"] == "pass" else EXIT_GATE_FAILED)
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@handle_errors
+def validate(recipe: Path) -> None:
+    """Check RECIPE, its model source, data and export parity without compressing anything."""
+    import tempfile
+
+    from .pipeline import prepare
+    from .recipe import load_recipe
+
+    parsed = load_recipe(recipe)
+    with tempfile.TemporaryDirectory(prefix="edgefair-validate-") as tmp:
+        inputs = prepare(parsed, Path(tmp))
+    groups = ", ".join(f"{k} ({len(set(v.tolist()))} values)" for k, v in inputs.eval.attributes.items()) or "none"
+    click.echo(f"recipe ok: {recipe}")
+    click.echo(f"model: {inputs.source.kind} {inputs.source.spec}; inputs {', '.join(inputs.source.input_names or list(inputs.eval.inputs))}")
+    if inputs.parity:
+        click.echo(f"export parity: max |onnx - torch| {inputs.parity['max_abs_diff']:.3g} on {inputs.parity['rows']} rows, argmax agreement {inputs.parity['argmax_agreement']:.4f}")
+    click.echo(f"eval data: {inputs.eval.n} rows, {'labelled' if inputs.eval.labels is not None else 'no labels (fidelity only)'}; groups: {groups}")
+    click.echo(f"steps: {', '.join(f'{s.name} ({s.kind})' for s in parsed.steps) or 'none'}")
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@handle_errors
+def report(out_dir: Path) -> None:
+    """Re-render the human reports of OUT_DIR from its report.json."""
+    import json
+
+    from .publish import render_all
+
+    path = out_dir / "report.json"
+    if not path.is_file():
+        raise EdgefairError(f"{path}: not found (run `edgefair run` first)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise EdgefairError(f"{path}: not valid JSON: {e}") from e
+    if data.get("schema_version") != 1:
+        raise EdgefairError(f"{path}: schema_version {data.get('schema_version')!r} is not supported (expected 1)")
+    render_all(out_dir, data)
+    click.echo(f"reports re-rendered in {out_dir}/")
