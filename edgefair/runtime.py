@@ -18,6 +18,8 @@ ORT_DTYPES = {
     "tensor(bool)": np.bool_,
 }
 
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
 
 def make_session(
     path: str | Path,
@@ -27,9 +29,15 @@ def make_session(
     optimization: str = "all",
     spinning: bool = True,
 ):
-    """An onnxruntime CPU session. threads=0 lets onnxruntime choose."""
+    """An onnxruntime CPU session. threads=0 lets onnxruntime choose.
+
+    `spinning=False` stops idle worker threads from busy-waiting for work: needed whenever several
+    sessions share the cores, or the idle ones steal cycles from the one being timed.
+    """
     import onnxruntime as ort
 
+    if optimization not in OPTIMIZATION_LEVELS:
+        raise ValueError(f"optimization: must be one of {', '.join(OPTIMIZATION_LEVELS)}, got {optimization!r}")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = inter_op_threads
