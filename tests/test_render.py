@@ -186,6 +186,13 @@ def test_markdown_step_table_numbers():
     assert f"{fmt_pp(worst[0])} ({worst[1]})" in row
 
 
+def test_markdown_prefers_the_paired_latency_ratio():
+    report = sample()
+    report["steps"][2]["latency"].update(ratio_p50_vs_first=1.0823, ratio_p50_ci=[1.041, 1.12])
+    row = next(line for line in render_markdown(report).splitlines() if line.startswith("| 2 |"))
+    assert "| 1.08× (1.04–1.12) |" in row
+
+
 def test_markdown_without_gate_results_says_nothing_was_checked():
     report = sample()  # the recipe has thresholds, the report no gate results
     md = render_markdown(report)

@@ -193,12 +193,28 @@ def extreme(step: dict[str, Any], field: str, *, lowest: bool) -> tuple[str | No
 
 
 def latency_ratio(step: dict[str, Any], base: dict[str, Any] | None) -> float | None:
-    """p50 of this step over p50 of the baseline, measured interleaved in the same run."""
+    """p50 of this step over p50 of the baseline, measured interleaved in the same run.
+
+    The latency module's paired ratio (`ratio_p50_vs_first`, the baseline being timed first) is
+    used when the report has it; otherwise the ratio of the two p50s.
+    """
+    reported = dig(step, "latency", "ratio_p50_vs_first")
+    if isinstance(reported, (int, float)):
+        return float(reported)
     p = dig(step, "latency", "p50_ms")
     b = dig(base, "latency", "p50_ms") if base else None
     if not isinstance(p, (int, float)) or not isinstance(b, (int, float)) or b <= 0:
         return None
     return p / b
+
+
+def fmt_ratio(step: dict[str, Any], base: dict[str, Any] | None) -> str:
+    """'1.12×', with the paired bootstrap interval when the report has one: '1.12× (1.05–1.18)'."""
+    ratio = latency_ratio(step, base)
+    if ratio is None:
+        return DASH
+    ci = dig(step, "latency", "ratio_p50_ci")
+    return f"{ratio:.2f}×" + (f" ({fmt_ci(ci, scale=1, digits=2)})" if ci and step is not base else "")
 
 
 def insufficient_summary(report: dict[str, Any]) -> list[tuple[str, Any, list[int], str | None]]:

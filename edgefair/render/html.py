@@ -24,7 +24,7 @@ from . import (
     gates_cell,
     insufficient_summary,
     is_labelled,
-    latency_ratio,
+    fmt_ratio,
     no_failure_note,
     steps,
     warning_gates,
@@ -140,7 +140,6 @@ def _step_table(report: dict[str, Any]) -> str:
     rows = []
     for s in steps(report):
         lat = s.get("latency") or {}
-        ratio = latency_ratio(s, base)
         key, worst = extreme(s, "accuracy_delta", lowest=True) if labelled else (None, None)
         fkey, flip = extreme(s, "flip_rate", lowest=False)
         counts = gates_cell(s)
@@ -149,7 +148,7 @@ def _step_table(report: dict[str, Any]) -> str:
             esc(s.get("index")) + (" ✓ selected" if s.get("index") == sel else ""),
             f"<code>{esc(s.get('name'))}</code>", esc(s.get("kind")), esc(fmt_mb(s.get("size_bytes"))),
             esc(fmt_ms(lat.get("p50_ms"))), esc(fmt_ms(lat.get("p95_ms"))),
-            DASH if ratio is None else f"{ratio:.2f}×",
+            fmt_ratio(s, base),
             esc(fmt_pct((s.get("overall") or {}).get("accuracy"))),
             esc(fmt_num((s.get("overall") or {}).get("ece"), ".4f")),
             DASH if worst is None else f"{esc(fmt_pp(worst))} pp <span class=\"muted\">{esc(key)}</span>",

@@ -22,7 +22,7 @@ from . import (
     gates_cell,
     insufficient_summary,
     is_labelled,
-    latency_ratio,
+    fmt_ratio,
     no_failure_note,
     steps,
     warning_gates,
@@ -118,7 +118,6 @@ def _step_table(report: dict[str, Any]) -> list[str]:
     out = ["### Steps", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in steps(report):
         lat = s.get("latency") or {}
-        ratio = latency_ratio(s, base)
         key, worst = extreme(s, "accuracy_delta", lowest=True) if labelled else (None, None)
         fkey, flip = extreme(s, "flip_rate", lowest=False)
         mark = " ✅" if s.get("index") == sel else ""
@@ -128,7 +127,7 @@ def _step_table(report: dict[str, Any]) -> list[str]:
             fmt_mb(s.get("size_bytes")),
             fmt_ms(lat.get("p50_ms")),
             fmt_ms(lat.get("p95_ms")),
-            DASH if ratio is None else f"{ratio:.2f}×",
+            fmt_ratio(s, base),
         ]
         if labelled:
             cells += [fmt_pct((s.get("overall") or {}).get("accuracy")),

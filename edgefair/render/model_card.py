@@ -22,9 +22,9 @@ from . import (
     fmt_num,
     fmt_pct,
     fmt_pp,
+    fmt_ratio,
     insufficient_groups,
     is_labelled,
-    latency_ratio,
     ok_groups,
     selected_step,
     steps,
@@ -191,7 +191,6 @@ def _quantitative(report: dict[str, Any], step: dict[str, Any], base: dict[str, 
     ov, bov = step.get("overall") or {}, (base or {}).get("overall") or {}
     out = ["## Quantitative Analyses", ""]
     lat, blat = step.get("latency") or {}, (base or {}).get("latency") or {}
-    ratio = latency_ratio(step, base)
     out += ["| | baseline | this model | change |", "|---|---|---|---|"]
     if labelled:
         out.append(f"| accuracy ({ci_label}) | {fmt_pct(bov.get('accuracy'))} ({fmt_ci(bov.get('accuracy_ci'))}) | "
@@ -203,7 +202,7 @@ def _quantitative(report: dict[str, Any], step: dict[str, Any], base: dict[str, 
     out.append(f"| size MB | {fmt_mb((base or {}).get('size_bytes'))} | {fmt_mb(step.get('size_bytes'))} | |")
     out.append(f"| latency p50 / p95 ms | {fmt_ms(blat.get('p50_ms'))} / {fmt_ms(blat.get('p95_ms'))} | "
                f"{fmt_ms(lat.get('p50_ms'))} / {fmt_ms(lat.get('p95_ms'))} | "
-               f"{DASH if ratio is None else f'{ratio:.2f}× p50'} |")
+               f"{fmt_ratio(step, base)} p50 |")
     out.append("")
     out += [f"Disaggregated by group (change = this model minus the uncompressed baseline; {ci_label} in brackets):", ""]
     bgroups = (base or {}).get("groups") or {}
