@@ -2,6 +2,10 @@
 
 Masks are made permanent (`prune.remove`) before export: otherwise the exported graph would carry
 `weight_orig * mask` or, worse, the unpruned weights.
+
+`structured = true` removes whole neurons/channels instead, and can fine-tune afterwards (with
+`distill = true`, the teacher is the step's *input* torch model: the uncompressed model when the
+step reads the baseline): see structured.py and finetune.py.
 """
 
 from __future__ import annotations
@@ -11,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import check, in_range
+from ..config import check, in_range, positive
 from ..errors import StepError
 from . import StepContext, StepOutcome, register
+from .structured import structured_step
 
 DENSE_WARNING = (
     "unstructured sparsity keeps dense tensors: onnxruntime's CPU kernels run no faster and the file is "
@@ -27,10 +32,20 @@ class PruneConfig:
     structured: bool = False  # true: remove whole neurons/channels so the graph shrinks
     scope: Literal["layer", "global"] = "layer"  # rank weights within each layer, or across all
     exclude: tuple[str, ...] = ()  # parameter names (as in the state dict) to leave alone
+    # structured only: channel ranking, and recovery fine-tuning on data.train (0 epochs: none)
+    importance: Literal["l1", "l2"] = "l1"  # norm of each output channel's weights (Li et al. 2017)
+    finetune_epochs: int = check(lambda v: v >= 0, "must be >= 0", default=0)
+    lr: float = check(positive, "must be > 0", default=1e-3)  # Adam
+    batch_size: int = check(positive, "must be > 0", default=64)
+    distill: bool = False  # also match the step's input model (the teacher) with a KL term
+    temperature: float = check(positive, "must be > 0", default=4.0)
+    distill_alpha: float = check(*in_range(0.0, 1.0), default=0.5)  # weight of the KL term
 
     def __post_init__(self) -> None:
-        if self.structured:
-            raise ValueError("structured: structured pruning is not available yet; use structured = false")
+        if not self.structured and self.finetune_epochs:
+            raise ValueError("finetune_epochs: recovery fine-tuning needs structured = true (it would refill pruned weights)")
+        if self.distill and not self.finetune_epochs:
+            raise ValueError("distill: needs finetune_epochs > 0")
 
 
 def prunable(model: Any, exclude: tuple[str, ...] = ()) -> list[tuple[Any, str, str]]:
@@ -50,6 +65,8 @@ def prune_step(cfg: PruneConfig, src: Path, dst: Path, ctx: StepContext) -> Step
 
     if ctx.torch_model is None:
         raise StepError("prune works on the torch model: use a .pt2 or factory source and put prune before quantization steps")
+    if cfg.structured:
+        return structured_step(cfg, src, dst, ctx)
     model = copy.deepcopy(ctx.torch_model)
     targets = prunable(model, cfg.exclude)
     if not targets:
