@@ -41,12 +41,15 @@ def main() -> None:
 @click.argument("recipe", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", "out_dir", default="edgefair-out", show_default=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the verdict line.")
+@click.option("--no-cache", is_flag=True, help="Recompute every step and evaluation instead of reusing cached ones.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Cache folder (default: $EDGEFAIR_CACHE_DIR or ~/.cache/edgefair).")
 @handle_errors
-def run(recipe: Path | None, out_dir: Path, quiet: bool) -> None:
+def run(recipe: Path | None, out_dir: Path, quiet: bool, no_cache: bool, cache_dir: Path | None) -> None:
     """Export, compress step by step, evaluate every step per group, gate, and write reports.
 
     Without RECIPE, runs the bundled reference recipe (UCI Adult MLP).
     """
+    from .cache import Cache, default_dir
     from .pipeline import run as run_pipeline
     from .recipe import load_recipe
     from .report import terminal_table
@@ -56,7 +59,8 @@ def run(recipe: Path | None, out_dir: Path, quiet: bool) -> None:
         raise EdgefairError(f"bundled recipe not found at {path} (install from a clone with `pip install -e .`, or pass RECIPE)")
     parsed = load_recipe(path)
     progress = (lambda s: None) if quiet else (lambda s: click.echo(f"· {s}", err=True))
-    report = run_pipeline(parsed, out_dir, progress)
+    cache = Cache(None if no_cache else (cache_dir or default_dir()))
+    report = run_pipeline(parsed, out_dir, cache=cache, progress=progress)
     if quiet:
         click.echo(terminal_table(report).splitlines()[-1])
     else:
@@ -72,15 +76,16 @@ def validate(recipe: Path) -> None:
     """Check RECIPE, its model source, data and export parity without compressing anything."""
     import tempfile
 
-    from .pipeline import prepare
+    from .cache import Cache
+    from .prepare import prepare
     from .recipe import load_recipe
 
     parsed = load_recipe(recipe)
     with tempfile.TemporaryDirectory(prefix="edgefair-validate-") as tmp:
-        inputs = prepare(parsed, Path(tmp))
+        inputs = prepare(parsed, Path(tmp), Cache(None))
     groups = ", ".join(f"{k} ({len(set(v.tolist()))} values)" for k, v in inputs.eval.attributes.items()) or "none"
     click.echo(f"recipe ok: {recipe}")
-    click.echo(f"model: {inputs.source.kind} {inputs.source.spec}; inputs {', '.join(inputs.source.input_names or list(inputs.eval.inputs))}")
+    click.echo(f"model: {inputs.source_kind} {parsed.model.source}; inputs {', '.join(inputs.input_names)}")
     if inputs.parity:
         click.echo(f"export parity: max |onnx - torch| {inputs.parity['max_abs_diff']:.3g} on {inputs.parity['rows']} rows, argmax agreement {inputs.parity['argmax_agreement']:.4f}")
     click.echo(f"eval data: {inputs.eval.n} rows, {'labelled' if inputs.eval.labels is not None else 'no labels (fidelity only)'}; groups: {groups}")

@@ -31,6 +31,7 @@ def step_entry(model: Any, result: dict[str, Any], *, out_name: str) -> dict[str
         "groups": stats["groups"],
         "disparity": stats.get("disparity", {}),
         "latency": result["latency"],
+        "cache": result.get("cache"),
         "gates": [],
         "passed": True,
     }
@@ -53,7 +54,7 @@ def build_report(
         "tool": {"name": "edgefair", "version": __version__},
         "environment": environment,
         "recipe": {"path": str(recipe.path), "sha256": recipe.sha256, "resolved": recipe.resolved()},
-        "source": {"kind": inputs.source.kind, "spec": inputs.source.spec, "sha256": inputs.source.sha256, "parity": inputs.parity},
+        "source": {"kind": inputs.source_kind, "spec": recipe.model.source, "sha256": inputs.source_sha256, "parity": inputs.parity},
         "data": data,
         "steps": [step_entry(m, r, out_name=f"{m.index:02d}-{m.name}.onnx") for m, r in zip(models, results)],
         "verdict": "pass",

@@ -204,3 +204,20 @@ def _read_state_dict(path: Path) -> dict:
     if not isinstance(state, dict):
         raise ModelSourceError(f"model.weights: {path} does not hold a state dict")
     return state
+
+
+def source_identity(spec: str, *, base: Path, weights: Path | None) -> tuple[str, str | None]:
+    """(kind, content hash) of a source without loading it; the hash is None when the source is not
+    fully described by files (a `pkg.module:factory` may import anything), so it is never cached."""
+    if is_factory(spec):
+        module = spec.rsplit(":", 1)[0]
+        if not module.endswith(".py"):
+            return "factory", None
+        path = (base / module).resolve()
+        parts = [sha256_file(path)] if path.is_file() else []
+        if weights is not None and weights.is_file():
+            parts.append(sha256_file(weights))
+        return "factory", "+".join(parts) if parts else None
+    path = (base / spec).resolve()
+    kind = "onnx" if path.suffix == ".onnx" else "pt2"
+    return kind, sha256_file(path) if path.is_file() else None

@@ -136,3 +136,9 @@ def run_cli(args: list[str]):
     from edgefair.cli import main
 
     return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Tests never share the user's cache; each test session has its own."""
+    monkeypatch.setenv("EDGEFAIR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "edgefair-cache"))

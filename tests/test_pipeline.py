@@ -116,7 +116,7 @@ def test_terminal_table_lists_groups(tiny_run):
 def test_same_inputs_same_metrics(tiny_run, tmp_path):
     root, _, report, _ = tiny_run
     out2 = tmp_path / "again"
-    assert run_cli(["run", str(root / "r.toml"), "--out", str(out2)]).exit_code == 0
+    assert run_cli(["run", str(root / "r.toml"), "--out", str(out2), "--no-cache"]).exit_code == 0
     again = json.loads((out2 / "report.json").read_text())
     for a, b in zip(report["steps"], again["steps"]):
         assert a["groups"] == b["groups"] and a["overall"] == b["overall"]

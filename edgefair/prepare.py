@@ -1,0 +1,179 @@
+"""Before any compression: load the data, export the baseline (or take it from the cache) and check
+it against torch and against the data. The torch model is loaded only when something needs it."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import __version__
+from . import data as data_mod
+from .cache import Cache, make_key
+from .errors import DataError
+from .evaluate import conform_inputs
+from .export import check_parity, export_onnx
+from .io import sha256_file
+from .recipe import Recipe
+from .runtime import make_session
+from .source import ModelSource, load_source, source_identity
+
+PARITY_ROWS = 256  # eval rows compared between torch and onnxruntime after export
+EXPORT_EXAMPLE_ROWS = 8  # rows traced by the exporter (batch > 1 keeps the batch axis dynamic)
+
+Progress = Callable[[str], None]
+
+
+def version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+@dataclass
+class StepModel:
+    index: int
+    name: str
+    kind: str
+    input: str | None
+    path: Path  # in the scratch folder
+    torch_model: Any = None
+    warnings: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    cache: str = "off"  # hit | miss | off
+
+
+@dataclass
+class Inputs:
+    """Everything validated before any compression. `module()` loads the torch model on demand."""
+
+    recipe: Recipe
+    source_kind: str
+    source_sha256: str | None
+    eval: data_mod.Dataset
+    calibration: data_mod.Dataset | None
+    train: data_mod.Dataset | None
+    baseline: StepModel
+    parity: dict[str, Any] | None
+    input_names: list[str]
+    _source: ModelSource | None = None
+
+    def source(self) -> ModelSource:
+        if self._source is None:
+            self._source = _load(self.recipe)
+        return self._source
+
+    def module(self) -> Any:
+        return self.source().module
+
+    def export(self, module: Any, dst: Path) -> None:
+        examples = {k: v[:EXPORT_EXAMPLE_ROWS] for k, v in self.eval.inputs.items()}
+        export_onnx(module, examples, self.input_names, dst, opset=self.recipe.model.opset, dynamic_axes=self.recipe.model.dynamic_axes)
+
+
+def _load(recipe: Recipe) -> ModelSource:
+    return load_source(
+        recipe.model.source,
+        base=recipe.base,
+        weights=recipe.resolve(recipe.model.weights) if recipe.model.weights else None,
+        trust_pickle=recipe.model.trust_pickle,
+    )
+
+
+def _load_data(recipe: Recipe):
+    d = recipe.data
+    eval_data = data_mod.load(recipe.resolve(d.eval), key="data.eval", label=d.label, groups=d.groups, features=d.features)
+    calib = train = None
+    if d.calibration:
+        calib = data_mod.load(recipe.resolve(d.calibration), key="data.calibration", label=d.label, groups=(), features=d.features)
+    if d.train:
+        train = data_mod.load(recipe.resolve(d.train), key="data.train", label=d.label, groups=(), features=d.features, require_labels=True)
+    return eval_data, calib, train
+
+
+def export_key(recipe: Recipe, source_sha: str | None, eval_data: data_mod.Dataset) -> str | None:
+    if source_sha is None:
+        return None
+    shapes = {k: [list(v.shape[1:]), str(v.dtype)] for k, v in eval_data.inputs.items()}
+    m = recipe.model
+    return make_key(
+        "export", __version__, version("torch"), version("onnx"), version("onnxscript"), source_sha,
+        m.opset, m.dynamic_axes, m.parity_atol, m.parity_rtol, shapes, sha256_file(eval_data.path),
+    )
+
+
+def prepare(recipe: Recipe, workdir: Path, cache: Cache, progress: Progress = lambda s: None) -> Inputs:
+    """Load data and baseline; raise EdgefairError on anything that does not fit."""
+    t0 = time.perf_counter()
+    weights = recipe.resolve(recipe.model.weights) if recipe.model.weights else None
+    kind, sha = source_identity(recipe.model.source, base=recipe.base, weights=weights)
+    eval_data, calib, train = _load_data(recipe)
+    baseline = StepModel(0, "baseline", "export", None, workdir / "00-baseline.onnx")
+    key = export_key(recipe, sha, eval_data) if kind != "onnx" else None
+    source: ModelSource | None = None
+    parity = None
+    if kind == "onnx":
+        source = _load(recipe)
+        shutil.copyfile(source.path, baseline.path)
+    elif key is not None and cache.get_file("export", key, baseline.path):
+        parity = cache.get_json("export", key)
+        baseline.cache = "hit"
+    else:
+        source = _load(recipe)
+        eval_data, calib, train = (_name_csv(source.input_names, d) for d in (eval_data, calib, train))
+        _check_torch_inputs(source, eval_data)
+        progress("export: torch -> ONNX")
+        examples = {k: v[:EXPORT_EXAMPLE_ROWS] for k, v in eval_data.inputs.items()}
+        export_onnx(source.module, examples, source.input_names, baseline.path, opset=recipe.model.opset, dynamic_axes=recipe.model.dynamic_axes)
+        baseline.cache = "miss" if key is not None and cache.enabled else "off"
+    session = make_session(baseline.path, threads=0)
+    input_names = [i.name for i in session.get_inputs()]
+    eval_data, calib, train = (_name_csv(input_names, d) for d in (eval_data, calib, train))
+    eval_data = conform_inputs(session, eval_data, "data.eval")
+    calib = conform_inputs(session, calib, "data.calibration") if calib is not None else None
+    train = conform_inputs(session, train, "data.train") if train is not None else None
+    if source is not None and source.module is not None:
+        feed = {k: v[:PARITY_ROWS] for k, v in eval_data.inputs.items()}
+        m = recipe.model
+        parity = check_parity(source.module, session, feed, source.input_names, atol=m.parity_atol, rtol=m.parity_rtol).as_dict()
+        if key is not None:
+            cache.put_file("export", key, baseline.path)
+            cache.put_json("export", key, parity)
+    baseline.seconds = time.perf_counter() - t0
+    inputs = Inputs(recipe, kind, sha, eval_data, calib, train, baseline, parity, input_names)
+    inputs._source = source
+    baseline.torch_model = source.module if source is not None else None
+    return inputs
+
+
+def _name_csv(input_names: list[str], data: data_mod.Dataset | None) -> data_mod.Dataset | None:
+    """A csv file's features form the model's single input: give them the input's name."""
+    if data is None or data_mod.CSV_INPUT not in data.inputs:
+        return data
+    if len(input_names) != 1:
+        raise DataError(f"data.eval: a .csv file feeds one model input, the model has {len(input_names)}")
+    return data.rename_input(data_mod.CSV_INPUT, input_names[0])
+
+
+def _check_torch_inputs(source: ModelSource, data: data_mod.Dataset) -> None:
+    import torch
+
+    missing = [n for n in source.input_names if n not in data.inputs]
+    if missing:
+        have = ", ".join(sorted(data.inputs)) or "none"
+        raise DataError(f"data.eval: {data.path} has no array {missing[0]!r} for model input {missing[0]!r} (inputs there: {have})")
+    args = [torch.from_numpy(np.ascontiguousarray(data.inputs[n][:2])) for n in source.input_names]
+    try:
+        with torch.no_grad():
+            source.module(*args)
+    except Exception as e:
+        shapes = ", ".join(f"{n}: {tuple(data.inputs[n].shape)}" for n in source.input_names)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise DataError(f"data.eval: arrays ({shapes}) in {data.path.name} do not fit the model: {first}") from e
