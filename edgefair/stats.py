@@ -322,18 +322,19 @@ def _summary(values: dict[str, float | None], higher_is_better: bool) -> dict:
 
 
 def _disparity(scope_keys: list[str], groups: dict, positive: dict, reps: dict, boot_col: dict,
-               config: StatsConfig) -> dict:
+               config: StatsConfig, *, labels: bool, paired: bool) -> dict:
+    """One scope's summaries over its ok groups (every field present, ``None`` when undefined)."""
     ok = [k for k in scope_keys if groups[k]["status"] == "ok"]
     out: dict = {"groups": ok, "excluded": [k for k in scope_keys if k not in ok]}
-    names = [m for m in (*CLASSIFICATION_KEYS, *FIDELITY_KEYS) if ok and m in groups[ok[0]]]
+    names = (CLASSIFICATION_KEYS if labels else ()) + (FIDELITY_KEYS if paired else ())
     for name in names:
         out[name] = _summary({k: groups[k][name] for k in ok}, mt.HIGHER_IS_BETTER[name])
-    if "accuracy" in names:
+    if labels:
         out["demographic_parity_difference"] = out["selection_rate"]["gap"]
         tpr = _summary({k: positive[k][0] for k in ok}, True)["gap"]
         fpr = _summary({k: positive[k][1] for k in ok}, False)["gap"]
         out["equalized_odds_difference"] = None if tpr is None or fpr is None else max(tpr, fpr)
-    if "accuracy_delta" in (groups[ok[0]] if ok else {}):
+    if labels and paired:
         now = out["accuracy"]["gap"]
         base = _summary({k: groups[k]["accuracy"] - groups[k]["accuracy_delta"] for k in ok}, True)["gap"]
         out["accuracy_gap_base"] = base
@@ -431,7 +432,7 @@ def evaluate_step(
             for key, adjusted in zip(ok, holm([groups[k][field] for k in ok])):
                 groups[key][f"{field}_holm"] = adjusted
 
-    disparity = {scope: _disparity(keys, groups, positive, reps, boot_col, config)
+    disparity = {scope: _disparity(keys, groups, positive, reps, boot_col, config, labels=labels, paired=paired)
                  for scope, keys in grp.scopes(list(masks)).items()}
     return {"overall": overall, "groups": groups, "disparity": disparity}
 
