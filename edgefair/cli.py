@@ -43,8 +43,9 @@ def main() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="Print only the verdict line.")
 @click.option("--no-cache", is_flag=True, help="Recompute every step and evaluation instead of reusing cached ones.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Cache folder (default: $EDGEFAIR_CACHE_DIR or ~/.cache/edgefair).")
+@click.option("--latency-from", "latency_from", multiple=True, type=click.Path(dir_okay=False, path_type=Path), help="Latency JSON from `edgefair probe` on the device; replaces local latency for models with the same sha256 (repeatable).")
 @handle_errors
-def run(recipe: Path | None, out_dir: Path, quiet: bool, no_cache: bool, cache_dir: Path | None) -> None:
+def run(recipe: Path | None, out_dir: Path, quiet: bool, no_cache: bool, cache_dir: Path | None, latency_from: tuple[Path, ...]) -> None:
     """Export, compress step by step, evaluate every step per group, gate, and write reports.
 
     Without RECIPE, runs the bundled reference recipe (UCI Adult MLP).
@@ -60,7 +61,10 @@ def run(recipe: Path | None, out_dir: Path, quiet: bool, no_cache: bool, cache_d
     parsed = load_recipe(path)
     progress = (lambda s: None) if quiet else (lambda s: click.echo(f"· {s}", err=True))
     cache = Cache(None if no_cache else (cache_dir or default_dir()))
-    report = run_pipeline(parsed, out_dir, cache=cache, progress=progress)
+    for f in latency_from:
+        if not f.is_file():
+            raise EdgefairError(f"--latency-from: file not found: {f}")
+    report = run_pipeline(parsed, out_dir, cache=cache, latency_from=latency_from, progress=progress)
     if quiet:
         click.echo(terminal_table(report).splitlines()[-1])
     else:
@@ -112,3 +116,35 @@ def report(out_dir: Path) -> None:
         raise EdgefairError(f"{path}: schema_version {data.get('schema_version')!r} is not supported (expected 1)")
     render_all(out_dir, data)
     click.echo(f"reports re-rendered in {out_dir}/")
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--threads", default=1, show_default=True, help="Intra-op threads.")
+@click.option("--batch-size", default=1, show_default=True)
+@click.option("--runs", default=200, show_default=True)
+@click.option("--warmup", default=20, show_default=True)
+@click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None, help=".npz with one array per model input (default: synthetic inputs).")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the latency JSON here (for `run --latency-from`).")
+@handle_errors
+def probe(models, threads, batch_size, runs, warmup, data, out_file) -> None:
+    """Measure latency of MODELS on this device (needs only numpy and onnxruntime).
+
+    Without click installed, the same runs as `python -m edgefair.probe`.
+    """
+    import json
+
+    from .io import write_json
+    from .probe import probe as run_probe
+
+    try:
+        doc = run_probe(list(models), threads=threads, batch_size=batch_size, runs=runs, warmup=warmup, data=data)
+    except ValueError as e:
+        raise EdgefairError(str(e)) from e
+    if out_file is not None:
+        write_json(out_file, doc)
+    for m in doc["models"]:
+        lat = m["latency"]
+        click.echo(f"{m['path']}: p50 {lat['p50_ms']:.4f} ms  p95 {lat['p95_ms']:.4f} ms  (sha256 {m['sha256'][:12]})")
+    if out_file is None:
+        click.echo(json.dumps(doc, indent=2))

@@ -19,7 +19,9 @@ from .config import as_dict
 from .evaluate import predict
 from .groups import group_masks
 from .io import sha256_file
-from .latency import LatencySettings, measure_interleaved
+from .errors import DataError
+from .latency import LatencySettings, measure_interleaved, speed_warnings
+from .probe import load_device_latency
 from .metrics import to_probabilities
 from .prepare import Inputs, Progress, StepModel, prepare, version
 from .recipe import Recipe, StepSpec
@@ -102,7 +104,39 @@ def stats_config(recipe: Recipe) -> StatsConfig:
     return StatsConfig(n_boot=ev.bootstrap, confidence=ev.confidence, seed=ev.seed, min_group_size=recipe.data.min_group_size, n_bins=ev.ece_bins)
 
 
-def evaluate(inputs: Inputs, models: list[StepModel], cache: Cache, progress: Progress) -> list[dict[str, Any]]:
+def measure_latency(
+    inputs: Inputs, models: list[StepModel], shas: list[str], latency_from: tuple[Path, ...], progress: Progress
+) -> list[dict[str, Any] | None]:
+    """Local latency, interleaved across all models; device measurements replace it by model sha256."""
+    recipe = inputs.recipe
+    lat = recipe.latency
+    files = tuple(recipe.resolve(f) for f in lat.from_files) + tuple(latency_from)
+    try:
+        device = load_device_latency(files) if files else {}
+    except ValueError as e:
+        raise DataError(f"latency.from_files: {e}") from e
+    latency: list[dict[str, Any] | None] = [None] * len(models)
+    if lat.enabled:
+        progress("latency: interleaved over all models")
+        settings = LatencySettings(
+            threads=lat.threads, batch_size=lat.batch_size, warmup=lat.warmup, runs=lat.runs, inter_op_threads=lat.inter_op_threads,
+            optimization=lat.optimization, budget_s=lat.budget_s, batch_sizes=lat.batch_sizes,
+            confidence=recipe.evaluate.confidence, seed=recipe.evaluate.seed,
+        )
+        latency = [dict(r, source="local") for r in measure_interleaved([m.path for m in models], inputs.eval.inputs, settings)]
+    for i, sha in enumerate(shas):
+        if sha in device:
+            latency[i] = {**device[sha], "source": "device", "local": latency[i]}
+    index = {m.name: m.index for m in models}
+    warn = speed_warnings(latency, [m.kind for m in models], [index[m.input] if m.input else None for m in models])
+    for m, extra in zip(models, warn):
+        m.warnings = [*m.warnings, *extra]
+    return latency
+
+
+def evaluate(
+    inputs: Inputs, models: list[StepModel], cache: Cache, progress: Progress, latency_from: tuple[Path, ...] = ()
+) -> list[dict[str, Any]]:
     """Per-group statistics of every model against the baseline (step 0) on the same rows."""
     recipe = inputs.recipe
     d = recipe.data
@@ -134,15 +168,7 @@ def evaluate(inputs: Inputs, models: list[StepModel], cache: Cache, progress: Pr
                 config=config,
             )
             cache.put_json("stats", keys[i], stats[i])
-    latency: list[Any] = [None] * len(models)
-    if recipe.latency.enabled:
-        progress("latency: interleaved over all models")
-        lat = recipe.latency
-        latency = measure_interleaved(
-            [m.path for m in models],
-            inputs.eval.inputs,
-            LatencySettings(threads=lat.threads, batch_size=lat.batch_size, warmup=lat.warmup, runs=lat.runs),
-        )
+    latency = measure_latency(inputs, models, shas, latency_from, progress)
     return [
         {"stats": s, "latency": latency[i], "cache": {"model": models[i].cache, "stats": "off" if not cache.enabled else ("miss" if i in missing else "hit")}}
         for i, s in enumerate(stats)
@@ -165,7 +191,14 @@ def environment() -> dict[str, Any]:
     }
 
 
-def run(recipe: Recipe, out_dir: Path, *, cache: Cache | None = None, progress: Progress = lambda s: None) -> dict[str, Any]:
+def run(
+    recipe: Recipe,
+    out_dir: Path,
+    *,
+    cache: Cache | None = None,
+    latency_from: tuple[Path, ...] = (),
+    progress: Progress = lambda s: None,
+) -> dict[str, Any]:
     """The whole job. Raises EdgefairError on bad input before anything is written to `out_dir`."""
     from .gates import apply_gates
     from .publish import publish
@@ -182,7 +215,7 @@ def run(recipe: Recipe, out_dir: Path, *, cache: Cache | None = None, progress: 
         models = Compressor(inputs, workdir, cache, progress).run()
         timings["compress"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        results = evaluate(inputs, models, cache, progress)
+        results = evaluate(inputs, models, cache, progress, latency_from)
         timings["evaluate"] = time.perf_counter() - t0
         report = build_report(recipe=recipe, inputs=inputs, models=models, results=results, environment=environment(), timings=timings)
         apply_gates(report, recipe.gates, confidence=recipe.evaluate.confidence)

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_path, write_json, write_text
+from .io import atomic_path, sha256_file, write_json, write_text
 
 STEP_FILE = re.compile(r"^\d{2}-.+\.onnx$")
 
@@ -27,10 +27,33 @@ def publish(out_dir: Path, report: dict[str, Any], model_files: dict[int, Path])
             shutil.copyfile(out_dir / report["selected"]["model"], tmp)
     write_json(out_dir / "report.json", report)
     render_all(out_dir, report)
+    write_json(out_dir / "manifest.json", manifest(out_dir, report))
 
 
 def render_all(out_dir: Path, report: dict[str, Any]) -> None:
     """(Re-)render the human reports from a report dict."""
+    from . import render
     from .report import terminal_table
 
+    render.render_all(out_dir, report)
     write_text(out_dir / "report.txt", terminal_table(report) + "\n")
+
+
+def manifest(out_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """sha256 of every model, report and input the run used, and the versions that produced them."""
+    files = sorted({s["model"] for s in report["steps"]} | ({"selected.onnx"} if report.get("selected") else set()))
+    files += ["report.json"]
+    env = report["environment"]
+    return {
+        "tool": report["tool"],
+        "created_at": report.get("created_at"),
+        "files": {name: {"sha256": sha256_file(out_dir / name), "size_bytes": (out_dir / name).stat().st_size} for name in files},
+        "inputs": {
+            "recipe": {"path": report["recipe"]["path"], "sha256": report["recipe"]["sha256"]},
+            "model_source": report["source"],
+            **{f"data.{k}": {"path": v["path"], "sha256": v["sha256"]} for k, v in report["data"].items()},
+        },
+        "versions": {k: env.get(k) for k in ("python", "numpy", "torch", "onnx", "onnxruntime", "edgefair")},
+        "verdict": report["verdict"],
+        "selected": report.get("selected"),
+    }

@@ -68,6 +68,11 @@ class LatencyConfig:
     warmup: int = check(lambda v: v >= 0, "must be >= 0", default=20)
     runs: int = check(lambda v: v >= 10, "must be >= 10", default=200)
     enabled: bool = True
+    inter_op_threads: int = check(lambda v: v >= 0, "must be >= 0", default=1)
+    optimization: Literal["disable", "basic", "extended", "all"] = "all"  # onnxruntime graph optimization level
+    budget_s: float | None = check(positive, "must be > 0", default=None)  # time per model instead of a run count
+    batch_sizes: tuple[int, ...] = check(positive, "must be > 0", default=())  # more batch sizes for throughput
+    from_files: tuple[str, ...] = ()  # device measurements (`edgefair probe --out`) used instead of local ones
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,9 @@ def parse_recipe(raw: dict[str, Any], *, path: Path, sha256: str = "") -> Recipe
         if not is_factory(model.source):
             raise RecipeError("model.weights: only used with a `pkg.module:factory` source")
         _check_file(base, model.weights, "model.weights")
+    for i, rel in enumerate(raw.get("latency", {}).get("from_files", []) if isinstance(raw.get("latency"), dict) else []):
+        if isinstance(rel, str):
+            _check_file(base, rel, f"latency.from_files[{i}]")
     for key in ("eval", "calibration", "train"):
         if getattr(data, key) is not None:
             _check_file(base, getattr(data, key), f"data.{key}")

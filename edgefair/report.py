@@ -5,6 +5,7 @@ Every human and machine output is rendered from this one dict.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ def build_report(
         "verdict": "pass",
         "selected": None,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
