@@ -46,6 +46,7 @@ REASON_CI_TOO_WIDE = "{field} width {width:.4f} > max_ci_width ({max_ci_width:g}
 CLASSIFICATION_KEYS = ("accuracy", "balanced_accuracy", "tpr", "fpr", "precision", "f1",
                        "selection_rate", "ece", "ece_equal_mass", "mce", "brier", "nll")
 FIDELITY_KEYS = ("agreement", "flip_rate", "cosine_mean", "cosine_min", "rel_error_mean")
+SE_FLOOR = 1e-9  # below this a bootstrap spread is float rounding, not variation
 BOOT_CHUNK_ELEMENTS = 4_000_000  # bound the (replicates x rows) count matrix to ~16 MB of float32
 
 
@@ -218,6 +219,24 @@ def _derive(sums: np.ndarray, sizes: np.ndarray, layout: dict[str, slice]) -> di
     return out
 
 
+def simultaneous_ci(replicates: np.ndarray, point: np.ndarray, confidence: float) -> np.ndarray:
+    """Intervals that hold for all G groups at once with probability ``confidence``: (G, 2).
+
+    Max-|z| bootstrap band: each group's replicates are standardized by their bootstrap standard
+    error, ``c`` is the ``confidence`` quantile over replicates of the largest |z| across groups,
+    and the band is ``point +- c * se``. The joint replicates carry the overlap between groups
+    (``sex=Female`` contains ``sex=Female&race=Black``), so this is narrower than Bonferroni while
+    keeping family-wise coverage. A group with zero bootstrap spread gets ``[point, point]``.
+    """
+    se = replicates.std(axis=0, ddof=1) if len(replicates) > 1 else np.zeros(replicates.shape[1])
+    live = se > SE_FLOOR
+    half = np.zeros_like(point, dtype=np.float64)
+    if live.any():
+        z = np.abs(replicates[:, live] - point[live]) / se[live]
+        half[live] = np.quantile(z.max(axis=1), confidence) * se[live]
+    return np.stack([point - half, point + half], axis=1)
+
+
 def _ci(replicates: np.ndarray, confidence: float) -> np.ndarray:
     """Percentile interval along axis 0: (2, ...) lower and upper bounds."""
     tail = (1.0 - confidence) / 2.0
@@ -375,6 +394,13 @@ def evaluate_step(
         fewer than ``min_group_size`` rows (or, with ``max_ci_width``, too wide an interval) carry
         only ``n``, ``status = "insufficient_data"`` and ``reason``, and are left out of the
         disparity summaries (listed under ``excluded``) and of the Holm family.
+
+        Per ok group with labels and a baseline: ``*_delta`` for every metric, percentile
+        ``accuracy_delta_ci``/``ece_delta_ci`` (each at ``confidence`` on its own) and
+        ``accuracy_delta_ci_simultaneous``/``ece_delta_ci_simultaneous`` (all ok groups at once,
+        see ``simultaneous_ci``), ``lost_correct``/``gained_correct``, ``mcnemar_p``,
+        ``mcnemar_p_drop`` and their Holm-corrected ``*_holm``, ``flip_share_ratio``. Interval
+        fields are ``None`` when ``n_boot = 0``.
     """
     p = mt.check_probs(probs)
     n = len(p)
@@ -421,6 +447,15 @@ def evaluate_step(
                                                    max_ci_width=config.max_ci_width)
                 groups[key] = {"n": groups[key]["n"], "status": "insufficient_data", "reason": reason}
     ok = [k for k in masks if groups[k]["status"] == "ok"]
+
+    if labels and paired:  # family-wise intervals over the ok groups, for gates that fail builds
+        for name in ("accuracy_delta", "ece_delta"):
+            band = None
+            if reps and ok:
+                point = np.array([groups[k][name] for k in ok], dtype=np.float64)
+                band = simultaneous_ci(reps[name][:, [boot_col[k] for k in ok]], point, config.confidence)
+            for i, key in enumerate(ok):
+                groups[key][f"{name}_ci_simultaneous"] = None if band is None else [float(v) for v in band[i]]
 
     if paired:
         total_flips = float(rows.flip.sum())

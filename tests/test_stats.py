@@ -12,7 +12,7 @@ import pytest
 from fairlearn.metrics import (MetricFrame, demographic_parity_difference, equalized_odds_difference,
                                false_positive_rate, selection_rate)
 from scipy.special import softmax
-from scipy.stats import binomtest
+from scipy.stats import binomtest, norm
 from sklearn import metrics as skm
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
@@ -252,11 +252,40 @@ def test_same_model_twice_has_zero_change_with_zero_width(case):
             continue
         assert group["accuracy_delta"] == 0 and group["accuracy_delta_ci"] == [0, 0]
         assert group["flip_rate_ci"] == [0, 0] and group["ece_delta_ci"] == [0, 0]
+        if "status" in group:
+            assert group["accuracy_delta_ci_simultaneous"] == [0, 0]
         assert group["cosine_min"] == pytest.approx(1.0) and group["rel_error_mean"] == 0
     for group in result["groups"].values():
         assert group["mcnemar_p_holm"] == 1.0 and group["flip_share_ratio"] is None
     assert result["disparity"]["sex&race"]["accuracy_gap_growth_ci"] == [0, 0]
     assert st.significant_accuracy_drops(result, alpha=0.05) == []
+
+
+def test_simultaneous_band_matches_max_of_independent_normals():
+    # disjoint groups (intersections only) and heavy churn: replicates near-normal and independent,
+    # so P(max of 6 |z| <= c) = 0.95 gives c = Phi^-1((1 + 0.95 ** (1 / 6)) / 2) ~ 2.63
+    case = make_case(seed=7, n=3000, flip=0.4)
+    masks = {k: m for k, m in group_masks({"sex": case["sex"], "race": case["race"]}, intersections=True).items()
+             if "&" in k}
+    result = st.evaluate_step(masks=masks, probs=case["step"], outputs=case["step_out"], y_true=case["y"],
+                              base_probs=case["base"], base_outputs=case["base_out"],
+                              config=st.StatsConfig(n_boot=2000, seed=3))
+    expected_c = norm.ppf((1 + 0.95 ** (1 / 6)) / 2)
+    for key in masks:
+        g = result["groups"][key]
+        lo, hi = g["accuracy_delta_ci_simultaneous"]
+        assert (lo + hi) / 2 == pytest.approx(g["accuracy_delta"])
+        p_lo, p_hi = g["accuracy_delta_ci"]  # per-group percentile interval ~ +-1.96 se
+        ratio = (hi - lo) / (p_hi - p_lo)
+        assert ratio == pytest.approx(expected_c / 1.96, rel=0.12), key
+
+
+def test_simultaneous_band_edge_cases():
+    reps = np.array([[0.0, 1.0], [0.0, -1.0], [0.0, 0.5]])
+    band = st.simultaneous_ci(reps, np.array([0.0, 0.0]), 0.95)
+    assert band[0].tolist() == [0.0, 0.0]  # no spread: the point itself
+    assert band[1][0] < 0 < band[1][1]
+    assert st.simultaneous_ci(reps[:1], np.array([0.0, 0.1]), 0.95).tolist() == [[0.0, 0.0], [0.1, 0.1]]
 
 
 def test_intervals_cover_the_point_estimates(result):
@@ -315,6 +344,7 @@ def test_baseline_step_has_no_delta_fields(case):
 def test_no_bootstrap_gives_null_intervals(case):
     result = run(case, st.StatsConfig(n_boot=0))
     assert result["overall"]["accuracy_delta_ci"] is None
+    assert result["groups"]["sex=Male"]["ece_delta_ci_simultaneous"] is None
     assert result["disparity"]["sex"]["accuracy_gap_growth_ci"] is None
 
 
