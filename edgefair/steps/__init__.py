@@ -56,3 +56,4 @@ def register(kind: str, config_cls: type, *, needs_torch: bool = False, needs_ca
 
 
 from . import prune, quantize  # noqa: E402,F401  (fill the registry)
+from . import weights  # noqa: E402,F401
