@@ -379,6 +379,20 @@ def test_one_class_group_and_identical_predictions():
     json.dumps(result, allow_nan=False)
 
 
+def test_hard_zero_one_probabilities():
+    case = make_case(seed=6, n=600)
+    hard = np.eye(2)[case["step"].argmax(1)]  # a step that outputs exactly 0 and 1
+    result = run(dict(case, step=hard, step_out=hard), st.StatsConfig(n_boot=50))
+    json.dumps(result, allow_nan=False)
+    male = case["sex"] == "Male"
+    g = result["groups"]["sex=Male"]
+    y = case["y"][male]
+    assert g["nll"] == pytest.approx(skm.log_loss(y, hard[male]))
+    assert g["brier"] == pytest.approx(skm.brier_score_loss(y, hard[male][:, 1]))
+    assert g["ece"] == pytest.approx(1 - g["accuracy"])  # every row in the last bin, confidence 1
+    assert g["reliability"][-1]["count"] == g["n"] and g["reliability"][-1]["confidence"] == 1.0
+
+
 def test_multiclass_and_single_column_outputs_run():
     case = make_case(seed=3, n=600, k=4)
     result = run(case, st.StatsConfig(n_boot=30, positive_label=2))
