@@ -412,6 +412,7 @@ def evaluate_step(
     rows = _build_rows(p, outputs, y_true, base_probs, base_outputs, config)
     labels, paired = rows.correct is not None, rows.base_pred is not None
 
+    # 1. point estimates; groups below min_group_size keep only n, status and reason
     overall, _ = _point(rows, np.ones(n, dtype=bool), config)
     groups: dict[str, dict] = {}
     positive: dict[str, tuple] = {}
@@ -424,6 +425,7 @@ def evaluate_step(
         fields, positive[key] = _point(rows, mask, config)
         groups[key] = {"n": size, "status": "ok", **{k: v for k, v in fields.items() if k != "n"}}
 
+    # 2. one paired stratified bootstrap for every interval (column 0 = overall)
     sized = [k for k in masks if groups[k]["status"] == "ok"]
     boot_col = {key: i + 1 for i, key in enumerate(sized)}
     reps = _bootstrap(rows, masks, sized, config, n) if config.n_boot > 0 else {}
@@ -438,6 +440,7 @@ def evaluate_step(
             col = boot_col[key]
             groups[key][f"{name}_ci"] = None if ci is None else [float(ci[0, col]), float(ci[1, col])]
 
+    # 3. groups whose decision interval is too wide to decide join the insufficient ones
     decision = "accuracy_delta_ci" if labels and paired else "accuracy_ci" if labels else "flip_rate_ci"
     if config.max_ci_width is not None and (labels or paired):
         for key in sized:
@@ -457,6 +460,7 @@ def evaluate_step(
             for i, key in enumerate(ok):
                 groups[key][f"{name}_ci_simultaneous"] = None if band is None else [float(v) for v in band[i]]
 
+    # 4. family-wide quantities over the final ok groups
     if paired:
         total_flips = float(rows.flip.sum())
         for key in ok:
