@@ -1,0 +1,195 @@
+"""Structured pruning and recovery fine-tuning on tiny real models: real torch.export, ONNX export
+and onnxruntime, no mocks."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from edgefair.data import Dataset
+from edgefair.errors import RecipeError
+from edgefair.config import build
+from edgefair.export import export_onnx
+from edgefair.runtime import make_session
+from edgefair.steps import StepContext
+from edgefair.steps.finetune import FinetuneSettings, finetune
+from edgefair.steps.prune import PruneConfig, prune_step
+from edgefair.steps.structured import channel_importance, select_channels
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+
+class CNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(16 * 4 * 4, 12), nn.ReLU(), nn.Linear(12, 4))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(pixels))
+
+
+def _data(name: str, shape: tuple[int, ...], n_classes: int, n: int = 64) -> Dataset:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, *shape)).astype(np.float32)
+    y = rng.integers(0, n_classes, size=n).astype(np.int64)
+    return Dataset(Path("mem.npz"), {name: x}, y, {})
+
+
+def _randomize_bn(model: nn.Module) -> nn.Module:
+    torch.manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # non-trivial running stats, so slicing them matters
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.normal_()
+    return model.eval()
+
+
+def _run(model, data: Dataset, tmp: Path, cfg: PruneConfig, train: Dataset | None = None):
+    name = next(iter(data.inputs))
+
+    def export(module, dst: Path) -> None:
+        export_onnx(module, {name: data.inputs[name][:4]}, [name], dst)
+
+    src = tmp / "base.onnx"
+    export(model, src)
+    ctx = StepContext(torch_model=model, calibration=data, train=train, export=export, workdir=tmp, seed=0)
+    dst = tmp / "pruned.onnx"
+    return src, dst, prune_step(cfg, src, dst, ctx)
+
+
+def _initializer_shapes(path: Path) -> list[tuple[int, ...]]:
+    return sorted(tuple(i.dims) for i in onnx.load(str(path)).graph.initializer if len(i.dims) >= 1)
+
+
+def _agree(model, path: Path, data: Dataset) -> None:
+    name, x = next(iter(data.inputs.items()))
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    out = make_session(path, threads=1).run(None, {name: x})[0]
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_linear_shapes_shrink_in_onnx(tmp_path):
+    data = _data("features", (6,), 3)
+    src, dst, out = _run(MLP().eval(), data, tmp_path, PruneConfig(sparsity=0.5, structured=True))
+    assert (6, 16) not in _initializer_shapes(dst)
+    weights = [s for s in _initializer_shapes(dst) if len(s) == 2]
+    # Linear(6,16)->8 neurons, Linear(16,8)->(8 in, 4 out), final Linear(8,3) keeps its 3 outputs
+    assert sorted(weights) == [(3, 4), (4, 8), (8, 6)]  # Gemm(transB=1): (out, in)
+    assert out.details["channels"] == {"net.0.weight": [16, 8], "net.2.weight": [8, 4]}
+    assert out.details["skipped"] == {"net.4.weight": "feeds the model output"}
+    assert dst.stat().st_size < src.stat().st_size
+    _agree(out.torch_model, dst, data)
+
+
+def test_conv_bn_shapes_shrink_and_outputs_agree(tmp_path):
+    data = _data("pixels", (1, 8, 8), 4)
+    model = _randomize_bn(CNN())
+    reference = copy.deepcopy(model.state_dict())
+    src, dst, out = _run(model, data, tmp_path, PruneConfig(sparsity=0.5, structured=True))
+    shapes = _initializer_shapes(dst)
+    assert (4, 1, 3, 3) in shapes and (8, 4, 3, 3) in shapes  # conv1 8->4 out, conv2 (16->8 out, 8->4 in)
+    assert out.details["channels"] == {"body.0.weight": [8, 4], "body.3.weight": [16, 8], "head.1.weight": [12, 6]}
+    pruned = out.torch_model
+    assert pruned.body[1].num_features == 4 and pruned.body[4].running_mean.shape == (8,)
+    assert pruned.head[1].in_features == 8 * 16 and pruned.head[3].in_features == 6
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in reference.items()}  # input untouched
+    _agree(pruned, dst, data)
+    probs = make_session(dst, threads=1).run(None, {"pixels": data.inputs["pixels"]})[0]
+    assert np.isfinite(probs).all()
+
+
+def test_kept_channels_compute_what_they_computed_before(tmp_path):
+    """Without fine-tuning, each kept conv channel's activations equal the unpruned model's."""
+    data = _data("pixels", (1, 8, 8), 4)
+    model = _randomize_bn(CNN())
+    _, _, out = _run(model, data, tmp_path, PruneConfig(sparsity=0.5, structured=True))
+    x = torch.from_numpy(data.inputs["pixels"])
+    keep = select_channels([channel_importance(model.body[0].weight.detach().numpy(), "l1")], 0.5, "layer")[0]
+    with torch.no_grad():
+        full = model.body[:3](x)[:, keep]
+        small = out.torch_model.body[:3](x)
+    torch.testing.assert_close(small, full)
+
+
+def test_pt2_graph_module_path(tmp_path):
+    data = _data("features", (6,), 3)
+    torch.manual_seed(0)
+    program = torch.export.export(MLP().eval(), (torch.from_numpy(data.inputs["features"][:4]),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    path = tmp_path / "mlp.pt2"
+    torch.export.save(program, str(path))
+    gm = torch.export.load(str(path)).module()
+    _, dst, out = _run(gm, data, tmp_path, PruneConfig(sparsity=0.5, structured=True, finetune_epochs=2, distill=True), train=data)
+    assert out.details["channels"] == {"net.0.weight": [16, 8], "net.2.weight": [8, 4]}
+    assert dict(gm.named_parameters())["net.0.weight"].shape == (16, 6)  # the input module is untouched
+    _agree(out.torch_model, dst, data)
+    batch = make_session(dst, threads=1).run(None, {"features": data.inputs["features"][:1]})[0]
+    assert batch.shape == (1, 3)  # batch axis still dynamic
+
+
+def test_finetune_is_deterministic():
+    data = _data("pixels", (1, 8, 8), 4)
+    settings = FinetuneSettings(epochs=2, lr=1e-2, batch_size=16, seed=3)
+    results = []
+    for _ in range(2):
+        torch.manual_seed(123)  # different init each time would show up below; same init here
+        model = _randomize_bn(CNN())
+        teacher = _randomize_bn(CNN())
+        torch.manual_seed(999 if results else 5)  # global RNG state must not matter
+        finetune(model, data.inputs, data.labels, ["pixels"], settings, teacher=teacher)
+        results.append({k: v.clone() for k, v in model.state_dict().items()})
+    for k in results[0]:
+        assert torch.equal(results[0][k], results[1][k]), k
+    assert not model.training
+
+
+def test_finetune_changes_the_pruned_model(tmp_path):
+    data = _data("features", (6,), 3)
+    torch.manual_seed(0)
+    model = MLP().eval()
+    _, _, plain = _run(model, data, tmp_path, PruneConfig(sparsity=0.5, structured=True))
+    _, dst, tuned = _run(model, data, tmp_path, PruneConfig(sparsity=0.5, structured=True, finetune_epochs=3, lr=1e-2), train=data)
+    assert len(tuned.details["finetune"]["loss"]) == 3
+    assert not torch.equal(plain.torch_model.net[0].weight, tuned.torch_model.net[0].weight)
+    _agree(tuned.torch_model, dst, data)
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ({"sparsity": 0.5, "finetune_epochs": 2}, "steps[0].finetune_epochs: recovery fine-tuning needs structured = true"),
+        ({"sparsity": 0.5, "structured": True, "distill": True}, "steps[0].distill: needs finetune_epochs > 0"),
+        ({"sparsity": 0.5, "structured": True, "importance": "l3"}, "steps[0].importance: must be one of 'l1', 'l2'"),
+    ],
+)
+def test_config_errors(table, message):
+    with pytest.raises(RecipeError) as e:
+        build(PruneConfig, table, "steps[0]")
+    assert str(e.value).startswith(message)
+
+
+def test_global_scope_keeps_a_channel_per_layer():
+    keeps = select_channels([np.array([1.0, 2.0, 3.0, 4.0]), np.array([100.0, 0.001, 0.002])], 0.5, "global")
+    assert all(len(k) >= 1 for k in keeps)
+    assert sum(len(k) for k in keeps) == 3  # round(0.5 * 7) = 4 removed
+    assert keeps[1].tolist() == [0]  # per-layer normalization: the big layer keeps only its dominant channel
