@@ -11,6 +11,24 @@ from .errors import DataError
 from .runtime import fixed_batch, make_session, run_batched
 
 
+BATCH_DEPENDENT_OPS = {"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"}
+DEFAULT_EVAL_BATCH = 1024
+
+
+def batch_dependent(path: Path) -> bool:
+    """True when a row's output depends on the other rows of its batch (dynamic quantization)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(n.op_type in BATCH_DEPENDENT_OPS for n in model.graph.node)
+
+
+def eval_batch_size(path: Path, *, configured: int | None, deployed: int) -> int:
+    if configured is not None:
+        return configured
+    return deployed if batch_dependent(path) else DEFAULT_EVAL_BATCH
+
+
 def predict(path: Path, data: Dataset, *, batch_size: int) -> np.ndarray:
     """Raw first output of the model on every eval row, in order. Uses all cores."""
     session = make_session(path, threads=0)

@@ -16,7 +16,7 @@ import numpy as np
 from . import __version__
 from .cache import Cache, make_key
 from .config import as_dict
-from .evaluate import predict
+from .evaluate import eval_batch_size, predict
 from .groups import group_masks
 from .io import sha256_file
 from .errors import DataError
@@ -143,8 +143,9 @@ def evaluate(
     config = stats_config(recipe)
     shas = [sha256_file(m.path) for m in models]
     eval_sha = sha256_file(inputs.eval.path)
+    batch = [eval_batch_size(m.path, configured=recipe.evaluate.batch_size, deployed=recipe.latency.batch_size) for m in models]
     keys = [
-        make_key("stats", __version__, shas[i], shas[0] if i else None, eval_sha, as_dict(config), d.label, d.groups, d.intersections, recipe.model.output)
+        make_key("stats", __version__, shas[i], shas[0] if i else None, batch[i], batch[0], eval_sha, as_dict(config), d.label, d.groups, d.intersections, recipe.model.output)
         for i in range(len(models))
     ]
     stats: list[Any] = [cache.get_json("stats", k) for k in keys]
@@ -153,7 +154,7 @@ def evaluate(
         progress("evaluate: inference on eval data")
         masks = group_masks(inputs.eval.attributes, intersections=d.intersections)
         need = sorted(set(missing) | ({0} if any(i > 0 for i in missing) else set()))
-        outputs = {i: predict(models[i].path, inputs.eval, batch_size=recipe.evaluate.batch_size) for i in need}
+        outputs = {i: predict(models[i].path, inputs.eval, batch_size=batch[i]) for i in need}
         probs = {i: to_probabilities(o, recipe.model.output) for i, o in outputs.items()}
         progress("statistics: groups, bootstrap, tests")
         for i in missing:
@@ -170,7 +171,7 @@ def evaluate(
             cache.put_json("stats", keys[i], stats[i])
     latency = measure_latency(inputs, models, shas, latency_from, progress)
     return [
-        {"stats": s, "latency": latency[i], "cache": {"model": models[i].cache, "stats": "off" if not cache.enabled else ("miss" if i in missing else "hit")}}
+        {"stats": s, "latency": latency[i], "eval_batch_size": batch[i], "cache": {"model": models[i].cache, "stats": "off" if not cache.enabled else ("miss" if i in missing else "hit")}}
         for i, s in enumerate(stats)
     ]
 

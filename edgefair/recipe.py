@@ -57,7 +57,10 @@ class EvaluateConfig:
     bootstrap: int = check(lambda v: v >= 100, "must be >= 100", default=1000)
     confidence: float = check(*in_range(0.5, 1.0, hi_open=True), default=0.95)
     seed: int = 0
-    batch_size: int = check(positive, "must be > 0", default=1024)  # rows per inference call
+    # rows per inference call. None: 1024, except for models whose outputs depend on the batch
+    # (dynamic quantization computes activation ranges per call): those run at latency.batch_size,
+    # the batch they will see when deployed
+    batch_size: int | None = check(positive, "must be > 0", default=None)
     ece_bins: int = check(lambda v: v >= 2, "must be >= 2", default=15)
 
 

@@ -33,6 +33,7 @@ def step_entry(model: Any, result: dict[str, Any], *, out_name: str) -> dict[str
         "disparity": stats.get("disparity", {}),
         "latency": result["latency"],
         "cache": result.get("cache"),
+        "eval_batch_size": result.get("eval_batch_size"),  # rows per inference call when evaluating
         "gates": [],
         "passed": True,
     }
