@@ -109,7 +109,11 @@ def step_gates(step: dict[str, Any], gates: Any, *, confidence: float) -> Iterat
                     yield _gate(name, key, Harm(None, None), threshold, insufficient, g.get("reason", "insufficient data"))
                     continue
                 harm = HARMS[name](g, confidence)
-                yield _gate(name, key, harm, threshold, *decide(harm, threshold, **rule))
+                entry = _gate(name, key, harm, threshold, *decide(harm, threshold, **rule))
+                if name == "max_group_accuracy_drop" and g.get("mcnemar_p_drop_holm") is not None:
+                    # is the drop real at all? exact one-sided McNemar, Holm-corrected across groups
+                    entry["p_holm"] = g["mcnemar_p_drop_holm"]
+                yield entry
         if gates.max_accuracy_gap_growth is not None:
             for scope, d in step.get("disparity", {}).items():
                 growth = d.get("accuracy_gap_growth")
