@@ -6,6 +6,8 @@ hashes, versions). Entries are written atomically; a corrupt or missing entry is
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import shutil
@@ -22,8 +24,19 @@ def default_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgefair"
 
 
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """Hash of edgefair's own source: results computed by other code are never reused."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def make_key(*parts: Any) -> str:
-    return sha256_bytes(json.dumps(parts, sort_keys=True, default=str).encode())
+    return sha256_bytes(json.dumps([code_fingerprint(), *parts], sort_keys=True, default=str).encode())
 
 
 class Cache:

@@ -88,8 +88,9 @@ class GatesConfig:
     max_size_mb: float | None = check(positive, "must be > 0", default=None)
     decision: Literal["ci", "point"] = "ci"  # ci: the upper confidence bound of the harm must pass
     on_insufficient: Literal["warn", "fail"] = "warn"
-    # a group whose interval is wider than this many thresholds cannot be decided: insufficient data
-    max_ci_width_ratio: float = check(positive, "must be > 0", default=2.0)
+    # a group whose interval is wider than this many thresholds cannot be decided (insufficient data):
+    # the gate's resolution must be finer than the limit it enforces, or noise decides
+    max_ci_width_ratio: float = check(positive, "must be > 0", default=1.0)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from torch import nn
 
 # Feature count of calibration_data/adult_*.npz (see calibration_data/adult_features.json).
 N_FEATURES = 96
-HIDDEN = 256
+HIDDEN = 512
 
 
 class AdultMLP(nn.Module):

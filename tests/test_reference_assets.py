@@ -160,7 +160,7 @@ def test_shipped_model_eval_accuracy(eager_model, data):
 
 def test_model_artifacts_are_small():
     for name in ("adult_mlp.pt2", "adult_mlp.safetensors"):
-        assert (MODELS / name).stat().st_size < 1_000_000, name
+        assert (MODELS / name).stat().st_size < 2_000_000, name
     total = sum((DATA / f"adult_{s}.npz").stat().st_size for s in SPLITS)
     assert total < 5_000_000
 
