@@ -2,7 +2,7 @@
 and the worst per-group accuracy change of every edgefair step, next to onnxruntime's default
 `quantize_dynamic` and `quantize_static` applied to the same fp32 export.
 
-    PYTHONPATH=models python benchmarks/compression.py [--runs 500] [--json out.json]
+    python benchmarks/compression.py [--runs 500] [--json out.json]
 
 Prints one Markdown table per model. Latency is measured interleaved over all models of a table
 (A B C A B C ...), so machine drift hits every row alike. Needs no network.
@@ -20,41 +20,17 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "models"))  # the digits recipe imports its factory by module name
-
 from edgefair.data import Dataset, load  # noqa: E402
-from edgefair.evaluate import predict  # noqa: E402
+from edgefair.evaluate import eval_batch_size, predict  # noqa: E402
 from edgefair.groups import group_masks  # noqa: E402
 from edgefair.latency import LatencySettings, measure_interleaved  # noqa: E402
 from edgefair.pipeline import run  # noqa: E402
-from edgefair.recipe import load_recipe, parse_recipe  # noqa: E402
+from edgefair.recipe import load_recipe  # noqa: E402
 from edgefair.steps.structured import onnx_input_names  # noqa: E402
 
-# Adult: the bundled recipe's steps plus structured pruning (its data has no `train` table there)
-ADULT_EXTRA = """
-[[steps]]
-name = "structured"
-kind = "prune"
-input = "baseline"
-structured = true
-sparsity = 0.5
-finetune_epochs = 2
-distill = true
-
-[[steps]]
-name = "structured-int8"
-kind = "quantize_static"
-input = "structured"
-"""
-
-
 def adult_recipe(tmp: Path):
-    import tomllib
-
-    text = (ROOT / "calibration_data" / "adult_mlp.toml").read_text()
-    text = text.replace('calibration = "adult_calib.npz"', 'calibration = "adult_calib.npz"\ntrain = "adult_train.npz"')
-    text = text.replace("[gates]", ADULT_EXTRA + "\n[gates]")
-    return parse_recipe(tomllib.loads(text), path=ROOT / "calibration_data" / "adult_mlp.toml")
+    """The bundled recipe as it is: quantization, unstructured and structured pruning."""
+    return load_recipe(ROOT / "calibration_data" / "adult_mlp.toml")
 
 
 def ort_defaults(baseline: Path, calib: dict[str, np.ndarray], tmp: Path) -> dict[str, Path]:
@@ -93,7 +69,11 @@ def bench(recipe, runs: int) -> tuple[list[dict], str]:
             res = measure_interleaved(paths, ev.inputs, LatencySettings(threads=1, batch_size=bs, warmup=50, runs=runs, memory=False, n_boot=0))
             lat[bs] = [r["p50_ms"] for r in res]
         masks = group_masks(ev.attributes, intersections=False)
-        correct = {n: predict(p, ev, batch_size=1024).argmax(1) == ev.labels for n, p in models.items()}
+        # batch-dependent models (dynamic int8) are evaluated at the deployed batch, as edgefair does
+        correct = {
+            n: predict(p, ev, batch_size=eval_batch_size(p, configured=None, deployed=1)).argmax(1) == ev.labels
+            for n, p in models.items()
+        }
         rows = []
         for i, n in enumerate(names):
             deltas = {g: float(correct[n][m].mean() - correct["baseline"][m].mean()) for g, m in masks.items() if m.sum() >= d.min_group_size}
