@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -11,7 +12,7 @@ import click
 from . import __version__
 from .errors import EdgefairError
 
-EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_BUG = 0, 1, 2, 3
 
 
 def bundled_recipe() -> Path:
@@ -27,8 +28,27 @@ def handle_errors(fn):
         except EdgefairError as e:
             click.echo(f"Error: {e}", err=True)
             sys.exit(EXIT_BAD_INPUT)
+        except (click.exceptions.Exit, click.ClickException, KeyboardInterrupt):
+            raise
+        except Exception:  # a bug: never let it look like a gate failure (1) or bad input (2)
+            traceback.print_exc()
+            click.echo("edgefair hit a bug (exit code 3); please report the traceback above", err=True)
+            sys.exit(EXIT_BUG)
 
     return wrapper
+
+
+def check_writable(out_dir: Path) -> None:
+    """Fail before any work when the output folder cannot be written."""
+    import os
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EdgefairError(f"--out: {out_dir} exists and is not a folder")
+    probe = out_dir
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise EdgefairError(f"--out: cannot write to {out_dir} ({probe} is not a writable folder)")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -59,6 +79,7 @@ def run(recipe: Path | None, out_dir: Path, quiet: bool, no_cache: bool, cache_d
     if recipe is None and not path.is_file():
         raise EdgefairError(f"bundled recipe not found at {path} (install from a clone with `pip install -e .`, or pass RECIPE)")
     parsed = load_recipe(path)
+    check_writable(out_dir)
     progress = (lambda s: None) if quiet else (lambda s: click.echo(f"· {s}", err=True))
     cache = Cache(None if no_cache else (cache_dir or default_dir()))
     for f in latency_from:
@@ -112,8 +133,12 @@ def report(out_dir: Path) -> None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
         raise EdgefairError(f"{path}: not valid JSON: {e}") from e
-    if data.get("schema_version") != 1:
-        raise EdgefairError(f"{path}: schema_version {data.get('schema_version')!r} is not supported (expected 1)")
+    if not isinstance(data, dict) or data.get("schema_version") != 1:
+        got = data.get("schema_version") if isinstance(data, dict) else type(data).__name__
+        raise EdgefairError(f"{path}: schema_version {got!r} is not supported (expected 1)")
+    missing = [k for k in ("steps", "verdict", "recipe", "environment", "data") if k not in data]
+    if missing or not isinstance(data["steps"], list):
+        raise EdgefairError(f"{path}: not an edgefair report (missing {', '.join(missing) or 'steps list'})")
     render_all(out_dir, data)
     click.echo(f"reports re-rendered in {out_dir}/")
 

@@ -51,8 +51,12 @@ def load(
     groups: Sequence[str],
     features: Sequence[str] | None = None,
     require_labels: bool = False,
+    ignore: Sequence[str] = (),
 ) -> Dataset:
-    """Read a data file. `key` names the recipe key (e.g. `data.eval`) for error messages."""
+    """Read a data file. `key` names the recipe key (e.g. `data.eval`) for error messages.
+
+    `ignore` names columns that are never model inputs (label, groups) but need not be present.
+    """
     if not path.is_file():
         raise DataError(f"{key}: file not found: {path}")
     suffix = path.suffix.lower()
@@ -72,7 +76,7 @@ def load(
         if g not in columns:
             raise DataError(f"{key}: group column {g!r} not in {path} (has: {', '.join(sorted(columns))})")
 
-    reserved = set(groups) | ({label_name} if label_name else set())
+    reserved = set(groups) | set(ignore) | ({label_name} if label_name else set())
     if suffix == ".csv":
         names = list(features) if features else [c for c in columns if c not in reserved]
         missing = [c for c in names if c not in columns]
@@ -80,10 +84,10 @@ def load(
             raise DataError(f"{key}: feature column {missing[0]!r} not in {path}")
         if not names:
             raise DataError(f"{key}: no feature columns in {path}")
-        try:
-            x = np.stack([columns[c].astype(np.float32) for c in names], axis=1)
-        except ValueError as e:
-            raise DataError(f"{key}: non-numeric feature column in {path}: {e}") from e
+        bad = [c for c in names if columns[c].dtype.kind not in "iufb"]
+        if bad:
+            raise DataError(f"{key}: feature column {bad[0]!r} in {path} is not numeric")
+        x = np.stack([columns[c].astype(np.float32) for c in names], axis=1)
         inputs = {CSV_INPUT: x}
     else:
         if features:

@@ -23,3 +23,7 @@ class ExportError(EdgefairError):
 
 class StepError(EdgefairError):
     """A compression step cannot be applied to its input model."""
+
+
+class ModelLoadError(EdgefairError, ValueError):
+    """onnxruntime cannot load a model file (also a ValueError for the torch-free probe)."""

@@ -4,9 +4,11 @@ Decision rule (`decision = "ci"`, the default): a step passes a group gate only 
 confidence bound of the harm is within the threshold (non-inferiority). The bound is the more
 conservative of the paired bootstrap interval and an analytic one (Newcombe's paired score
 interval for accuracy, Clopper-Pearson for flip rates), because the bootstrap collapses to [0, 0]
-in a group with no flips. A group whose interval is wider than `max_ci_width_ratio` thresholds
-cannot be decided: it is `insufficient`, as are groups below `min_group_size`; those warn or fail
-by `on_insufficient`. `decision = "point"` compares point estimates only.
+in a group with no flips. An interval wider than `max_ci_width_ratio` thresholds cannot show
+non-inferiority; such a group still fails when the harm is significant (Holm-corrected exact
+McNemar for accuracy, a simultaneous bootstrap band for ECE) and its point estimate exceeds the
+threshold; otherwise it is undecided (`insufficient`), as are groups below `min_group_size`, and
+warns or fails by `on_insufficient`. `decision = "point"` compares point estimates only.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class Harm:
 
     value: float | None
     ci: tuple[float, float] | None
+    # is there evidence of any harm at all, corrected for testing many groups? (None: unknown)
+    significant: bool | None = None
 
 
 def accuracy_drop(g: dict[str, Any], confidence: float) -> Harm:
@@ -41,14 +45,16 @@ def accuracy_drop(g: dict[str, Any], confidence: float) -> Harm:
         neither = n - both - lost - gained
         a_lo, a_hi = paired_difference_ci(both, lost, gained, neither, confidence)
         ci = (min(ci[0], -a_hi), max(ci[1], -a_lo))
-    return Harm(value, ci)
+    p = g.get("mcnemar_p_drop_holm")  # exact one-sided McNemar, Holm-corrected across groups
+    return Harm(value, ci, None if p is None else p < 1 - confidence)
 
 
 def ece_increase(g: dict[str, Any], confidence: float) -> Harm:
     if g.get("ece_delta") is None:
         return Harm(None, None)
     ci = g.get("ece_delta_ci")
-    return Harm(g["ece_delta"], tuple(ci) if ci else None)
+    band = g.get("ece_delta_ci_simultaneous")  # holds for all groups at once
+    return Harm(g["ece_delta"], tuple(ci) if ci else None, None if not band else band[0] > 0)
 
 
 def flip_rate(g: dict[str, Any], confidence: float) -> Harm:
@@ -56,7 +62,7 @@ def flip_rate(g: dict[str, Any], confidence: float) -> Harm:
         return Harm(None, None)
     lo, hi = g.get("flip_rate_ci") or (g["flip_rate"], g["flip_rate"])
     e_lo, e_hi = proportion_ci(round(g["flip_rate"] * g["n"]), g["n"], confidence)
-    return Harm(g["flip_rate"], (min(lo, e_lo), max(hi, e_hi)))
+    return Harm(g["flip_rate"], (min(lo, e_lo), max(hi, e_hi)), g["flip_rate"] > 0)
 
 
 HARMS = {
@@ -78,10 +84,13 @@ def decide(harm: Harm, threshold: float, *, decision: str, on_insufficient: str,
         return PASS, "upper confidence bound within threshold"
     if lo > threshold:
         return FAIL, "even the lower confidence bound exceeds the threshold"
-    if hi - lo > max_width * threshold:
-        status = FAIL if on_insufficient == "fail" else WARN
-        return status, f"interval too wide to decide (width {hi - lo:.4f} > {max_width:g} x threshold)"
-    return FAIL, "upper confidence bound exceeds threshold"
+    if hi - lo <= max_width * threshold:
+        return FAIL, "upper confidence bound exceeds threshold"
+    significant = harm.significant if harm.significant is not None else lo > 0
+    if significant and harm.value > threshold:
+        return FAIL, "significant harm (corrected for multiple groups) with point estimate beyond threshold"
+    status = FAIL if on_insufficient == "fail" else WARN
+    return status, f"interval too wide to decide (width {hi - lo:.4f} > {max_width:g} x threshold)"
 
 
 def _gate(name: str, group: str | None, harm: Harm, threshold: float, status: str, reason: str) -> dict[str, Any]:
@@ -135,16 +144,18 @@ def apply_gates(report: dict[str, Any], gates: Any, *, confidence: float) -> Non
     """Fill each step's `gates` and `passed`, and the report's `verdict` and `selected` (in place).
 
     The verdict is "pass" when every compressed step passes every gate (warnings allowed); the
-    selected model is the last compressed step that passes, or the baseline when there are no steps.
+    selected model is the last compressed step that passes. With no steps, the baseline is the
+    candidate. The baseline's own gates are informational when there are steps.
     """
     steps = report["steps"]
     for step in steps:
         step["gates"] = list(step_gates(step, gates, confidence=confidence))
         step["passed"] = all(g["status"] != FAIL for g in step["gates"])
     compressed = steps[1:]
-    passing = [s for s in compressed if s["passed"]]
-    report["verdict"] = "pass" if all(s["passed"] for s in compressed) else "fail"
-    chosen = passing[-1] if passing else (steps[0] if not compressed else None)
+    candidates = compressed or steps[:1]  # with no steps, the baseline itself is what would ship
+    passing = [s for s in candidates if s["passed"]]
+    report["verdict"] = "pass" if all(s["passed"] for s in candidates) else "fail"
+    chosen = passing[-1] if passing else None
     report["selected"] = None if chosen is None else {"step": chosen["index"], "name": chosen["name"], "model": chosen["model"]}
     report["gate_summary"] = {
         "failed": [_where(s, g) for s in steps for g in s["gates"] if g["status"] == FAIL],

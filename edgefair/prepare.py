@@ -92,9 +92,14 @@ def _load_data(recipe: Recipe):
     eval_data = data_mod.load(recipe.resolve(d.eval), key="data.eval", label=d.label, groups=d.groups, features=d.features)
     calib = train = None
     if d.calibration:
-        calib = data_mod.load(recipe.resolve(d.calibration), key="data.calibration", label=d.label, groups=(), features=d.features)
+        calib = data_mod.load(
+            recipe.resolve(d.calibration), key="data.calibration", label=None, groups=(), features=d.features,
+            ignore=(d.label or data_mod.DEFAULT_LABEL, *d.groups),
+        )
     if d.train:
-        train = data_mod.load(recipe.resolve(d.train), key="data.train", label=d.label, groups=(), features=d.features, require_labels=True)
+        train = data_mod.load(
+            recipe.resolve(d.train), key="data.train", label=d.label, groups=(), features=d.features, require_labels=True, ignore=d.groups
+        )
     return eval_data, calib, train
 
 
@@ -121,7 +126,7 @@ def prepare(recipe: Recipe, workdir: Path, cache: Cache, progress: Progress = la
     parity = None
     if kind == "onnx":
         source = _load(recipe)
-        shutil.copyfile(source.path, baseline.path)
+        _copy_onnx(source.path, baseline.path)
     elif key is not None and cache.get_file("export", key, baseline.path):
         parity = cache.get_json("export", key)
         baseline.cache = "hit"
@@ -137,6 +142,7 @@ def prepare(recipe: Recipe, workdir: Path, cache: Cache, progress: Progress = la
     input_names = [i.name for i in session.get_inputs()]
     eval_data, calib, train = (_name_csv(input_names, d) for d in (eval_data, calib, train))
     eval_data = conform_inputs(session, eval_data, "data.eval")
+    _check_label_range(session, eval_data)
     calib = conform_inputs(session, calib, "data.calibration") if calib is not None else None
     train = conform_inputs(session, train, "data.train") if train is not None else None
     if source is not None and source.module is not None:
@@ -153,12 +159,39 @@ def prepare(recipe: Recipe, workdir: Path, cache: Cache, progress: Progress = la
     return inputs
 
 
+def _copy_onnx(src: Path, dst: Path) -> None:
+    """The baseline is one self-contained file: external weights next to `src` are pulled in."""
+    import onnx
+
+    from .errors import ModelSourceError
+
+    model = onnx.load(str(src), load_external_data=False)
+    if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        shutil.copyfile(src, dst)
+        return
+    try:
+        onnx.save(onnx.load(str(src)), str(dst))
+    except Exception as e:
+        raise ModelSourceError(f"model.source: cannot read the external data of {src}: {e}") from e
+
+
+def _check_label_range(session: Any, data: data_mod.Dataset) -> None:
+    """Class ids must index the model's outputs (a binary single-logit output counts as 2 classes)."""
+    if data.labels is None:
+        return
+    out = session.run([session.get_outputs()[0].name], {k: v[:2] for k, v in data.inputs.items()})[0]
+    k = out.shape[1] if out.ndim == 2 and out.shape[1] > 1 else 2
+    top = int(data.labels.max())
+    if top >= k:
+        raise DataError(f"data.eval: label array in {data.path.name} has class id {top}, but the model outputs {k} classes")
+
+
 def _name_csv(input_names: list[str], data: data_mod.Dataset | None) -> data_mod.Dataset | None:
     """A csv file's features form the model's single input: give them the input's name."""
     if data is None or data_mod.CSV_INPUT not in data.inputs:
         return data
     if len(input_names) != 1:
-        raise DataError(f"data.eval: a .csv file feeds one model input, the model has {len(input_names)}")
+        raise DataError(f"{data.path}: a .csv file feeds one model input, the model has {len(input_names)}")
     return data.rename_input(data_mod.CSV_INPUT, input_names[0])
 
 

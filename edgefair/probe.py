@@ -68,8 +68,11 @@ def synthesize_inputs(
 
 def _load_npz(path: str | Path, model: str | Path) -> dict[str, np.ndarray]:
     session = make_session(model, threads=1)
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # BadZipFile, OSError, ValueError for object arrays
+        raise ValueError(f"{path}: cannot read as .npz without unpickling: {e}") from e
     out = {}
     for spec in session.get_inputs():
         if spec.name not in arrays:

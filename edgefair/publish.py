@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -19,15 +20,25 @@ def publish(out_dir: Path, report: dict[str, Any], model_files: dict[int, Path])
         with atomic_path(out_dir / step["model"]) as tmp:
             shutil.copyfile(model_files[step["index"]], tmp)
         names.add(step["model"])
-    for stale in out_dir.iterdir():  # models of an earlier run with other steps would mislead
-        if STEP_FILE.match(stale.name) and stale.name not in names:
-            stale.unlink()
+    for stale in _previous_models(out_dir) - names:  # an earlier run's other steps would mislead
+        (out_dir / stale).unlink(missing_ok=True)
     if report.get("selected"):
         with atomic_path(out_dir / "selected.onnx") as tmp:
             shutil.copyfile(out_dir / report["selected"]["model"], tmp)
+    elif (out_dir / "selected.onnx").exists():  # an earlier run's choice must not survive a failing one
+        (out_dir / "selected.onnx").unlink()
     write_json(out_dir / "report.json", report)
     render_all(out_dir, report)
     write_json(out_dir / "manifest.json", manifest(out_dir, report))
+
+
+def _previous_models(out_dir: Path) -> set[str]:
+    """Step models an earlier edgefair run wrote here (from its manifest): never touch other files."""
+    try:
+        files = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    return {name for name in files if isinstance(name, str) and STEP_FILE.match(name) and "/" not in name}
 
 
 def render_all(out_dir: Path, report: dict[str, Any]) -> None:

@@ -56,7 +56,7 @@ class DataConfig:
 class EvaluateConfig:
     bootstrap: int = check(lambda v: v >= 100, "must be >= 100", default=1000)
     confidence: float = check(*in_range(0.5, 1.0, hi_open=True), default=0.95)
-    seed: int = 0
+    seed: int = check(lambda v: v >= 0, "must be >= 0", default=0)
     # rows per inference call. None: 1024, except for models whose outputs depend on the batch
     # (dynamic quantization computes activation ranges per call): those run at latency.batch_size,
     # the batch they will see when deployed
@@ -163,24 +163,26 @@ def parse_recipe(raw: dict[str, Any], *, path: Path, sha256: str = "") -> Recipe
         if not is_factory(model.source):
             raise RecipeError("model.weights: only used with a `pkg.module:factory` source")
         _check_file(base, model.weights, "model.weights")
-    for i, rel in enumerate(raw.get("latency", {}).get("from_files", []) if isinstance(raw.get("latency"), dict) else []):
-        if isinstance(rel, str):
-            _check_file(base, rel, f"latency.from_files[{i}]")
     for key in ("eval", "calibration", "train"):
         if getattr(data, key) is not None:
             _check_file(base, getattr(data, key), f"data.{key}")
+    if not data.groups:
+        raise RecipeError("data.groups: name at least one sensitive attribute (e.g. groups = [\"sex\"])")
     if len(set(data.groups)) != len(data.groups):
         raise RecipeError("data.groups: attributes must be unique")
     if data.label is not None and data.label in data.groups:
         raise RecipeError(f"data.groups: {data.label!r} is the label column")
     steps = _parse_steps(raw.get("steps", []), data, torch_source=not model.source.endswith(".onnx"))
+    latency = build(LatencyConfig, raw.get("latency", {}), "latency")
+    for i, rel in enumerate(latency.from_files):
+        _check_file(base, rel, f"latency.from_files[{i}]")
     return Recipe(
         path=path,
         sha256=sha256,
         model=model,
         data=data,
         evaluate=build(EvaluateConfig, raw.get("evaluate", {}), "evaluate"),
-        latency=build(LatencyConfig, raw.get("latency", {}), "latency"),
+        latency=latency,
         steps=steps,
         gates=build(GatesConfig, raw.get("gates", {}), "gates"),
     )
@@ -205,6 +207,8 @@ def _parse_steps(raw_steps: Any, data: DataConfig, *, torch_source: bool) -> tup
         kind = table.pop("kind", None)
         if kind is None:
             raise RecipeError(f"{key}.kind: required key is missing")
+        if not isinstance(kind, str):
+            raise RecipeError(f"{key}.kind: must be a string (got {kind!r})")
         if kind not in REGISTRY:
             raise RecipeError(f"{key}.kind: unknown step kind {kind!r} (known: {', '.join(sorted(REGISTRY))})")
         name = table.pop("name", kind)

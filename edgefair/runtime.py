@@ -7,6 +7,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from .errors import ModelLoadError
+
 ORT_DTYPES = {
     "tensor(float)": np.float32,
     "tensor(double)": np.float64,
@@ -51,7 +53,11 @@ def make_session(
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise ModelLoadError(f"{path}: onnxruntime cannot load the model: {first}") from e
 
 
 def fixed_batch(session) -> int | None:

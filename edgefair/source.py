@@ -55,8 +55,12 @@ def load_source(spec: str, *, base: Path, weights: Path | None = None, trust_pic
 
         try:
             model = onnx.load(str(path), load_external_data=False)
-        except Exception as e:  # onnx raises DecodeError and others
-            raise ModelSourceError(f"model.source: {path} is not a valid ONNX model: {e}") from e
+            if not model.graph.node:
+                raise ValueError("no graph")
+            onnx.checker.check_model(str(path))
+        except Exception as e:  # onnx raises DecodeError, ValidationError and others
+            first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+            raise ModelSourceError(f"model.source: {path} is not a valid ONNX model: {first}") from e
         init = {i.name for i in model.graph.initializer}
         names = [i.name for i in model.graph.input if i.name not in init]
         return ModelSource("onnx", spec, path, None, names, sha256_file(path))
@@ -85,34 +89,49 @@ def _load_pt2(spec: str, path: Path, *, trust_pickle: bool) -> ModelSource:
     return ModelSource("pt2", spec, path, module, names, sha256_file(path))
 
 
+RAW_PAYLOAD_DIRS = ("/data/weights/", "/data/constants/")  # raw tensor bytes, described by *_config.json
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin")
+
+
 def _refuse_pickled_payloads(path: Path) -> None:
-    """Refuse .pt2 archives that torch.export.load would unpickle (custom objects, tensor subclasses)."""
+    """Refuse .pt2 archives that torch.export.load would unpickle with weights_only=False.
+
+    Every member that is not JSON/text metadata or a raw tensor payload declared as such must load
+    with `torch.load(weights_only=True)`; older archive layouts (serialized_*.pt) fall under the
+    same rule, because torch retries them with weights_only=False when the safe load fails.
+    """
     import torch
 
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as e:
         raise ModelSourceError(f"model.source: {path} is not a torch.export archive: {e}") from e
+    refuse = "set model.trust_pickle = true only for files you trust"
     with archive:
+        raw: set[str] = set()
         for name in archive.namelist():
             if name.endswith("_config.json") and "/data/" in name:
                 try:
                     config = json.loads(archive.read(name)).get("config", {})
-                except ValueError as e:
+                except (ValueError, AttributeError) as e:
                     raise ModelSourceError(f"model.source: {path}: unreadable {name}: {e}") from e
+                folder = name.rsplit("/", 1)[0] + "/"
                 for fqn, meta in config.items():
-                    pickled = meta.get("use_pickle") or not str(meta.get("path_name", "")).startswith(("weight_", "tensor_"))
-                    if pickled:
-                        raise ModelSourceError(
-                            f"model.source: {path} holds a pickled payload ({fqn}); set model.trust_pickle = true only for files you trust"
-                        )
-            elif "/sample_inputs/" in name:
-                try:
-                    torch.load(io.BytesIO(archive.read(name)), weights_only=True)
-                except Exception as e:
-                    raise ModelSourceError(
-                        f"model.source: {path}: sample inputs need unpickling ({e.__class__.__name__}); set model.trust_pickle = true only for files you trust"
-                    ) from e
+                    entry = str(meta.get("path_name", ""))
+                    if meta.get("use_pickle") or not entry.startswith(("weight_", "tensor_")):
+                        raise ModelSourceError(f"model.source: {path} holds a pickled payload ({fqn}); {refuse}")
+                    raw.add(folder + entry)
+        for name in archive.namelist():
+            if name in raw or name.endswith("/") or name.endswith((".json", "archive_format", "archive_version", "byteorder", "version", "serialization_id")):
+                continue
+            if any(d in name for d in RAW_PAYLOAD_DIRS) and name not in raw:
+                raise ModelSourceError(f"model.source: {path}: payload {name} is not declared as raw tensor data; {refuse}")
+            try:
+                torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+            except Exception as e:
+                raise ModelSourceError(
+                    f"model.source: {path}: member {name} needs unpickling ({e.__class__.__name__}); {refuse}"
+                ) from e
 
 
 def _load_factory(spec: str, *, base: Path, weights: Path | None) -> ModelSource:

@@ -160,3 +160,79 @@ def test_weights_with_pickled_objects_refused(recipe_dir):
 def test_not_an_onnx_file(recipe_dir):
     (recipe_dir / "junk.onnx").write_bytes(b"not a model")
     run_bad(recipe_dir, BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "junk.onnx"'), "model.source:")
+
+
+def test_old_layout_pt2_with_pickle_is_refused_without_running_it(recipe_dir, tmp_path):
+    """torch.export.load retries old-layout archives with weights_only=False: refuse them first."""
+    import pathlib
+    import pickle
+    import zipfile
+
+    marker = tmp_path / "PWNED"
+
+    class Evil:
+        def __reduce__(self):
+            return (pathlib.Path.touch, (pathlib.Path(marker),))
+
+    with zipfile.ZipFile(recipe_dir / "evil.pt2", "w") as z:
+        z.writestr("evil/version", "1")
+        z.writestr("evil/serialized_exported_program.json", "{}")
+        z.writestr("evil/serialized_state_dict.pt", pickle.dumps(Evil()))
+    run_bad(recipe_dir, BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "evil.pt2"'), "needs unpickling")
+    assert not marker.exists()
+
+
+def test_step_kind_must_be_a_string(recipe_dir):
+    run_bad(recipe_dir, BASE_RECIPE + "\n[[steps]]\nkind = ['prune']\n", "steps[0].kind: must be a string")
+
+
+def test_groups_are_required(recipe_dir):
+    run_bad(recipe_dir, BASE_RECIPE.replace('groups = ["g", "h"]', "groups = []"), "data.groups: name at least one")
+
+
+def test_negative_seed(recipe_dir):
+    run_bad(recipe_dir, BASE_RECIPE.replace("[evaluate]", "[evaluate]\nseed = -1"), "evaluate.seed: must be >= 0")
+
+
+def test_empty_onnx_source(recipe_dir):
+    (recipe_dir / "empty.onnx").write_bytes(b"")
+    run_bad(recipe_dir, BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "empty.onnx"'), "model.source")
+
+
+def test_labels_beyond_model_classes(recipe_dir):
+    with np.load(recipe_dir / "eval.npz") as z:
+        arrays = dict(z)
+    arrays["label"] = arrays["label"] + 5
+    np.savez(recipe_dir / "biglabel.npz", **arrays)
+    run_bad(recipe_dir, BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "biglabel.npz"'), "has class id 7, but the model outputs 3 classes")
+
+
+def test_out_is_a_file(recipe_dir, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    recipe = write_recipe(recipe_dir / "r.toml", BASE_RECIPE)
+    result = run_cli(["run", str(recipe), "--out", str(tmp_path / "afile" / "sub")])
+    assert result.exit_code == 2 and "--out: cannot write" in result.output
+
+
+def test_report_of_something_else(tmp_path):
+    (tmp_path / "report.json").write_text('{"schema_version": 1}')
+    result = run_cli(["report", str(tmp_path)])
+    assert result.exit_code == 2 and "not an edgefair report" in result.output
+    (tmp_path / "report.json").write_text("[1, 2]")
+    assert run_cli(["report", str(tmp_path)]).exit_code == 2
+
+
+def test_a_bug_is_exit_3_not_a_gate_failure(recipe_dir, monkeypatch):
+    import edgefair.pipeline
+
+    def boom(*a, **k):
+        raise ZeroDivisionError("simulated bug")
+
+    monkeypatch.setattr(edgefair.pipeline, "evaluate", boom)
+    recipe = write_recipe(recipe_dir / "r.toml", BASE_RECIPE)
+    from click.testing import CliRunner
+
+    from edgefair.cli import main
+
+    result = CliRunner().invoke(main, ["run", str(recipe), "--out", str(recipe_dir / "o")])
+    assert result.exit_code == 3 and "ZeroDivisionError" in result.output

@@ -24,6 +24,10 @@ RULE = {"decision": "ci", "on_insufficient": "warn", "max_width": 2.0}
         (Harm(0.030, (0.020, 0.040)), "fail"),  # even the lower bound beyond
         (Harm(0.006, (0.001, 0.012)), "fail"),  # non-inferiority not shown, interval narrow enough
         (Harm(0.000, (-0.03, 0.03)), "warn"),  # too wide to decide
+        (Harm(0.015, (-0.01, 0.04)), "warn"),  # beyond the limit, but no evidence of any harm
+        (Harm(0.015, (-0.01, 0.04), significant=True), "fail"),  # Holm-significant harm beyond the limit
+        (Harm(0.015, (0.001, 0.04)), "fail"),  # interval excludes no harm (no test given)
+        (Harm(0.005, (0.001, 0.04), significant=True), "warn"),  # real but within the limit; undecided
         (Harm(None, None), "warn"),
     ],
 )
@@ -165,3 +169,25 @@ def test_lenient_gates_pass_and_select_last_step(harmed, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["verdict"] == "pass" and report["selected"]["name"] == "quantize_static"
     assert (out / "selected.onnx").read_bytes() == (out / "02-quantize_static.onnx").read_bytes()
+
+
+def test_no_steps_failing_baseline_fails(recipe_dir, tmp_path):
+    from conftest import BASE_RECIPE
+
+    recipe = write_recipe(recipe_dir / "r.toml", BASE_RECIPE + "\n[gates]\nmax_size_mb = 0.000001\n")
+    out = tmp_path / "out"
+    result = run_cli(["run", str(recipe), "--out", str(out)])
+    assert result.exit_code == 1
+    report = json.loads((out / "report.json").read_text())
+    assert report["verdict"] == "fail" and report["selected"] is None and not (out / "selected.onnx").exists()
+
+
+def test_failing_run_removes_an_earlier_selected_model(harmed, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli(["run", str(write_recipe(harmed / "ok.toml", HARM_RECIPE.format(drop=0.9))), "--out", str(out)]).exit_code == 0
+    assert (out / "selected.onnx").exists()
+    text = HARM_RECIPE.format(drop=0.9).replace("[[steps]]\nkind = \"quantize_dynamic\"\n", "") + "max_size_mb = 0.000001\n"
+    assert run_cli(["run", str(write_recipe(harmed / "bad.toml", text)), "--out", str(out)]).exit_code == 1
+    assert not (out / "selected.onnx").exists()
+    assert not (out / "01-quantize_dynamic.onnx").exists()  # listed in the earlier manifest, not in this run
+    assert (out / "01-quantize_static.onnx").exists()

@@ -154,3 +154,14 @@ def test_factory_from_file_path(recipe_dir, tmp_path):
     result = run_cli(["run", str(write_recipe(sub / "r.toml", text)), "--out", str(tmp_path / "o"), "-q"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "o" / "report.json").read_text())["source"]["kind"] == "factory"
+
+
+def test_onnx_source_with_external_data(recipe_dir, tiny_run, tmp_path):
+    _, out, report, _ = tiny_run
+    model = onnx.load(str(out / "00-baseline.onnx"))
+    onnx.save(model, str(recipe_dir / "ext.onnx"), save_as_external_data=True, location="ext.data", size_threshold=0)
+    text = BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "ext.onnx"')
+    result = run_cli(["run", str(write_recipe(recipe_dir / "e.toml", text)), "--out", str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 0, result.output
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rep["steps"][0]["overall"] == report["steps"][0]["overall"]
