@@ -144,6 +144,38 @@ def report(out_dir: Path) -> None:
 
 
 @main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", default="edgefair-tune", show_default=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--no-cache", is_flag=True, help="Recompute every candidate instead of reusing cached ones.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Cache folder (default: $EDGEFAIR_CACHE_DIR or ~/.cache/edgefair).")
+@handle_errors
+def tune(recipe: Path, out_dir: Path, no_cache: bool, cache_dir: Path | None) -> None:
+    """Search compression settings for the fastest model that passes RECIPE's gates.
+
+    Tries dynamic and static int8, and structured pruning at 25/50/75% (fine-tuned when the
+    recipe has data.train) with and without int8; RECIPE's own steps are ignored. Writes the usual
+    reports plus tuned.toml, a recipe with the chosen pipeline. Exit 0 when a candidate passed.
+    """
+    from .cache import Cache, default_dir
+    from .pipeline import run as run_pipeline
+    from .recipe import load_recipe
+    from .report import terminal_table
+    from .tune import tune_recipe, write_tuned_recipe
+
+    parsed = tune_recipe(load_recipe(recipe))
+    check_writable(out_dir)
+    cache = Cache(None if no_cache else (cache_dir or default_dir()))
+    report = run_pipeline(parsed, out_dir, cache=cache, progress=lambda s: click.echo(f"· {s}", err=True), select="fastest")
+    click.echo(terminal_table(report))
+    if report["selected"]:
+        write_tuned_recipe(out_dir / "tuned.toml", parsed, report["selected"]["name"])
+        click.echo(f"fastest passing pipeline: {report['selected']['name']}; recipe written to {out_dir}/tuned.toml")
+    else:
+        click.echo("no candidate passed every gate")
+    sys.exit(EXIT_OK if report["selected"] else EXIT_GATE_FAILED)
+
+
+@main.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--threads", default=1, show_default=True, help="Intra-op threads.")
 @click.option("--batch-size", default=1, show_default=True)

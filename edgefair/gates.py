@@ -140,7 +140,7 @@ def step_gates(step: dict[str, Any], gates: Any, *, confidence: float) -> Iterat
         yield _gate("max_size_mb", None, harm, gates.max_size_mb, PASS if ok else FAIL, "model file size")
 
 
-def apply_gates(report: dict[str, Any], gates: Any, *, confidence: float) -> None:
+def apply_gates(report: dict[str, Any], gates: Any, *, confidence: float, select: str = "last") -> None:
     """Fill each step's `gates` and `passed`, and the report's `verdict` and `selected` (in place).
 
     The verdict is "pass" when every compressed step passes every gate (warnings allowed); the
@@ -154,13 +154,22 @@ def apply_gates(report: dict[str, Any], gates: Any, *, confidence: float) -> Non
     compressed = steps[1:]
     candidates = compressed or steps[:1]  # with no steps, the baseline itself is what would ship
     passing = [s for s in candidates if s["passed"]]
-    report["verdict"] = "pass" if all(s["passed"] for s in candidates) else "fail"
-    chosen = passing[-1] if passing else None
+    if select == "fastest":  # `edgefair tune`: candidates are alternatives; one passing is enough
+        report["verdict"] = "pass" if passing else "fail"
+        chosen = min(passing, key=_speed) if passing else None
+    else:
+        report["verdict"] = "pass" if all(s["passed"] for s in candidates) else "fail"
+        chosen = passing[-1] if passing else None
     report["selected"] = None if chosen is None else {"step": chosen["index"], "name": chosen["name"], "model": chosen["model"]}
     report["gate_summary"] = {
         "failed": [_where(s, g) for s in steps for g in s["gates"] if g["status"] == FAIL],
         "warned": [_where(s, g) for s in steps for g in s["gates"] if g["status"] == WARN],
     }
+
+
+def _speed(step: dict[str, Any]) -> tuple[float, int]:
+    lat = step.get("latency") or {}
+    return (lat.get("p50_ms") or float("inf"), step["size_bytes"])
 
 
 def _where(step: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:

@@ -199,8 +199,13 @@ def run(
     cache: Cache | None = None,
     latency_from: tuple[Path, ...] = (),
     progress: Progress = lambda s: None,
+    select: str = "last",
 ) -> dict[str, Any]:
-    """The whole job. Raises EdgefairError on bad input before anything is written to `out_dir`."""
+    """The whole job. Raises EdgefairError on bad input before anything is written to `out_dir`.
+
+    `select`: "last" ships the last step that passes (steps are a chain); "fastest" the fastest
+    passing one (`edgefair tune`: steps are alternatives).
+    """
     from .gates import apply_gates
     from .publish import publish
     from .report import build_report
@@ -219,6 +224,7 @@ def run(
         results = evaluate(inputs, models, cache, progress, latency_from)
         timings["evaluate"] = time.perf_counter() - t0
         report = build_report(recipe=recipe, inputs=inputs, models=models, results=results, environment=environment(), timings=timings)
-        apply_gates(report, recipe.gates, confidence=recipe.evaluate.confidence)
+        report["mode"] = "tune" if select == "fastest" else "run"
+        apply_gates(report, recipe.gates, confidence=recipe.evaluate.confidence, select=select)
         publish(out_dir, report, {m.index: m.path for m in models})
     return report

@@ -72,3 +72,22 @@ def test_latency_from_bad_file(recipe_dir, tmp_path):
 def test_report_on_missing_folder(tmp_path):
     result = run_cli(["report", str(tmp_path)])
     assert result.exit_code == 2 and "report.json: not found" in result.output
+
+
+def test_tune_picks_the_fastest_passing_candidate_and_writes_a_runnable_recipe(recipe_dir, tmp_path):
+    text = BASE_RECIPE + "\n[gates]\nmax_group_accuracy_drop = 0.9\n"
+    recipe = write_recipe(recipe_dir / "r.toml", text)
+    out = tmp_path / "tune"
+    result = run_cli(["tune", str(recipe), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["mode"] == "tune" and len(report["steps"]) == 10
+    passing = [s for s in report["steps"][1:] if s["passed"]]
+    fastest = min(passing, key=lambda s: (s["latency"]["p50_ms"], s["size_bytes"]))
+    assert report["selected"]["name"] == fastest["name"]
+    again = tmp_path / "again"
+    result = run_cli(["run", str(out / "tuned.toml"), "--out", str(again), "-q"])
+    assert result.exit_code == 0, result.output
+    rerun = json.loads((again / "report.json").read_text())
+    assert rerun["steps"][-1]["name"] == fastest["name"]
+    assert rerun["steps"][-1]["sha256"] == fastest["sha256"]  # same pipeline, same model bytes
