@@ -74,8 +74,13 @@ class Inputs:
         return self.source().module
 
     def export(self, module: Any, dst: Path) -> None:
-        examples = {k: v[:EXPORT_EXAMPLE_ROWS] for k, v in self.eval.inputs.items()}
-        export_onnx(module, examples, self.input_names, dst, opset=self.recipe.model.opset, dynamic_axes=self.recipe.model.dynamic_axes)
+        export_model(self.recipe, module, self.eval, self.input_names, dst)
+
+
+def export_model(recipe: Recipe, module: Any, data: data_mod.Dataset, input_names: list[str], dst: Path) -> None:
+    """Export `module` traced on the first eval rows, with the recipe's opset and dynamic axes."""
+    examples = {k: v[:EXPORT_EXAMPLE_ROWS] for k, v in data.inputs.items()}
+    export_onnx(module, examples, input_names, dst, opset=recipe.model.opset, dynamic_axes=recipe.model.dynamic_axes)
 
 
 def _load(recipe: Recipe) -> ModelSource:
@@ -135,8 +140,7 @@ def prepare(recipe: Recipe, workdir: Path, cache: Cache, progress: Progress = la
         eval_data, calib, train = (_name_csv(source.input_names, d) for d in (eval_data, calib, train))
         _check_torch_inputs(source, eval_data)
         progress("export: torch -> ONNX")
-        examples = {k: v[:EXPORT_EXAMPLE_ROWS] for k, v in eval_data.inputs.items()}
-        export_onnx(source.module, examples, source.input_names, baseline.path, opset=recipe.model.opset, dynamic_axes=recipe.model.dynamic_axes)
+        export_model(recipe, source.module, eval_data, source.input_names, baseline.path)
         baseline.cache = "miss" if key is not None and cache.enabled else "off"
     session = make_session(baseline.path, threads=0)
     input_names = [i.name for i in session.get_inputs()]
