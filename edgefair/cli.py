@@ -55,6 +55,10 @@ def check_writable(out_dir: Path) -> None:
 @click.version_option(__version__, prog_name="edgefair")
 def main() -> None:
     """Check what compression does to every group before a model ships to an edge CPU."""
+    import warnings
+
+    # torch's own deprecation chatter while copying exported modules says nothing about the user's model
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
 
 
 @main.command()

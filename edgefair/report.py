@@ -87,33 +87,52 @@ def gate_line(gate: dict[str, Any]) -> str:
     return f"{gate['gate']}{where}: {fmt(gate['value'], '.4g')}{ci_s} vs limit {gate['threshold']:.4g}: {gate['reason']}"
 
 
+def _latency_head(lat: dict[str, Any], index: int) -> str:
+    out = f"p50 {fmt(lat.get('p50_ms'), '.4f')} ms  p95 {fmt(lat.get('p95_ms'), '.4f')} ms"
+    ratio, ci = lat.get("ratio_p50_vs_first"), lat.get("ratio_p50_ci")
+    if index > 0 and ratio is not None:
+        out += f"  x{ratio:.2f} vs baseline" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+    return out
+
+
+def _group_row(key: str, g: dict[str, Any], labelled: bool) -> str:
+    if g.get("status") != "ok":
+        return f"    {key:<40} {g['n']:>6}  insufficient data: {g.get('reason', 'n < min_group_size')}"
+    if not labelled:  # label-free: fidelity to the baseline's outputs
+        return (
+            f"    {key:<40} {g['n']:>6} {fmt(g.get('cosine_mean'), '.4f'):>9} {fmt(g.get('cosine_min'), '.4f'):>9} "
+            f"{fmt(g.get('rel_error_mean'), '.4f'):>9} {fmt(g.get('agreement'), '.4f'):>9}"
+        )
+    ci = g.get("accuracy_delta_ci")
+    ci_s = f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "-"
+    delta = g.get("accuracy_delta")
+    return (
+        f"    {key:<40} {g['n']:>6} {fmt(g.get('accuracy'), '.4f'):>9} "
+        f"{(format(delta, '+.4f') if delta is not None else '-'):>8} {ci_s:>19} "
+        f"{fmt(g.get('ece'), '.4f'):>7} {fmt(g.get('flip_rate'), '.4f'):>7}"
+    )
+
+
 def terminal_table(report: dict[str, Any]) -> str:
     """A readable per-step, per-group table for the terminal."""
+    labelled = bool(report.get("data", {}).get("eval", {}).get("labelled", True))
     lines = []
     for step in report["steps"]:
-        lat = step.get("latency") or {}
         ov = step["overall"]
-        head = (
-            f"[{step['index']}] {step['name']} ({step['kind']})  size {step['size_bytes'] / 1e6:.3f} MB"
-            f"  p50 {fmt(lat.get('p50_ms'), '.4f')} ms  p95 {fmt(lat.get('p95_ms'), '.4f')} ms"
-            f"  acc {fmt(ov.get('accuracy'), '.4f')}  ece {fmt(ov.get('ece'), '.4f')}"
-        )
-        if step["index"] > 0:
-            head += f"  flip {fmt(ov.get('flip_rate'), '.4f')}"
+        head = f"[{step['index']}] {step['name']} ({step['kind']})  size {step['size_bytes'] / 1e6:.3f} MB  "
+        head += _latency_head(step.get("latency") or {}, step["index"])
+        if labelled:
+            head += f"  acc {fmt(ov.get('accuracy'), '.4f')}  ece {fmt(ov.get('ece'), '.4f')}"
+            head += f"  flip {fmt(ov.get('flip_rate'), '.4f')}" if step["index"] > 0 else ""
+        elif step["index"] > 0:
+            head += f"  cosine {fmt(ov.get('cosine_mean'), '.4f')} (min {fmt(ov.get('cosine_min'), '.4f')})"
         lines.append(head)
-        lines.append(f"    {'group':<40} {'n':>6} {'accuracy':>9} {'Δacc':>8} {'Δacc CI':>19} {'ece':>7} {'flip':>7}")
-        for key, g in step["groups"].items():
-            if g.get("status") != "ok":
-                lines.append(f"    {key:<40} {g['n']:>6} {'insufficient data (n < min_group_size)':>52}")
-                continue
-            ci = g.get("accuracy_delta_ci")
-            ci_s = f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "-"
-            delta = g.get("accuracy_delta")
-            lines.append(
-                f"    {key:<40} {g['n']:>6} {fmt(g.get('accuracy'), '.4f'):>9} "
-                f"{(format(delta, '+.4f') if delta is not None else '-'):>8} {ci_s:>19} "
-                f"{fmt(g.get('ece'), '.4f'):>7} {fmt(g.get('flip_rate'), '.4f'):>7}"
-            )
+        if labelled:
+            lines.append(f"    {'group':<40} {'n':>6} {'accuracy':>9} {'Δacc':>8} {'Δacc CI':>19} {'ece':>7} {'flip':>7}")
+        elif step["index"] > 0:
+            lines.append(f"    {'group':<40} {'n':>6} {'cos mean':>9} {'cos min':>9} {'rel err':>9} {'agree':>9}")
+        if labelled or step["index"] > 0:
+            lines += [_group_row(key, g, labelled) for key, g in step["groups"].items()]
         for w in step.get("warnings", []):
             lines.append(f"    ! {w}")
         for gate in step.get("gates", []):
