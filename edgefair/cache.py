@@ -24,12 +24,18 @@ def default_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgefair"
 
 
+# modules that only present results: editing them must not invalidate cached models and statistics
+PRESENTATION = ("render/", "cli.py", "publish.py", "report.py")
+
+
 @functools.lru_cache(maxsize=1)
 def code_fingerprint() -> str:
-    """Hash of edgefair's own source: results computed by other code are never reused."""
+    """Hash of the edgefair source that computes results: results of other code are never reused."""
     root = Path(__file__).resolve().parent
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
+        if path.relative_to(root).as_posix().startswith(PRESENTATION):
+            continue
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
