@@ -276,6 +276,47 @@ def test_html_label_free_charts_flip_rate():
     assert "Flip rate per group" in page and "Accuracy change per group" not in page
 
 
+def _svgs(page: str) -> list[str]:
+    return [page[i:page.index("</svg>", i) + 6] for i in range(len(page)) if page.startswith("<svg", i)]
+
+
+def test_html_folds_undecided_gates_per_step():
+    report = with_gates(sample())
+    page = render_html(report)
+    warned = [(s, g) for s in report["steps"] for g in s["gates"] if g["status"] == "warn"]
+    assert warned
+    # one folded line per step with warn gates, not one loud bullet per gate result
+    warnings = page[page.index("<h2>Warnings</h2>"):page.index("<h2>Steps</h2>")]
+    assert warnings.count("<li>") == (sum(len(s.get("warnings") or []) for s in report["steps"])
+                                      + len({k for s in report["steps"] for k, g in s["groups"].items()
+                                             if g["status"] != "ok"}))
+    assert warnings.count("<details>") == len({s["index"] for s, _ in warned})
+    assert f"{len(warned)} gate results" in warnings
+
+
+def test_html_chart_shows_every_group_legend_and_limit():
+    report = with_gates(sample())
+    sel = next(s for s in report["steps"] if s["index"] == report["selected"]["step"])
+    chart = _svgs(render_html(report))[0]
+    for key, g in sel["groups"].items():
+        assert f">{key.replace('&', '&amp;')}</text>" in chart
+    missing = [k for k, g in sel["groups"].items() if g["status"] != "ok"]
+    assert missing and chart.count("too little data") == len(missing)
+    assert "gate passed" in chart and "max_group_accuracy_drop limit (-1 pp)" in chart
+    assert "accuracy change, step minus baseline (percentage points)" in chart
+    # without gates the colours still have a legend
+    assert "whole interval below 0" in _svgs(render_html(sample()))[0]
+
+
+def test_html_reliability_legend_and_group_table_notes():
+    page = render_html(with_gates(sample()))
+    reliability = _svgs(page)[1]
+    assert "perfect calibration" in reliability and "mean confidence in bin" in reliability
+    assert "<line" in reliability.split("perfect calibration")[0].rsplit("(ECE", 1)[-1]  # swatch, not coloured text
+    # an insufficient group's note spans the measurement columns instead of stretching one
+    assert 'class="note" colspan="10"' in page
+
+
 # ---- junit -----------------------------------------------------------------------------------------
 
 def test_junit_counts_and_names():
