@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from .intervals import paired_difference_ci, proportion_ci
 
 GROUP_GATES = ("max_group_accuracy_drop", "max_group_ece_increase", "max_group_flip_rate")
 PASS, FAIL, WARN = "pass", "fail", "warn"
@@ -37,14 +36,7 @@ def accuracy_drop(g: dict[str, Any], confidence: float) -> Harm:
         return Harm(None, None)
     value = -g["accuracy_delta"]
     lo, hi = g.get("accuracy_delta_ci") or (g["accuracy_delta"], g["accuracy_delta"])
-    ci = (-hi, -lo)
-    if g.get("lost_correct") is not None:
-        n, lost, gained = g["n"], g["lost_correct"], g["gained_correct"]
-        step_correct = round(g["accuracy"] * n)
-        both = step_correct - gained
-        neither = n - both - lost - gained
-        a_lo, a_hi = paired_difference_ci(both, lost, gained, neither, confidence)
-        ci = (min(ci[0], -a_hi), max(ci[1], -a_lo))
+    ci = (-hi, -lo)  # already widened to Newcombe's interval where the bootstrap collapses
     p = g.get("mcnemar_p_drop_holm")  # exact one-sided McNemar, Holm-corrected across groups
     return Harm(value, ci, None if p is None else p < 1 - confidence)
 
@@ -61,8 +53,7 @@ def flip_rate(g: dict[str, Any], confidence: float) -> Harm:
     if g.get("flip_rate") is None:
         return Harm(None, None)
     lo, hi = g.get("flip_rate_ci") or (g["flip_rate"], g["flip_rate"])
-    e_lo, e_hi = proportion_ci(round(g["flip_rate"] * g["n"]), g["n"], confidence)
-    return Harm(g["flip_rate"], (min(lo, e_lo), max(hi, e_hi)), g["flip_rate"] > 0)
+    return Harm(g["flip_rate"], (lo, hi), g["flip_rate"] > 0)
 
 
 HARMS = {

@@ -48,3 +48,31 @@ def paired_difference_ci(both: int, lost: int, gained: int, neither: int, confid
     lo = d - math.sqrt(max(0.0, (p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2))
     hi = d + math.sqrt(max(0.0, (u2 - p2) ** 2 - 2 * phi * (u2 - p2) * (p1 - l1) + (p1 - l1) ** 2))
     return (max(-1.0, lo), min(1.0, hi))
+
+
+def widen_group_intervals(stats: dict, confidence: float) -> dict:
+    """Make `accuracy_delta_ci` and `flip_rate_ci` of every measured group at least as wide as the
+    analytic intervals, keeping the bootstrap's own as `*_ci_bootstrap`. Pure: returns a new dict.
+
+    The percentile bootstrap of a group with no flipped predictions is [0, 0], a confident-looking
+    number that the 70 rows behind it cannot support; Newcombe's and Clopper-Pearson's are not.
+    """
+    out = {**stats, "overall": _widen(stats["overall"], confidence)}
+    out["groups"] = {k: _widen(g, confidence) if g.get("status") == "ok" else g for k, g in stats["groups"].items()}
+    return out
+
+
+def _widen(g: dict, confidence: float) -> dict:
+    g = dict(g)
+    n = g.get("n") or 0
+    if g.get("accuracy_delta_ci") and g.get("lost_correct") is not None and n:
+        lost, gained = g["lost_correct"], g["gained_correct"]
+        both = round(g["accuracy"] * n) - gained
+        lo, hi = paired_difference_ci(both, lost, gained, n - both - lost - gained, confidence)
+        g["accuracy_delta_ci_bootstrap"] = g["accuracy_delta_ci"]
+        g["accuracy_delta_ci"] = [min(g["accuracy_delta_ci"][0], lo), max(g["accuracy_delta_ci"][1], hi)]
+    if g.get("flip_rate_ci") and g.get("flip_rate") is not None and n:
+        lo, hi = proportion_ci(round(g["flip_rate"] * n), n, confidence)
+        g["flip_rate_ci_bootstrap"] = g["flip_rate_ci"]
+        g["flip_rate_ci"] = [min(g["flip_rate_ci"][0], lo), max(g["flip_rate_ci"][1], hi)]
+    return g

@@ -18,6 +18,7 @@ from .cache import Cache, make_key
 from .config import as_dict
 from .evaluate import eval_batch_size, predict
 from .groups import group_masks
+from .intervals import widen_group_intervals
 from .io import sha256_file
 from .errors import DataError
 from .latency import LatencySettings, measure_interleaved, speed_warnings
@@ -159,7 +160,7 @@ def evaluate(
         progress("statistics: groups, bootstrap, tests")
         for i in missing:
             paired = i > 0
-            stats[i] = evaluate_step(
+            stats[i] = widen_group_intervals(evaluate_step(
                 masks=masks,
                 probs=probs[i],
                 outputs=outputs[i],
@@ -167,7 +168,7 @@ def evaluate(
                 base_probs=probs[0] if paired else None,
                 base_outputs=outputs[0] if paired else None,
                 config=config,
-            )
+            ), config.confidence)
             cache.put_json("stats", keys[i], stats[i])
     latency = measure_latency(inputs, models, shas, latency_from, progress)
     return [
