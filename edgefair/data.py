@@ -63,7 +63,7 @@ def load(
     if suffix == ".npz":
         columns = _read_npz(path, key)
     elif suffix == ".csv":
-        columns = _read_csv(path, key)
+        columns = _read_csv(path, key, text=set(groups))
     else:
         raise DataError(f"{key}: unsupported data format {suffix!r} in {path} (use .npz or .csv)")
 
@@ -130,17 +130,22 @@ def _labels(arr: np.ndarray, n: int, *, key: str) -> np.ndarray:
 
 
 def _read_npz(path: Path, key: str) -> dict[str, np.ndarray]:
+    if not zipfile.is_zipfile(path):  # np.load would take any other file for a pickle
+        raise DataError(f"{key}: cannot read {path}: not an .npz archive")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {name: z[name] for name in z.files}
     except ValueError as e:
-        # numpy refuses object arrays without pickle: never unpickle a data file.
-        raise DataError(f"{key}: {path} holds pickled (object) arrays, which are not read; store strings as fixed-width unicode") from e
+        if "pickle" in str(e):  # numpy refuses object arrays without pickle: never unpickle a data file
+            raise DataError(f"{key}: {path} holds pickled (object) arrays, which are not read; store strings as fixed-width unicode") from e
+        raise DataError(f"{key}: cannot read {path} as .npz: {e}") from e
     except (OSError, zipfile.BadZipFile, EOFError) as e:
         raise DataError(f"{key}: cannot read {path} as .npz: {e}") from e
 
 
-def _read_csv(path: Path, key: str) -> dict[str, np.ndarray]:
+def _read_csv(path: Path, key: str, *, text: set[str]) -> dict[str, np.ndarray]:
+    """Columns of a csv file; numeric ones as numbers, except `text` columns (group attributes),
+    which keep their exact spelling ("01" stays "01")."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
@@ -157,6 +162,12 @@ def _read_csv(path: Path, key: str) -> dict[str, np.ndarray]:
     cols = {}
     for j, name in enumerate(header):
         raw = np.array([r[j] for r in body])
+        if name in text:
+            cols[name] = raw
+            continue
+        if np.any(np.char.strip(raw) == ""):
+            cols[name] = raw  # missing values: not numeric; a clear error follows if it is used as a number
+            continue
         try:
             num = raw.astype(np.float64)
             cols[name] = num.astype(np.int64) if np.all(num == np.round(num)) and "." not in "".join(raw[:50]) else num

@@ -99,6 +99,9 @@ def _gate(name: str, group: str | None, harm: Harm, threshold: float, status: st
 def step_gates(step: dict[str, Any], gates: Any, *, confidence: float) -> Iterator[dict[str, Any]]:
     rule = {"decision": gates.decision, "on_insufficient": gates.on_insufficient, "max_width": gates.max_ci_width_ratio}
     insufficient = FAIL if gates.on_insufficient == "fail" else WARN
+    if step["overall"].get("nonfinite_rows"):  # always checked: a model that emits NaN/inf cannot ship
+        bad = step["overall"]["nonfinite_rows"]
+        yield _gate("finite_outputs", None, Harm(float(bad), None), 0.0, FAIL, f"{bad} eval rows gave NaN or infinite outputs")
     if step["index"] > 0:
         for name in GROUP_GATES:
             threshold = getattr(gates, name)

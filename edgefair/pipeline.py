@@ -105,6 +105,10 @@ def stats_config(recipe: Recipe) -> StatsConfig:
     return StatsConfig(n_boot=ev.bootstrap, confidence=ev.confidence, seed=ev.seed, min_group_size=recipe.data.min_group_size, n_bins=ev.ece_bins)
 
 
+def _nonfinite_rows(outputs: np.ndarray) -> int:
+    return int((~np.isfinite(outputs.reshape(len(outputs), -1))).any(axis=1).sum())
+
+
 def measure_latency(
     inputs: Inputs, models: list[StepModel], shas: list[str], latency_from: tuple[Path, ...], progress: Progress
 ) -> list[dict[str, Any] | None]:
@@ -156,6 +160,12 @@ def evaluate(
         masks = group_masks(inputs.eval.attributes, intersections=d.intersections)
         need = sorted(set(missing) | ({0} if any(i > 0 for i in missing) else set()))
         outputs = {i: predict(models[i].path, inputs.eval, batch_size=batch[i]) for i in need}
+        nonfinite = {i: _nonfinite_rows(o) for i, o in outputs.items()}
+        if nonfinite.get(0):
+            raise DataError(f"model.source: the baseline gives non-finite outputs for {nonfinite[0]} of {inputs.eval.n} eval rows")
+        # a compressed model that overflows (fp16, bad ranges) is a failed step, not bad input:
+        # its non-finite rows count as wrong predictions and a gate fails it
+        outputs = {i: np.nan_to_num(o, nan=0.0, posinf=0.0, neginf=0.0) if nonfinite[i] else o for i, o in outputs.items()}
         probs = {i: to_probabilities(o, recipe.model.output) for i, o in outputs.items()}
         progress("statistics: groups, bootstrap, tests")
         for i in missing:
@@ -169,6 +179,7 @@ def evaluate(
                 base_outputs=outputs[0] if paired else None,
                 config=config,
             ), config.confidence)
+            stats[i]["overall"]["nonfinite_rows"] = nonfinite[i]
             cache.put_json("stats", keys[i], stats[i])
     latency = measure_latency(inputs, models, shas, latency_from, progress)
     return [

@@ -236,3 +236,41 @@ def test_a_bug_is_exit_3_not_a_gate_failure(recipe_dir, monkeypatch):
 
     result = CliRunner().invoke(main, ["run", str(recipe), "--out", str(recipe_dir / "o")])
     assert result.exit_code == 3 and "ZeroDivisionError" in result.output
+
+
+def _csv(path, rows):
+    import csv
+
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
+def test_csv_data_end_to_end_keeps_group_spelling(recipe_dir, tmp_path):
+    import json
+
+    with np.load(recipe_dir / "eval.npz") as z:
+        x, y, g = z["features"], z["label"], z["g"]
+    header = [f"f{i}" for i in range(6)] + ["label", "site"]
+    site = np.where(g == "a", "01", "1")  # different groups that a number parser would merge
+    _csv(recipe_dir / "eval.csv", [header] + [[*map(str, x[i]), str(y[i]), site[i]] for i in range(len(y))])
+    text = BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "eval.csv"').replace('groups = ["g", "h"]', 'groups = ["site"]')
+    out = tmp_path / "o"
+    result = run_cli(["run", str(write_recipe(recipe_dir / "c.toml", text)), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    groups = json.loads((out / "report.json").read_text())["steps"][0]["groups"]
+    assert set(groups) == {"site=01", "site=1"}
+
+
+def test_csv_missing_value_in_a_feature(recipe_dir):
+    with np.load(recipe_dir / "eval.npz") as z:
+        x, y, g = z["features"], z["label"], z["g"]
+    rows = [[f"f{i}" for i in range(6)] + ["label", "g"]] + [[*map(str, x[i]), str(y[i]), g[i]] for i in range(len(y))]
+    rows[5][2] = ""
+    _csv(recipe_dir / "gap.csv", rows)
+    text = BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "gap.csv"').replace('groups = ["g", "h"]', 'groups = ["g"]')
+    run_bad(recipe_dir, text, "feature column 'f2' in")
+
+
+def test_npz_that_is_not_a_zip(recipe_dir):
+    (recipe_dir / "junk.npz").write_text("not numpy")
+    run_bad(recipe_dir, BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "junk.npz"'), "cannot read")

@@ -205,3 +205,55 @@ def test_widened_intervals_never_collapse_and_keep_the_bootstrap():
     assert w["flip_rate_ci"] == pytest.approx([0.0, proportion_confint(0, 70, alpha=0.05, method="beta")[1]])
     assert out["groups"]["a=y"] == {"n": 3, "status": "insufficient_data"}
     assert g["accuracy_delta_ci"] == [0.0, 0.0]  # input untouched
+
+
+def test_step_with_nonfinite_outputs_fails_its_gate(recipe_dir, tmp_path):
+    """A step whose model emits NaN for some rows is a failed step (exit 1), not bad input."""
+    from dataclasses import dataclass
+
+    import onnx
+    from onnx import helper
+
+    from conftest import BASE_RECIPE
+    from edgefair.steps import REGISTRY, StepOutcome, register
+
+    @dataclass(frozen=True)
+    class NanConfig:
+        pass
+
+    def add_sqrt(cfg, src, dst, ctx):  # NaN wherever a logit is negative, like an overflowing step
+        model = onnx.load(str(src))
+        model.graph.node.append(helper.make_node("Sqrt", [model.graph.output[0].name], ["nan_out"]))
+        model.graph.output[0].name = "nan_out"
+        onnx.save(model, str(dst))
+        return StepOutcome()
+
+    register("test_nan", NanConfig)(add_sqrt)
+    try:
+        text = BASE_RECIPE + "\n[[steps]]\nkind = 'test_nan'\n"
+        out = tmp_path / "o"
+        result = run_cli(["run", str(write_recipe(recipe_dir / "b.toml", text)), "--out", str(out), "--no-cache"])
+    finally:
+        REGISTRY.pop("test_nan")
+    assert result.exit_code == 1, result.output
+    report = json.loads((out / "report.json").read_text())
+    step = report["steps"][1]
+    assert step["overall"]["nonfinite_rows"] > 0 and report["steps"][0]["overall"]["nonfinite_rows"] == 0
+    assert [g["gate"] for g in step["gates"] if g["status"] == "fail"][:1] == ["finite_outputs"]
+
+
+def test_baseline_with_nonfinite_outputs_is_bad_input(recipe_dir, tmp_path):
+    import onnx
+    from onnx import helper
+
+    from conftest import BASE_RECIPE
+
+    out = tmp_path / "first"
+    assert run_cli(["run", str(write_recipe(recipe_dir / "a.toml", BASE_RECIPE)), "--out", str(out), "-q"]).exit_code == 0
+    model = onnx.load(str(out / "00-baseline.onnx"))
+    model.graph.node.append(helper.make_node("Sqrt", [model.graph.output[0].name], ["nan_out"]))  # NaN where a logit < 0
+    model.graph.output[0].name = "nan_out"
+    onnx.save(model, str(recipe_dir / "nan.onnx"))
+    text = BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "nan.onnx"')
+    result = run_cli(["run", str(write_recipe(recipe_dir / "n.toml", text)), "--out", str(tmp_path / "n")])
+    assert result.exit_code == 2 and "non-finite outputs" in result.output
