@@ -82,6 +82,10 @@ def _failing(report: dict[str, Any], ci_label: str) -> list[str]:
     return out + [""]
 
 
+def n_compressed(report: dict[str, Any]) -> int:
+    return max(0, len(steps(report)) - 1)
+
+
 def _warnings(report: dict[str, Any], ci_label: str) -> list[str]:
     out: list[str] = []
     texts: dict[str, list[int]] = {}
@@ -90,13 +94,14 @@ def _warnings(report: dict[str, Any], ci_label: str) -> list[str]:
             texts.setdefault(str(w), []).append(s.get("index"))
     for w, idx in texts.items():
         out.append(f"- ⚠️ step {_indices(idx)}: {_text(w)}")
-    warned: dict[tuple[str, str], list[int]] = {}  # the same warning at every step is said once
+    # undecided gates, one line per gate: which groups no gate could decide, at which steps
+    undecided: dict[str, dict[str, list[int]]] = {}
     for step, gate in warning_gates(report):
-        warned.setdefault((str(gate.get("gate")), describe_gate(gate, ci_label)), []).append(step.get("index"))
-    for (name, words), idx in list(warned.items())[:MAX_GATE_LINES]:
-        out.append(f"- ⚠️ step {_indices(idx)} `{name}`: {_text(words)}")
-    if len(warned) > MAX_GATE_LINES:
-        out.append(f"- ⚠️ … and {len(warned) - MAX_GATE_LINES} more gate warnings (see `report.html`).")
+        where = str(gate.get("group") or "model")
+        undecided.setdefault(str(gate.get("gate")), {}).setdefault(where, []).append(step.get("index"))
+    for name, groups in undecided.items():
+        listed = ", ".join(f"`{_code(g)}` ({'all steps' if len(idx) == n_compressed(report) else 'step ' + _indices(idx)})" for g, idx in groups.items())
+        out.append(f"- ⚠️ `{name}` undecided (interval wider than the limit, or too few rows) for: {listed}. See `report.html` for each interval.")
     n_steps = len(steps(report))
     by_reason: dict[str, list[str]] = {}  # one loud line per reason (too few rows, CI too wide, ...)
     for k, n, idx, reason in insufficient_summary(report):
