@@ -38,6 +38,9 @@ PROBS_SHAPE_ERROR = "probabilities must have shape (N, K) with K >= 2, got {shap
 LABELS_ERROR = "labels must be {n} integer class ids in [0, {k}), got {detail}"
 
 ROW_SUM_TOLERANCE = 1e-4  # float32 softmax outputs sum to 1 within ~1e-6; 1e-4 leaves margin
+# a compressed model of a probability-output baseline: int8 QDQ on the Softmax output moves each
+# row sum by up to K/255; fp16 by ~1e-3
+COMPRESSED_ROW_SUM_TOLERANCE = 0.05
 LOG_EPS = float(np.finfo(np.float64).eps)  # scikit-learn's log_loss clip for float64 input
 
 # Direction of each metric, used to name best/worst groups (scikit-learn: *_score up, *_loss down).
@@ -66,14 +69,25 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return ez / ez.sum(axis=1, keepdims=True)
 
 
+def output_kind(outputs: np.ndarray) -> Literal["logits", "probabilities"]:
+    """What "auto" reads `outputs` as (decide it once, on the baseline, for every step)."""
+    x = np.asarray(outputs, dtype=np.float64)
+    x = x[:, None] if x.ndim == 1 else x
+    in_unit = bool(((x >= 0) & (x <= 1)).all())
+    sums_to_one = x.ndim == 2 and (x.shape[1] == 1 or bool((np.abs(x.sum(axis=1) - 1.0) <= ROW_SUM_TOLERANCE).all()))
+    return "probabilities" if in_unit and sums_to_one else "logits"
+
+
 def to_probabilities(
-    outputs: np.ndarray, kind: Literal["auto", "logits", "probabilities"] = "auto"
+    outputs: np.ndarray, kind: Literal["auto", "logits", "probabilities"] = "auto", *, tolerance: float = ROW_SUM_TOLERANCE
 ) -> np.ndarray:
     """Turn raw model outputs into (N, K) float64 class probabilities.
 
     (N,) or (N, 1) outputs are binary scores for class 1: a sigmoid for logits, then stacked as
     ``[1 - p, p]``. ``"auto"`` reads them as probabilities when every value is in [0, 1] and (for
-    K >= 2) rows sum to 1 within 1e-4, else as logits (softmax for K >= 2).
+    K >= 2) rows sum to 1 within 1e-4, else as logits (softmax for K >= 2). With explicit
+    ``"probabilities"``, values and row sums may be off by `tolerance` (a quantized Softmax output);
+    they are clipped to [0, 1] and renormalised.
     """
     if kind not in ("auto", "logits", "probabilities"):
         raise ValueError(KIND_ERROR.format(kind=kind))
@@ -89,11 +103,15 @@ def to_probabilities(
     if kind == "auto":
         kind = "probabilities" if in_unit and sums_to_one else "logits"
     if kind == "probabilities":
-        if not (in_unit and sums_to_one):
+        near_unit = bool(((x >= -tolerance) & (x <= 1 + tolerance)).all())
+        near_one = x.shape[1] == 1 or bool((np.abs(x.sum(axis=1) - 1.0) <= tolerance).all())
+        if not (near_unit and near_one):
             raise DataError(NOT_PROBABILITIES_ERROR)
+        x = np.clip(x, 0.0, 1.0)
         if x.shape[1] == 1:
             return np.hstack([1.0 - x, x])
-        return x / x.sum(axis=1, keepdims=True)  # remove the float32 rounding of the row sums
+        sums = x.sum(axis=1, keepdims=True)
+        return np.divide(x, sums, out=np.full_like(x, 1.0 / x.shape[1]), where=sums > 0)
     if x.shape[1] == 1:
         p1 = _sigmoid(x)
         return np.hstack([1.0 - p1, p1])
@@ -254,7 +272,9 @@ def rates_from_confusion(cm: np.ndarray, *, positive_label: int = 1) -> dict[str
     tn = n - tp - fp - fn
     with np.errstate(divide="ignore", invalid="ignore"):
         recall = np.where(actual > 0, tp / actual, np.nan)
-        fpr = np.where(fp + tn > 0, fp / (fp + tn), np.nan)
+        # a class absent from both labels and predictions has FPR 0 by construction: leave it out of
+        # the macro average, as TPR/precision/F1 leave out classes they cannot measure
+        fpr = np.where((fp + tn > 0) & ((actual > 0) | (predicted > 0)), fp / (fp + tn), np.nan)
         precision = np.where(predicted > 0, tp / predicted, np.nan)
         f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
     if k == 2:

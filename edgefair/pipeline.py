@@ -23,7 +23,7 @@ from .io import sha256_file
 from .errors import DataError
 from .latency import LatencySettings, measure_interleaved, speed_warnings
 from .probe import load_device_latency
-from .metrics import to_probabilities
+from .metrics import COMPRESSED_ROW_SUM_TOLERANCE, ROW_SUM_TOLERANCE, output_kind, to_probabilities
 from .prepare import Inputs, Progress, StepModel, prepare, version
 from .recipe import Recipe, StepSpec
 from .stats import StatsConfig, evaluate_step
@@ -105,6 +105,24 @@ def stats_config(recipe: Recipe) -> StatsConfig:
     return StatsConfig(n_boot=ev.bootstrap, confidence=ev.confidence, seed=ev.seed, min_group_size=recipe.data.min_group_size, n_bins=ev.ece_bins)
 
 
+def _probabilities(outputs: np.ndarray, kind: str, model: StepModel) -> np.ndarray:
+    """Read every step's outputs the way the baseline's are read; compressed probability outputs
+    may be off by quantization error."""
+    tolerance = COMPRESSED_ROW_SUM_TOLERANCE if model.index > 0 else ROW_SUM_TOLERANCE
+    try:
+        return to_probabilities(outputs, kind, tolerance=tolerance)
+    except DataError as e:
+        raise DataError(f"model.output: step {model.index} ({model.name}): {e}") from e
+
+
+def _neutralize_nonfinite(outputs: np.ndarray) -> np.ndarray:
+    """Rows with NaN/inf become uniform (1/K): read as logits or probabilities, no class wins."""
+    flat = outputs.reshape(len(outputs), -1).astype(np.float64)
+    bad = ~np.isfinite(flat).all(axis=1)
+    flat[bad] = 1.0 / flat.shape[1]
+    return flat.reshape(outputs.shape)
+
+
 def _nonfinite_rows(outputs: np.ndarray) -> int:
     return int((~np.isfinite(outputs.reshape(len(outputs), -1))).any(axis=1).sum())
 
@@ -165,8 +183,9 @@ def evaluate(
             raise DataError(f"model.source: the baseline gives non-finite outputs for {nonfinite[0]} of {inputs.eval.n} eval rows")
         # a compressed model that overflows (fp16, bad ranges) is a failed step, not bad input:
         # its non-finite rows count as wrong predictions and a gate fails it
-        outputs = {i: np.nan_to_num(o, nan=0.0, posinf=0.0, neginf=0.0) if nonfinite[i] else o for i, o in outputs.items()}
-        probs = {i: to_probabilities(o, recipe.model.output) for i, o in outputs.items()}
+        outputs = {i: _neutralize_nonfinite(o) if nonfinite[i] else o for i, o in outputs.items()}
+        kind = recipe.model.output if recipe.model.output != "auto" else output_kind(outputs[0])
+        probs = {i: _probabilities(o, kind, models[i]) for i, o in outputs.items()}
         progress("statistics: groups, bootstrap, tests")
         for i in missing:
             paired = i > 0

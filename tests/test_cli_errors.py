@@ -274,3 +274,15 @@ def test_csv_missing_value_in_a_feature(recipe_dir):
 def test_npz_that_is_not_a_zip(recipe_dir):
     (recipe_dir / "junk.npz").write_text("not numpy")
     run_bad(recipe_dir, BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "junk.npz"'), "cannot read")
+
+
+@pytest.mark.parametrize(
+    "step, expected",
+    [
+        ("kind = 'prune'\nsparsity = 0.5\nexclude = ['fc9.weight']", "prune.exclude: 'fc9.weight' is not in the model's parameters"),
+        ("kind = 'quantize_dynamic'\nexclude_nodes = ['no_such_node']", "quantize_dynamic.exclude_nodes: 'no_such_node' is not in the nodes"),
+        ("kind = 'quantize_static'\nexclude_nodes = ['no_such_node']", "quantize_static.exclude_nodes: 'no_such_node' is not in the nodes"),
+    ],
+)
+def test_exclude_names_must_exist(recipe_dir, step, expected):
+    run_bad(recipe_dir, BASE_RECIPE + "\n[[steps]]\n" + step + "\n", expected)

@@ -165,3 +165,35 @@ def test_onnx_source_with_external_data(recipe_dir, tiny_run, tmp_path):
     assert result.exit_code == 0, result.output
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     assert rep["steps"][0]["overall"] == report["steps"][0]["overall"]
+
+
+def test_quantized_probability_outputs_are_read_like_the_baseline(recipe_dir, tmp_path):
+    """A softmax-output model: int8 QDQ on the Softmax output leaves rows summing to 1 +- K/255.
+    The step must still be read as probabilities (decided once, on the baseline), not softmaxed again."""
+    import torch
+
+    from edgefair.metrics import ece
+
+    class Soft(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc = torch.nn.Linear(6, 3)
+
+        def forward(self, features):
+            return torch.softmax(3 * self.fc(features), dim=1)
+
+    ep = torch.export.export(Soft().eval(), (torch.zeros(4, 6),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(ep, str(recipe_dir / "soft.pt2"))
+    text = BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "soft.pt2"') + "\n[[steps]]\nkind = 'quantize_static'\n"
+    out = tmp_path / "o"
+    result = run_cli(["run", str(write_recipe(recipe_dir / "s.toml", text)), "--out", str(out), "--no-cache"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    with np.load(recipe_dir / "eval.npz") as z:
+        x, y = z["features"], z["label"]
+    sess = ort.InferenceSession(str(out / "01-quantize_static.onnx"), providers=["CPUExecutionProvider"])
+    p = sess.run(None, {"features": x})[0].astype(np.float64)
+    assert np.abs(p.sum(1) - 1).max() > 1e-4  # the trap is real
+    p = np.clip(p, 0, 1) / np.clip(p, 0, 1).sum(1, keepdims=True)
+    assert report["steps"][1]["overall"]["ece"] == pytest.approx(ece(p, y), abs=1e-9)

@@ -193,3 +193,24 @@ def test_global_scope_keeps_a_channel_per_layer():
     assert all(len(k) >= 1 for k in keeps)
     assert sum(len(k) for k in keeps) == 3  # round(0.5 * 7) = 4 removed
     assert keeps[1].tolist() == [0]  # per-layer normalization: the big layer keeps only its dominant channel
+
+
+def test_layer_called_twice_is_left_whole(tmp_path):
+    """head(relu(f1(a))) + head(relu(f2(a))): one slicing of head's columns cannot serve both calls."""
+    import pytest
+    import torch
+
+    from edgefair.errors import StepError
+    from edgefair.steps.structured import find_groups, trace_graph
+
+    class Shared(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f1, self.f2, self.head = torch.nn.Linear(4, 16), torch.nn.Linear(4, 16), torch.nn.Linear(16, 2)
+
+        def forward(self, a):
+            return self.head(torch.relu(self.f1(a))) + self.head(torch.relu(self.f2(a)))
+
+    groups, skipped = find_groups(trace_graph(Shared().eval(), (torch.zeros(2, 4),)))
+    assert groups == []
+    assert "more than one call" in skipped["f1.weight"] and "more than one call" in skipped["f2.weight"]

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from ..data import Dataset
+from ..errors import StepError
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,15 @@ class StepKind:
 
 
 REGISTRY: dict[str, StepKind] = {}
+
+
+def require_known(key: str, names: Iterable[str], known: Iterable[str], where: str) -> None:
+    """A name in an exclude list that matches nothing is a typo that would exclude nothing: refuse it."""
+    known = set(known)
+    missing = sorted(set(names) - known)
+    if missing:
+        shown = ", ".join(sorted(known)[:6]) + (", ..." if len(known) > 6 else "")
+        raise StepError(f"{key}: {missing[0]!r} is not in {where} (names there: {shown})")
 
 
 def register(kind: str, config_cls: type, *, needs_torch: bool = False, needs_calibration: bool = False):

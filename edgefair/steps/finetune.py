@@ -86,7 +86,7 @@ def finetune(
             _set_mode(teacher, False)
             with torch.no_grad():  # the teacher is fixed: compute its logits once, in eval mode
                 soft_targets = torch.cat(
-                    [teacher(*(x[i : i + 256] for x in x_all)) for i in range(0, n, 256)]
+                    [_first(teacher(*(x[i : i + 256] for x in x_all))) for i in range(0, n, 256)]
                 )
         _set_mode(model, True)
         for _ in range(settings.epochs):
@@ -96,7 +96,7 @@ def finetune(
                 idx = order[start : start + settings.batch_size]
                 if len(idx) < 2 and n > 1:  # BatchNorm cannot train on a batch of one
                     continue
-                logits = model(*(x[idx] for x in x_all))
+                logits = _first(model(*(x[idx] for x in x_all)))
                 loss = _label_loss(F, logits, y_all[idx])
                 if soft_targets is not None:
                     loss = (1 - settings.alpha) * loss + settings.alpha * _kd_loss(
@@ -112,6 +112,11 @@ def finetune(
     for p in model.parameters():
         p.grad = None
     return {"epochs": settings.epochs, "loss": [round(v, 6) for v in losses], "distilled": teacher is not None}
+
+
+def _first(out: Any) -> Any:
+    """The first output, as evaluation reads it (models may return a tuple or list)."""
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def _label_loss(F: Any, logits: Any, y: Any) -> Any:

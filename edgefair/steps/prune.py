@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from ..config import check, in_range, positive
 from ..errors import StepError
-from . import StepContext, StepOutcome, register
+from . import StepContext, StepOutcome, register, require_known
 from .structured import structured_step
 
 DENSE_WARNING = (
@@ -65,6 +65,7 @@ def prune_step(cfg: PruneConfig, src: Path, dst: Path, ctx: StepContext) -> Step
 
     if ctx.torch_model is None:
         raise StepError("prune works on the torch model: use a .pt2 or factory source and put prune before quantization steps")
+    require_known("prune.exclude", cfg.exclude, (n for n, _ in ctx.torch_model.named_parameters()), "the model's parameters")
     if cfg.structured:
         return structured_step(cfg, src, dst, ctx)
     model = copy.deepcopy(ctx.torch_model)

@@ -22,7 +22,7 @@ import numpy as np
 from ..config import check, in_range, positive
 from ..errors import StepError
 from ..io import atomic_path
-from . import StepContext, StepOutcome, register
+from . import StepContext, StepOutcome, register, require_known
 
 DYNAMIC_DEFAULT_OPS = ("MatMul", "Gemm", "Attention", "LSTM", "Gather")
 SLOW_CONV_MESSAGE = (
@@ -96,6 +96,7 @@ def quantize_dynamic(cfg: QuantizeDynamicConfig, src: Path, dst: Path, ctx: Step
     _quiet()
     outcome = StepOutcome()
     model_in = _preprocess(src, ctx.workdir, outcome.warnings) if cfg.preprocess else src
+    _check_nodes("quantize_dynamic.exclude_nodes", cfg.exclude_nodes, model_in)
     convs = [n.name for n in onnx.load(str(src), load_external_data=False).graph.node if n.op_type == "Conv"]
     if convs and "Conv" not in cfg.op_types:
         outcome.warnings.append(f"{len(convs)} Conv node(s) left in fp32: {SLOW_CONV_MESSAGE.split(';')[0]}")
@@ -147,6 +148,7 @@ def quantize_static(cfg: QuantizeStaticConfig, src: Path, dst: Path, ctx: StepCo
         raise StepError("quantize_static needs data.calibration")
     outcome = StepOutcome()
     model_in = _preprocess(src, ctx.workdir, outcome.warnings) if cfg.preprocess else src
+    _check_nodes("quantize_static.exclude_nodes", cfg.exclude_nodes, model_in)
     method = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
@@ -195,6 +197,14 @@ def quantize_static(cfg: QuantizeStaticConfig, src: Path, dst: Path, ctx: StepCo
     outcome.details["calibration_rows"] = min(ctx.calibration.n, cfg.calibration_rows or ctx.calibration.n)
     outcome.details["quantized_nodes"] = _count_quantized(dst)
     return outcome
+
+
+def _check_nodes(key: str, names: tuple[str, ...], path: Path) -> None:
+    if names:
+        import onnx
+
+        nodes = (n.name for n in onnx.load(str(path), load_external_data=False).graph.node)
+        require_known(key, names, nodes, f"the nodes of {path.name}")
 
 
 def _count_quantized(path: Path) -> int:

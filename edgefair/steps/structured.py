@@ -21,6 +21,8 @@ each layer's norms by their mean, so layers with larger fan-in do not lose every
 
 from __future__ import annotations
 
+from collections import Counter
+
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +90,17 @@ def find_groups(graph: Any) -> tuple[list[Group], dict[str, str]]:
             groups.append(group)
         else:
             skipped[weight] = reason
-    return groups, skipped
+    # a layer called more than once (shared or reused) would get one slicing per call: leave it whole
+    calls = Counter(_attr(_arg(n, 1, "weight")) for n in graph.nodes if n.op == "call_function" and _op(n) in PRODUCERS)
+    consumed = Counter(w for g in groups for w, _ in g.consumers)
+    kept = []
+    for g in groups:
+        shared = [w for w in (g.weight, *(w for w, _ in g.consumers)) if calls[w] > 1 or (w != g.weight and consumed[w] > 1)]
+        if shared:
+            skipped[g.weight] = f"{shared[0]} is used by more than one call or producer"
+        else:
+            kept.append(g)
+    return kept, skipped
 
 
 def _conv_groups(node: Any) -> int:

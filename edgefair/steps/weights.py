@@ -24,7 +24,7 @@ from typing import Any
 from ..config import check
 from ..errors import StepError
 from ..io import atomic_path
-from . import StepContext, StepOutcome, register
+from . import StepContext, StepOutcome, register, require_known
 from .quantize import _quiet
 
 FP16_CPU_WARNING = (
@@ -42,6 +42,13 @@ class Fp16Config:
     keep_io_types: bool = True  # float32 inputs and outputs, so the same data and metrics apply
     keep_fp32_ops: tuple[str, ...] = ()  # op types to leave in float32, besides onnxruntime's default list
     exclude_nodes: tuple[str, ...] = ()  # node names to leave in float32
+
+    def __post_init__(self) -> None:
+        if not self.keep_io_types:
+            raise ValueError(
+                "keep_io_types: false would make the model take float16 inputs, which the float32 eval data "
+                "and the other steps' measurements cannot share; keep it true"
+            )
 
 
 def _power_of_two_from_16(v: int) -> bool:
@@ -69,6 +76,7 @@ def fp16(cfg: Fp16Config, src: Path, dst: Path, ctx: StepContext) -> StepOutcome
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     model = onnx.load(str(src))
+    require_known("fp16.exclude_nodes", cfg.exclude_nodes, (n.name for n in model.graph.node), f"the nodes of {src.name}")
     converted = sum(i.data_type == onnx.TensorProto.FLOAT for i in model.graph.initializer)
     if not converted:
         raise StepError(f"fp16: {src.name} has no float32 weights to convert")
@@ -116,6 +124,7 @@ def quantize_weights_4bit(cfg: QuantizeWeights4bitConfig, src: Path, dst: Path, 
 
     _quiet()
     model = onnx.load(str(src))
+    require_known("quantize_weights_4bit.exclude_nodes", cfg.exclude_nodes, (n.name for n in model.graph.node), f"the nodes of {src.name}")
     targets, others = eligible_matmuls(model, cfg.exclude_nodes)
     if not targets:
         found = ", ".join(f"{n} {op}" for op, n in sorted(others.items())) or "no MatMul, Gemm or Conv"
