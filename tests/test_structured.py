@@ -214,3 +214,24 @@ def test_layer_called_twice_is_left_whole(tmp_path):
     groups, skipped = find_groups(trace_graph(Shared().eval(), (torch.zeros(2, 4),)))
     assert groups == []
     assert "more than one call" in skipped["f1.weight"] and "more than one call" in skipped["f2.weight"]
+
+
+def test_view_flatten_idiom_is_pruned_through(tmp_path):
+    """h.view(h.size(0), -1) before the classifier is the common CNN head: prune through it."""
+    import torch
+
+    from edgefair.steps.structured import find_groups, trace_graph
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = torch.nn.Conv2d(1, 8, 3, padding=1)
+            self.fc = torch.nn.Linear(8 * 4 * 4, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.c(x))
+            return self.fc(h.view(h.size(0), -1))
+
+    groups, skipped = find_groups(trace_graph(Head().eval(), (torch.zeros(2, 1, 4, 4),)))
+    assert [g.weight for g in groups] == ["c.weight"], skipped
+    assert groups[0].consumers == [("fc.weight", 0)]

@@ -131,7 +131,7 @@ def _trace(start: Any, group: Group, layout: str) -> str | None:
                 todo.append((user, layout))
             elif op == "getitem" and user.args[1] == 0:  # first output of batch_norm / pooling with indices
                 todo.append((user, layout))
-            elif op in BATCH_NORMS and first and (layout == "channel1" or _rank(node) == 2):
+            elif op in BATCH_NORMS and first and (layout == "channel1" or (layout == "last" and _rank(node) == 2)):
                 names = [_attr(_arg(user, i, n)) for i, n in enumerate(("input", "weight", "bias", "running_mean", "running_var"))][1:]
                 group.norm += [n for n in names if n is not None]
                 todo.append((user, layout))
@@ -139,8 +139,11 @@ def _trace(start: Any, group: Group, layout: str) -> str | None:
                 todo.append((user, layout))
             elif op == "flatten" and first and layout == "channel1" and _arg(user, 1, "start_dim", 0) == 1 and _arg(user, 2, "end_dim", -1) == -1:
                 todo.append((user, "flat"))  # channel-major: channel c -> columns [c*k, (c+1)*k)
-            elif op == "mean" and first and layout == "channel1" and set(_arg(user, 1, "dim", ()) or ()) <= {2, 3, -1, -2}:
-                todo.append((user, "channel1" if _arg(user, 2, "keepdim", False) else "flat"))
+            elif op in ("view", "reshape", "_unsafe_view") and first and layout == "channel1" and _is_flatten_shape(user):
+                todo.append((user, "flat"))  # x.view(x.size(0), -1): the same as flatten(1)
+            elif op == "mean" and first and layout == "channel1" and _reduces_spatial_only(node, user):
+                all_spatial = _reduces_all_spatial(node, user)
+                todo.append((user, "flat" if all_spatial and not _arg(user, 2, "keepdim", False) else "channel1"))
             elif op == "linear" and first and layout in ("last", "flat"):
                 w = _attr(_arg(user, 1, "weight"))
                 if w is None:
@@ -156,6 +159,29 @@ def _trace(start: Any, group: Group, layout: str) -> str | None:
     if not group.consumers:
         return "has no linear/conv consumer"
     return None
+
+
+def _is_flatten_shape(node: Any) -> bool:
+    shape = _arg(node, 1, "size", None) or _arg(node, 1, "shape", None)
+    return isinstance(shape, (list, tuple)) and len(shape) == 2 and shape[1] == -1
+
+
+def _mean_dims(node: Any, user: Any) -> set[int] | None:
+    rank = _rank(node)
+    dims = _arg(user, 1, "dim", None)
+    if rank is None or not dims:
+        return None
+    return {d % rank for d in dims}
+
+
+def _reduces_spatial_only(node: Any, user: Any) -> bool:
+    dims = _mean_dims(node, user)
+    return dims is not None and 0 not in dims and 1 not in dims
+
+
+def _reduces_all_spatial(node: Any, user: Any) -> bool:
+    dims, rank = _mean_dims(node, user), _rank(node)
+    return dims is not None and dims == set(range(2, rank))
 
 
 def _rank(node: Any) -> int | None:
