@@ -85,6 +85,7 @@ class Compressor:
             export=self.inputs.export,
             workdir=self.workdir,
             seed=self.inputs.recipe.evaluate.seed,
+            probabilities=self.inputs.probabilities,
         )
         outcome = REGISTRY[spec.kind].apply(spec.config, src.path, step.path, ctx)
         step.torch_model, step.warnings, step.details = outcome.torch_model, outcome.warnings, outcome.details

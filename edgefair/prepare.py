@@ -63,6 +63,7 @@ class Inputs:
     baseline: StepModel
     parity: dict[str, Any] | None
     input_names: list[str]
+    probabilities: bool = False  # the baseline's first output reads as probabilities (model.output)
     _source: ModelSource | None = None
 
     def source(self) -> ModelSource:
@@ -157,7 +158,7 @@ def prepare(recipe: Recipe, workdir: Path, cache: Cache, progress: Progress = la
             cache.put_file("export", key, baseline.path)
             cache.put_json("export", key, parity)
     baseline.seconds = time.perf_counter() - t0
-    inputs = Inputs(recipe, kind, sha, eval_data, calib, train, baseline, parity, input_names)
+    inputs = Inputs(recipe, kind, sha, eval_data, calib, train, baseline, parity, input_names, _reads_as_probabilities(recipe, session, eval_data))
     inputs._source = source
     baseline.torch_model = source.module if source is not None else None
     return inputs
@@ -177,6 +178,15 @@ def _copy_onnx(src: Path, dst: Path) -> None:
         onnx.save(onnx.load(str(src)), str(dst))
     except Exception as e:
         raise ModelSourceError(f"model.source: cannot read the external data of {src}: {e}") from e
+
+
+def _reads_as_probabilities(recipe: Recipe, session: Any, data: data_mod.Dataset) -> bool:
+    if recipe.model.output != "auto":
+        return recipe.model.output == "probabilities"
+    from .metrics import output_kind
+
+    out = session.run([session.get_outputs()[0].name], {k: v[:PARITY_ROWS] for k, v in data.inputs.items()})[0]
+    return output_kind(out.reshape(len(out), -1)) == "probabilities"
 
 
 def _check_label_range(session: Any, data: data_mod.Dataset) -> None:

@@ -235,3 +235,22 @@ def test_view_flatten_idiom_is_pruned_through(tmp_path):
     groups, skipped = find_groups(trace_graph(Head().eval(), (torch.zeros(2, 1, 4, 4),)))
     assert [g.weight for g in groups] == ["c.weight"], skipped
     assert groups[0].consumers == [("fc.weight", 0)]
+
+
+def test_finetune_trains_a_probability_output_model_through_log_probabilities():
+    """A model ending in softmax must not be softmaxed again by the loss: the first epoch's loss is
+    the cross-entropy of its own probabilities (lr ~ 0 keeps the weights where they were)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from edgefair.steps.finetune import FinetuneSettings, finetune
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Softmax(dim=1))
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    y = np.random.default_rng(1).integers(0, 3, 64)
+    with torch.no_grad():
+        expected = F.nll_loss(torch.log(model(torch.from_numpy(x))), torch.from_numpy(y)).item()
+    out = finetune(model, {"x": x}, y, ["x"], FinetuneSettings(epochs=1, lr=1e-12, batch_size=64, seed=0), probabilities=True)
+    assert out["loss"][0] == pytest.approx(expected, rel=1e-5)

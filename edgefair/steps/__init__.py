@@ -23,6 +23,7 @@ class StepContext:
     export: Callable[[Any, Path], None]  # export a torch module with the baseline's inputs
     workdir: Path  # scratch space, removed after the run
     seed: int
+    probabilities: bool = False  # the model's first output is class probabilities, not logits
 
 
 @dataclass

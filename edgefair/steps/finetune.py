@@ -62,11 +62,13 @@ def finetune(
     settings: FinetuneSettings,
     *,
     teacher: Any | None = None,
+    probabilities: bool = False,
 ) -> dict[str, Any]:
     """Train `model` in place with Adam (cosine-decayed lr) on cross-entropy (plus KL to `teacher`).
 
-    The model must return logits (N, C); C == 1 is read as one binary logit. Returns the mean
-    loss of every epoch.
+    The model returns logits (N, C), C == 1 read as one binary logit; with `probabilities` it
+    returns class probabilities, trained through their logarithm (log p are logits of p).
+    Returns the mean loss of every epoch.
     """
     import torch
     import torch.nn.functional as F
@@ -86,7 +88,7 @@ def finetune(
             _set_mode(teacher, False)
             with torch.no_grad():  # the teacher is fixed: compute its logits once, in eval mode
                 soft_targets = torch.cat(
-                    [_first(teacher(*(x[i : i + 256] for x in x_all))) for i in range(0, n, 256)]
+                    [_logits(teacher(*(x[i : i + 256] for x in x_all)), probabilities) for i in range(0, n, 256)]
                 )
         _set_mode(model, True)
         for _ in range(settings.epochs):
@@ -96,7 +98,7 @@ def finetune(
                 idx = order[start : start + settings.batch_size]
                 if len(idx) < 2 and n > 1:  # BatchNorm cannot train on a batch of one
                     continue
-                logits = _first(model(*(x[idx] for x in x_all)))
+                logits = _logits(model(*(x[idx] for x in x_all)), probabilities)
                 loss = _label_loss(F, logits, y_all[idx])
                 if soft_targets is not None:
                     loss = (1 - settings.alpha) * loss + settings.alpha * _kd_loss(
@@ -114,9 +116,15 @@ def finetune(
     return {"epochs": settings.epochs, "loss": [round(v, 6) for v in losses], "distilled": teacher is not None}
 
 
-def _first(out: Any) -> Any:
-    """The first output, as evaluation reads it (models may return a tuple or list)."""
-    return out[0] if isinstance(out, (tuple, list)) else out
+def _logits(out: Any, probabilities: bool) -> Any:
+    """The first output (as evaluation reads it) as logits."""
+    import torch
+
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    if not probabilities:
+        return out
+    p = out.clamp(1e-7, 1 - 1e-7) if out.shape[-1] == 1 else out.clamp_min(1e-12)
+    return torch.log(p / (1 - p)) if out.shape[-1] == 1 else torch.log(p)
 
 
 def _label_loss(F: Any, logits: Any, y: Any) -> Any:

@@ -350,7 +350,9 @@ def structured_step(cfg: Any, src: Path, dst: Path, ctx: StepContext) -> StepOut
             temperature=cfg.temperature, alpha=cfg.distill_alpha,
         )
         teacher = ctx.torch_model if cfg.distill else None  # the step's input model, before pruning
-        details["finetune"] = finetune(model, ctx.train.inputs, ctx.train.labels, names, settings, teacher=teacher)
+        details["finetune"] = finetune(
+            model, ctx.train.inputs, ctx.train.labels, names, settings, teacher=teacher, probabilities=ctx.probabilities
+        )
     elif ctx.train is not None:
         warnings.append("data.train is given but finetune_epochs = 0: the pruned model was not fine-tuned")
     ctx.export(model, dst)
