@@ -65,3 +65,25 @@ def test_per_group_accuracy_matches_recomputation(adult_run):
                 assert entry["accuracy"] == pytest.approx(accuracy_score(y[m], pred[m]), abs=1e-9)
                 if step["index"] > 0:
                     assert entry["flip_rate"] == pytest.approx(float(np.mean(pred[m] != base[m])), abs=1e-9)
+
+
+def test_digits_cnn_recipe_end_to_end(tmp_path):
+    """The CNN reference recipe on real scikit-learn digits: structured pruning shrinks the exported
+    convolutions, every digit is reported, and the gates pass."""
+    import onnx
+
+    out = tmp_path / "digits"
+    result = run_cli(["run", str(REPO / "calibration_data" / "digits_cnn.toml"), "--out", str(out), "--no-cache"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert {f"digit={d}" for d in range(10)} <= set(report["steps"][0]["groups"])
+    pruned = next(s for s in report["steps"] if s["name"] == "pruned")
+
+    def conv_channels(path):
+        model = onnx.load(str(path))
+        weights = {t.name: t.dims for t in model.graph.initializer}
+        return [weights[n.input[1]][0] for n in model.graph.node if n.op_type == "Conv" and n.input[1] in weights]
+
+    base, small = conv_channels(out / "00-baseline.onnx"), conv_channels(out / pruned["model"])
+    assert base and len(base) == len(small) and all(s == b // 2 for s, b in zip(small, base))
+    assert pruned["size_bytes"] < 0.35 * report["steps"][0]["size_bytes"]
