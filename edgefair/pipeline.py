@@ -16,15 +16,15 @@ import numpy as np
 from . import __version__
 from .cache import Cache, make_key
 from .config import as_dict
+from .errors import DataError
 from .evaluate import eval_batch_size, predict
 from .groups import group_masks
 from .intervals import widen_group_intervals
 from .io import sha256_file
-from .errors import DataError
 from .latency import LatencySettings, measure_interleaved, speed_warnings
-from .probe import load_device_latency
 from .metrics import COMPRESSED_ROW_SUM_TOLERANCE, ROW_SUM_TOLERANCE, output_kind, to_probabilities
 from .prepare import Inputs, Progress, StepModel, prepare, version
+from .probe import load_device_latency
 from .recipe import Recipe, StepSpec
 from .stats import StatsConfig, evaluate_step
 from .steps import REGISTRY, StepContext
@@ -37,6 +37,7 @@ def step_key(spec: StepSpec, inputs: Inputs, src: StepModel) -> str:
         data.append(sha256_file(inputs.calibration.path))
     if kind.needs_torch and inputs.train is not None:
         data.append(sha256_file(inputs.train.path))
+        data.append(inputs.probabilities)  # how fine-tuning reads the model's outputs
     return make_key(
         "step", __version__, spec.kind, as_dict(spec.config), sha256_file(src.path), data, inputs.recipe.evaluate.seed,
         version("onnxruntime"), version("onnx"), version("torch") if kind.needs_torch else None,
