@@ -51,6 +51,8 @@ def build_report(
     data = {"eval": _data_entry(inputs.eval)}
     if inputs.calibration is not None:
         data["calibration"] = _data_entry(inputs.calibration)
+    if inputs.train is not None:
+        data["train"] = _data_entry(inputs.train)
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "edgefair", "version": __version__},

@@ -154,7 +154,9 @@ def _metrics(report: dict[str, Any]) -> list[str]:
     out.append("- **Flip rate:** share of rows whose predicted class differs from the baseline's.")
     if ev.get("bootstrap"):
         out.append(f"- **Uncertainty:** {ci_label}s (percentile) from "
-                   f"{ev['bootstrap']} paired bootstrap resamples (seed {ev.get('seed', DASH)}).")
+                   f"{ev['bootstrap']} paired bootstrap resamples (seed {ev.get('seed', DASH)}), stratified by group; "
+                   "accuracy-change and flip-rate intervals are widened to at least Newcombe's paired score and "
+                   "Clopper-Pearson intervals, so a group with no flipped predictions does not get a zero-width interval.")
     if gates:
         out.append("- **Release thresholds (gates):** " + ", ".join(f"`{k}` = {v}" for k, v in gates.items())
                    + (f" (decision rule: {dig(report, 'recipe', 'resolved', 'gates', 'decision')})"
@@ -178,10 +180,12 @@ def _eval_data(report: dict[str, Any]) -> list[str]:
 def _training_data(report: dict[str, Any]) -> list[str]:
     train = dig(report, "data", "train")
     out = ["## Training Data", "",
-           "edgefair does not train the model and does not describe its training data. "
-           + UNKNOWN.strip("_")]
+           "edgefair does not describe the original model's training data. " + UNKNOWN.strip("_")]
     if train:
-        out.append(f"A training file was given to edgefair: `{_c(train.get('path'))}` (n = {train.get('n', DASH)}).")
+        tuned = [s for s in steps_applied(report, selected_step(report) or {}) if dig(s, "details", "finetune")]
+        what = ("Recovery fine-tuning after structured pruning (" + ", ".join(f"step {s['index']} `{_c(s['name'])}`" for s in tuned)
+                + ") trained on") if tuned else "A training file was given to edgefair but not used by the selected model's steps:"
+        out.append(f"{what} `{_c(train.get('path'))}` (sha256 `{train.get('sha256', DASH)}`, n = {train.get('n', DASH)}).")
     return out + [""]
 
 
