@@ -271,3 +271,28 @@ def test_row_fidelity():
     fid = mt.fidelity_metrics(np.array([0, 1, 1]), np.array([0, 0, 1]), cos[:3], rel[:3])
     assert fid["flip_rate"] == pytest.approx(1 / 3) and fid["agreement"] == pytest.approx(2 / 3)
     assert fid["cosine_min"] == 1.0 and fid["rel_error_mean"] == pytest.approx(0.5 / 3)
+
+
+def test_hand_computed_accuracy_ece_and_flip_rate():
+    """Four rows worked out on paper: predictions [0, 1, 0, 1], confidences .9 .8 .6 .7, labels
+    [0, 1, 1, 1] -> accuracy 3/4; each row alone in its 1/15-wide bin, so ECE is the mean of
+    |conf - correct| = (.1 + .2 + .6 + .3) / 4 = .3 and MCE .6; against a baseline predicting
+    [0, 1, 1, 1], one row of four flipped."""
+    from edgefair.metrics import classification_metrics, ece, mce
+    from edgefair.stats import StatsConfig, evaluate_step
+
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    base = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.3, 0.7]])
+    y = np.array([0, 1, 1, 1])
+    assert classification_metrics(y, probs)["accuracy"] == 0.75
+    assert ece(probs, y) == pytest.approx(0.3, abs=1e-12)
+    assert mce(probs, y) == pytest.approx(0.6, abs=1e-12)
+    out = evaluate_step(
+        masks={"g=a": np.array([True, True, False, False]), "g=b": np.array([False, False, True, True])},
+        probs=probs, outputs=probs, y_true=y, base_probs=base, base_outputs=base,
+        config=StatsConfig(n_boot=100, min_group_size=1),
+    )
+    assert out["overall"]["flip_rate"] == 0.25 and out["overall"]["accuracy_delta"] == -0.25
+    assert out["groups"]["g=a"]["accuracy"] == 1.0 and out["groups"]["g=a"]["flip_rate"] == 0.0
+    assert out["groups"]["g=b"]["accuracy"] == 0.5 and out["groups"]["g=b"]["flip_rate"] == 0.5
+    assert out["groups"]["g=b"]["ece"] == pytest.approx((0.6 + 0.3) / 2, abs=1e-12)
