@@ -173,7 +173,10 @@ def tune(recipe: Path, out_dir: Path, no_cache: bool, cache_dir: Path | None) ->
     click.echo(terminal_table(report))
     if report["selected"]:
         write_tuned_recipe(out_dir / "tuned.toml", parsed, report["selected"]["name"])
-        click.echo(f"fastest passing pipeline: {report['selected']['name']}; recipe written to {out_dir}/tuned.toml")
+        if report["selected"]["step"] == 0:
+            click.echo(f"no passing candidate is faster than the uncompressed model: keep it ({out_dir}/tuned.toml has no steps)")
+        else:
+            click.echo(f"fastest passing pipeline: {report['selected']['name']}; recipe written to {out_dir}/tuned.toml")
     else:
         click.echo("no candidate passed every gate")
     sys.exit(EXIT_OK if report["selected"] else EXIT_GATE_FAILED)

@@ -84,9 +84,12 @@ def load(
             raise DataError(f"{key}: feature column {missing[0]!r} not in {path}")
         if not names:
             raise DataError(f"{key}: no feature columns in {path}")
-        bad = [c for c in names if columns[c].dtype.kind not in "iufb"]
-        if bad:
-            raise DataError(f"{key}: feature column {bad[0]!r} in {path} is not numeric")
+        for c in names:
+            if columns[c].dtype.kind not in "iufb":
+                empty = np.flatnonzero(np.char.strip(columns[c].astype(str)) == "")
+                if len(empty):
+                    raise DataError(f"{key}: feature column {c!r} in {path} has a missing value at data row {int(empty[0]) + 1}")
+                raise DataError(f"{key}: feature column {c!r} in {path} is not numeric")
         x = np.stack([columns[c].astype(np.float32) for c in names], axis=1)
         inputs = {CSV_INPUT: x}
     else:
@@ -111,7 +114,11 @@ def load(
         col = columns[g]
         if col.ndim != 1:
             raise DataError(f"{key}: group column {g!r} in {path} must be 1-D, has shape {col.shape}")
-        attributes[g] = col.astype(str)
+        values = col.astype(str)
+        empty = np.flatnonzero(np.char.strip(values) == "")
+        if len(empty):
+            raise DataError(f"{key}: group column {g!r} in {path} has an empty value at data row {int(empty[0]) + 1}")
+        attributes[g] = values
     return Dataset(path, inputs, labels, attributes)
 
 

@@ -59,5 +59,12 @@ def conform_inputs(session, data: Dataset, key: str) -> Dataset:
             raise DataError(f"{key}: model input {spec.name!r} has unsupported type {spec.type}")
         if arr.dtype.kind in "USO":
             raise DataError(f"{key}: array {spec.name!r} in {data.path.name} holds strings, model input expects {spec.type}")
+        if arr.dtype.kind == "f":
+            bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+            if bad.any():
+                raise DataError(
+                    f"{key}: array {spec.name!r} in {data.path.name} has NaN or infinite values in {int(bad.sum())} rows "
+                    f"(first: row {int(np.argmax(bad))})"
+                )
         inputs[spec.name] = np.ascontiguousarray(arr.astype(dtype, copy=False))
     return Dataset(data.path, inputs, data.labels, data.attributes)

@@ -100,7 +100,7 @@ def check_parity(
         agree = float(np.mean(out.argmax(1) == ref.argmax(1)))
     parity = Parity(len(out), diff, agree)
     limit = atol + rtol * float(np.max(np.abs(ref))) if ref.size else atol
-    if diff > limit or agree < 1.0:
+    if not np.isfinite(diff) or diff > limit or agree < 1.0:
         raise ExportError(
             f"model.source: exported ONNX disagrees with torch on {parity.rows} eval rows: "
             f"max |onnx - torch| = {diff:.3g} (limit {limit:.3g}), argmax agreement {agree:.4f}"

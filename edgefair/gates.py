@@ -53,7 +53,8 @@ def flip_rate(g: dict[str, Any], confidence: float) -> Harm:
     if g.get("flip_rate") is None:
         return Harm(None, None)
     lo, hi = g.get("flip_rate_ci") or (g["flip_rate"], g["flip_rate"])
-    return Harm(g["flip_rate"], (lo, hi), g["flip_rate"] > 0)
+    # any flip is evidence of *some* flips, not of a rate beyond the limit: no significance shortcut
+    return Harm(g["flip_rate"], (lo, hi), False)
 
 
 HARMS = {
@@ -81,7 +82,7 @@ def decide(harm: Harm, threshold: float, *, decision: str, on_insufficient: str,
     if significant and harm.value > threshold:
         return FAIL, "significant harm (corrected for multiple groups) with point estimate beyond threshold"
     status = FAIL if on_insufficient == "fail" else WARN
-    return status, f"interval too wide to decide (width {hi - lo:.4f} > {max_width:g} x threshold)"
+    return status, f"interval too wide to decide (width {hi - lo:.4g} > {max_width:g} x the limit {threshold:g})"
 
 
 def _gate(name: str, group: str | None, harm: Harm, threshold: float, status: str, reason: str) -> dict[str, Any]:
@@ -151,6 +152,8 @@ def apply_gates(report: dict[str, Any], gates: Any, *, confidence: float, select
     if select == "fastest":  # `edgefair tune`: candidates are alternatives; one passing is enough
         report["verdict"] = "pass" if passing else "fail"
         chosen = min(passing, key=_speed) if passing else None
+        if chosen is not None and steps[0]["passed"] and _speed(steps[0]) <= _speed(chosen):
+            chosen = steps[0]  # no compression made it faster: recommend none rather than a slower model
     else:
         report["verdict"] = "pass" if all(s["passed"] for s in candidates) else "fail"
         chosen = passing[-1] if passing else None

@@ -197,7 +197,8 @@ def _check_label_range(session: Any, data: data_mod.Dataset) -> None:
     k = out.shape[1] if out.ndim == 2 and out.shape[1] > 1 else 2
     top = int(data.labels.max())
     if top >= k:
-        raise DataError(f"data.eval: label array in {data.path.name} has class id {top}, but the model outputs {k} classes")
+        hint = " (they look 1-based: class ids must be 0 to {})".format(k - 1) if int(data.labels.min()) >= 1 and top == k else ""
+        raise DataError(f"data.eval: label array in {data.path.name} has class id {top}, but the model outputs {k} classes{hint}")
 
 
 def _name_csv(input_names: list[str], data: data_mod.Dataset | None) -> data_mod.Dataset | None:

@@ -82,8 +82,11 @@ def test_tune_picks_the_fastest_passing_candidate_and_writes_a_runnable_recipe(r
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["mode"] == "tune" and len(report["steps"]) == 10
+    speed = lambda s: (s["latency"]["p50_ms"], s["size_bytes"])  # noqa: E731
     passing = [s for s in report["steps"][1:] if s["passed"]]
-    fastest = min(passing, key=lambda s: (s["latency"]["p50_ms"], s["size_bytes"]))
+    fastest = min(passing, key=speed)
+    if speed(report["steps"][0]) <= speed(fastest):  # no compression beat the baseline: keep it
+        fastest = report["steps"][0]
     assert report["selected"]["name"] == fastest["name"]
     again = tmp_path / "again"
     result = run_cli(["run", str(out / "tuned.toml"), "--out", str(again), "-q"])
@@ -91,3 +94,19 @@ def test_tune_picks_the_fastest_passing_candidate_and_writes_a_runnable_recipe(r
     rerun = json.loads((again / "report.json").read_text())
     assert rerun["steps"][-1]["name"] == fastest["name"]
     assert rerun["steps"][-1]["sha256"] == fastest["sha256"]  # same pipeline, same model bytes
+
+
+def test_tune_keeps_the_baseline_when_nothing_is_faster(tmp_path):
+    from edgefair.gates import apply_gates
+    from edgefair.recipe import GatesConfig
+
+    def step(i, p50):
+        return {"index": i, "name": f"s{i}", "model": f"0{i}.onnx", "size_bytes": 100 - i, "overall": {},
+                "groups": {}, "latency": {"p50_ms": p50, "p95_ms": p50}}
+
+    report = {"steps": [step(0, 1.0), step(1, 1.2), step(2, 1.1)]}
+    apply_gates(report, GatesConfig(), confidence=0.95, select="fastest")
+    assert report["selected"]["step"] == 0 and report["verdict"] == "pass"
+    report = {"steps": [step(0, 1.0), step(1, 0.9), step(2, 0.7)]}
+    apply_gates(report, GatesConfig(), confidence=0.95, select="fastest")
+    assert report["selected"]["step"] == 2

@@ -268,7 +268,8 @@ def test_csv_missing_value_in_a_feature(recipe_dir):
     rows[5][2] = ""
     _csv(recipe_dir / "gap.csv", rows)
     text = BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "gap.csv"').replace('groups = ["g", "h"]', 'groups = ["g"]')
-    run_bad(recipe_dir, text, "feature column 'f2' in")
+    line = run_bad(recipe_dir, text, "feature column 'f2' in")
+    assert "missing value at data row 5" in line
 
 
 def test_npz_that_is_not_a_zip(recipe_dir):
@@ -286,3 +287,39 @@ def test_npz_that_is_not_a_zip(recipe_dir):
 )
 def test_exclude_names_must_exist(recipe_dir, step, expected):
     run_bad(recipe_dir, BASE_RECIPE + "\n[[steps]]\n" + step + "\n", expected)
+
+
+def test_nan_in_inputs(recipe_dir):
+    with np.load(recipe_dir / "eval.npz") as z:
+        arrays = dict(z)
+    arrays["features"][7, 2] = np.nan
+    np.savez(recipe_dir / "nan.npz", **arrays)
+    run_bad(recipe_dir, BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "nan.npz"'), "array 'features' in nan.npz has NaN or infinite values in 1 rows (first: row 7)")
+
+
+def test_nan_in_inputs_is_caught_by_validate(recipe_dir):
+    with np.load(recipe_dir / "eval.npz") as z:
+        arrays = dict(z)
+    arrays["features"][0, 0] = np.nan
+    np.savez(recipe_dir / "nan0.npz", **arrays)
+    recipe = write_recipe(recipe_dir / "v.toml", BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "nan0.npz"'))
+    result = run_cli(["validate", str(recipe)])
+    assert result.exit_code == 2 and "NaN or infinite" in result.output
+
+
+def test_empty_group_value_in_csv(recipe_dir):
+    with np.load(recipe_dir / "eval.npz") as z:
+        x, y, g = z["features"], z["label"], z["g"]
+    rows = [[f"f{i}" for i in range(6)] + ["label", "g"]] + [[*map(str, x[i]), str(y[i]), g[i]] for i in range(len(y))]
+    rows[4][7] = ""
+    _csv(recipe_dir / "blank.csv", rows)
+    text = BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "blank.csv"').replace('groups = ["g", "h"]', 'groups = ["g"]')
+    run_bad(recipe_dir, text, "group column 'g' in")
+
+
+def test_one_based_labels_get_a_hint(recipe_dir):
+    with np.load(recipe_dir / "eval.npz") as z:
+        arrays = dict(z)
+    arrays["label"] = arrays["label"] + 1
+    np.savez(recipe_dir / "onebased.npz", **arrays)
+    run_bad(recipe_dir, BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "onebased.npz"'), "they look 1-based: class ids must be 0 to 2")

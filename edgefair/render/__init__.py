@@ -239,7 +239,9 @@ def describe_gate(gate: dict[str, Any], ci_label: str = "CI") -> str:
     elif name in _FRACTION_GATES:
         up, down = _FRACTION_GATES[name]
         if isinstance(value, (int, float)) and value < 0:
-            text = f"{who}{down} {fmt_pp(-value, signed=False)} points{ci_s}"
+            # say it the way round it went, and turn the interval round with it
+            flipped = [-ci[1], -ci[0]] if ci else None
+            text = f"{who}{down} {fmt_pp(-value, signed=False)} points" + (f" ({ci_label} {fmt_ci(flipped)})" if ci else "")
         else:
             text = f"{who}{up} {fmt_pp(value, signed=False)} points{ci_s}"
         text += f", limit {fmt_pp(limit, signed=False)}"
