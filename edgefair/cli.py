@@ -77,7 +77,7 @@ def run(recipe: Path | None, out_dir: Path, quiet: bool, no_cache: bool, cache_d
     from .cache import Cache, default_dir
     from .pipeline import run as run_pipeline
     from .recipe import load_recipe
-    from .report import terminal_table
+    from .report import summary_lines, terminal_table
 
     path = recipe or bundled_recipe()
     if recipe is None and not path.is_file():
@@ -91,7 +91,7 @@ def run(recipe: Path | None, out_dir: Path, quiet: bool, no_cache: bool, cache_d
             raise EdgefairError(f"--latency-from: file not found: {f}")
     report = run_pipeline(parsed, out_dir, cache=cache, latency_from=latency_from, progress=progress)
     if quiet:
-        click.echo(terminal_table(report).splitlines()[-1])
+        click.echo("\n".join(summary_lines(report)))
     else:
         click.echo(terminal_table(report))
         click.echo(f"reports written to {out_dir}/")
@@ -112,12 +112,17 @@ def validate(recipe: Path) -> None:
     parsed = load_recipe(recipe)
     with tempfile.TemporaryDirectory(prefix="edgefair-validate-") as tmp:
         inputs = prepare(parsed, Path(tmp), Cache(None))
-    groups = ", ".join(f"{k} ({len(set(v.tolist()))} values)" for k, v in inputs.eval.attributes.items()) or "none"
+    from .groups import group_masks
+
+    masks = group_masks(inputs.eval.attributes, intersections=parsed.data.intersections)
+    small = [f"{k} (n={int(m.sum())})" for k, m in masks.items() if m.sum() < parsed.data.min_group_size]
+    groups = ", ".join(f"{k} ({len(set(v.tolist()))} values)" for k, v in inputs.eval.attributes.items())
     click.echo(f"recipe ok: {recipe}")
     click.echo(f"model: {inputs.source_kind} {parsed.model.source}; inputs {', '.join(inputs.input_names)}")
     if inputs.parity:
         click.echo(f"export parity: max |onnx - torch| {inputs.parity['max_abs_diff']:.3g} on {inputs.parity['rows']} rows, argmax agreement {inputs.parity['argmax_agreement']:.4f}")
     click.echo(f"eval data: {inputs.eval.n} rows, {'labelled' if inputs.eval.labels is not None else 'no labels (fidelity only)'}; groups: {groups}")
+    click.echo(f"groups below min_group_size {parsed.data.min_group_size} (reported as insufficient data): {', '.join(small) or 'none'}")
     click.echo(f"steps: {', '.join(f'{s.name} ({s.kind})' for s in parsed.steps) or 'none'}")
 
 

@@ -143,6 +143,14 @@ def terminal_table(report: dict[str, Any]) -> str:
         warned = sorted({g["group"] or g["gate"] for g in step.get("gates", []) if g["status"] == "warn"})
         if warned:
             lines.append(f"    WARN undecided (insufficient data or too wide an interval): {', '.join(warned)}")
+    return "\n".join(lines + summary_lines(report))
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """The verdict, the model to ship and the gate counts: what `run -q` prints."""
     sel = report.get("selected")
-    lines.append(f"verdict: {report['verdict'].upper()}" + (f"  selected: step {sel['step']} ({sel['model']})" if sel else ""))
-    return "\n".join(lines)
+    lines = [f"verdict: {report['verdict'].upper()}" + (f"  selected: step {sel['step']} ({sel['model']})" if sel else "")]
+    if any(step.get("gates") for step in report["steps"]):
+        counts = {k: sum(g["status"] == k for step in report["steps"] for g in step.get("gates", [])) for k in ("pass", "warn", "fail")}
+        lines.append(f"gate checks over all steps: {counts['pass']} passed, {counts['fail']} failed, {counts['warn']} undecided")
+    return lines

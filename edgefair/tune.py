@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -58,23 +59,24 @@ def chain(recipe: Recipe, name: str) -> list[StepSpec]:
 
 
 def write_tuned_recipe(path: Path, recipe: Recipe, selected: str) -> None:
-    """A recipe (absolute paths) whose steps are the chain that produced the selected step."""
+    """A recipe whose steps are the chain that produced the selected step; its paths are relative
+    to where it is written, like any recipe's."""
     resolved = recipe.resolved()
     model = dict(resolved["model"])
     source = model["source"]
     if is_factory(source):
         module, func = source.rsplit(":", 1)
-        model["source"] = f"{recipe.resolve(module)}:{func}" if module.endswith(".py") else source
+        model["source"] = f"{_rel(recipe.resolve(module), path)}:{func}" if module.endswith(".py") else source
     else:
-        model["source"] = str(recipe.resolve(source))
+        model["source"] = _rel(recipe.resolve(source), path)
     if model.get("weights"):
-        model["weights"] = str(recipe.resolve(model["weights"]))
+        model["weights"] = _rel(recipe.resolve(model["weights"]), path)
     data = dict(resolved["data"])
     for key in ("eval", "calibration", "train"):
         if data.get(key):
-            data[key] = str(recipe.resolve(data[key]))
+            data[key] = _rel(recipe.resolve(data[key]), path)
     latency = dict(resolved["latency"])
-    latency["from_files"] = [str(recipe.resolve(f)) for f in latency.get("from_files", [])]
+    latency["from_files"] = [_rel(recipe.resolve(f), path) for f in latency.get("from_files", [])]
     lines = [f"# Chosen by `edgefair tune {recipe.path}`: the fastest pipeline that passed every gate.", ""]
     for table, values in (("model", model), ("data", data), ("evaluate", resolved["evaluate"]), ("latency", latency)):
         lines += _table(f"[{table}]", values)
@@ -84,6 +86,10 @@ def write_tuned_recipe(path: Path, recipe: Recipe, selected: str) -> None:
         lines += _table("[[steps]]", {"name": step.name, "kind": step.kind, "input": step.input, **changed, **_required(step.config)})
     lines += _table("[gates]", resolved["gates"])
     write_text(path, "\n".join(lines))
+
+
+def _rel(target: Path, recipe_file: Path) -> str:
+    return os.path.relpath(target, recipe_file.resolve().parent)
 
 
 def _required(config: Any) -> dict[str, Any]:
