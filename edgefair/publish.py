@@ -27,6 +27,8 @@ def publish(out_dir: Path, report: dict[str, Any], model_files: dict[int, Path])
             shutil.copyfile(out_dir / report["selected"]["model"], tmp)
     elif (out_dir / "selected.onnx").exists():  # an earlier run's choice must not survive a failing one
         (out_dir / "selected.onnx").unlink()
+    if report.get("mode") != "tune":  # a tune's recommendation must not outlive it in a run's folder
+        (out_dir / "tuned.toml").unlink(missing_ok=True)
     write_json(out_dir / "report.json", report)
     render_all(out_dir, report)
     write_json(out_dir / "manifest.json", manifest(out_dir, report))

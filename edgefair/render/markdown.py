@@ -73,12 +73,16 @@ def _failing(report: dict[str, Any], ci_label: str) -> list[str]:
         note = no_failure_note(report)
         return [note if note == "No gate failed." else f"⚠️ **{note}**", ""]
     out = [f"### Failing gates ({len(failed)})", ""]
-    for step, gate in failed[:MAX_GATE_LINES]:
-        group = f" [{_code(gate['group'])}]" if gate.get("group") else ""
-        out.append(f"- ❌ step {step.get('index')} `{_code(step.get('name'))}` · `{gate.get('gate')}`{group}: "
-                   f"{_text(describe_gate(gate, ci_label))}")
-    if len(failed) > MAX_GATE_LINES:
-        out.append(f"- … and {len(failed) - MAX_GATE_LINES} more failing gates (see `report.html`).")
+    # the same failure, word for word, at several steps (a step and the int8 model built on it) is said once
+    said: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for step, gate in failed:
+        said.setdefault((str(gate.get("gate")), str(gate.get("group") or ""), describe_gate(gate, ci_label)), []).append(step)
+    for (name, group, words), where in list(said.items())[:MAX_GATE_LINES]:
+        steps_s = ", ".join(f"{s.get('index')} `{_code(s.get('name'))}`" for s in where)
+        group_s = f" [{_code(group)}]" if group else ""
+        out.append(f"- ❌ step {steps_s} · `{name}`{group_s}: {_text(words)}")
+    if len(said) > MAX_GATE_LINES:
+        out.append(f"- … and {len(said) - MAX_GATE_LINES} more failing gates (see `report.html`).")
     return out + [""]
 
 
