@@ -147,18 +147,20 @@ def prepare(recipe: Recipe, workdir: Path, cache: Cache, progress: Progress = la
     input_names = [i.name for i in session.get_inputs()]
     eval_data, calib, train = (_name_csv(input_names, d) for d in (eval_data, calib, train))
     eval_data = conform_inputs(session, eval_data, "data.eval")
-    _check_label_range(session, eval_data)
+    # one baseline run on the first eval rows serves the label check, the output kind and parity
+    feed = {k: v[:PARITY_ROWS] for k, v in eval_data.inputs.items()}
+    head = session.run([session.get_outputs()[0].name], feed)[0]
+    _check_label_range(head, eval_data)
     calib = conform_inputs(session, calib, "data.calibration") if calib is not None else None
     train = conform_inputs(session, train, "data.train") if train is not None else None
     if source is not None and source.module is not None:
-        feed = {k: v[:PARITY_ROWS] for k, v in eval_data.inputs.items()}
         m = recipe.model
-        parity = check_parity(source.module, session, feed, source.input_names, atol=m.parity_atol, rtol=m.parity_rtol).as_dict()
+        parity = check_parity(source.module, head, feed, source.input_names, atol=m.parity_atol, rtol=m.parity_rtol).as_dict()
         if key is not None:
             cache.put_file("export", key, baseline.path)
             cache.put_json("export", key, parity)
     baseline.seconds = time.perf_counter() - t0
-    inputs = Inputs(recipe, kind, sha, eval_data, calib, train, baseline, parity, input_names, _reads_as_probabilities(recipe, session, eval_data))
+    inputs = Inputs(recipe, kind, sha, eval_data, calib, train, baseline, parity, input_names, _reads_as_probabilities(recipe, head))
     inputs._source = source
     baseline.torch_model = source.module if source is not None else None
     return inputs
@@ -180,20 +182,18 @@ def _copy_onnx(src: Path, dst: Path) -> None:
         raise ModelSourceError(f"model.source: cannot read the external data of {src}: {e}") from e
 
 
-def _reads_as_probabilities(recipe: Recipe, session: Any, data: data_mod.Dataset) -> bool:
+def _reads_as_probabilities(recipe: Recipe, out: np.ndarray) -> bool:
     if recipe.model.output != "auto":
         return recipe.model.output == "probabilities"
     from .metrics import output_kind
 
-    out = session.run([session.get_outputs()[0].name], {k: v[:PARITY_ROWS] for k, v in data.inputs.items()})[0]
     return output_kind(out.reshape(len(out), -1)) == "probabilities"
 
 
-def _check_label_range(session: Any, data: data_mod.Dataset) -> None:
+def _check_label_range(out: np.ndarray, data: data_mod.Dataset) -> None:
     """Class ids must index the model's outputs (a binary single-logit output counts as 2 classes)."""
     if data.labels is None:
         return
-    out = session.run([session.get_outputs()[0].name], {k: v[:2] for k, v in data.inputs.items()})[0]
     k = out.shape[1] if out.ndim == 2 and out.shape[1] > 1 else 2
     top = int(data.labels.max())
     if top >= k:
