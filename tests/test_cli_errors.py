@@ -8,6 +8,24 @@ import pytest
 from conftest import BASE_RECIPE, run_cli, write_recipe
 
 
+def eval_arrays(recipe_dir) -> dict:
+    """The tiny eval set's arrays, to be altered and saved under another name by a test."""
+    with np.load(recipe_dir / "eval.npz") as z:
+        return dict(z)
+
+
+def eval_csv_rows(recipe_dir) -> list[list[str]]:
+    """The tiny eval set as csv rows (header first) with features f0..f5, label and group g."""
+    a = eval_arrays(recipe_dir)
+    x, y, g = a["features"], a["label"], a["g"]
+    return [[f"f{i}" for i in range(6)] + ["label", "g"]] + [[*map(str, x[i]), str(y[i]), g[i]] for i in range(len(y))]
+
+
+def with_eval(name: str) -> str:
+    """BASE_RECIPE reading `name` as its eval data."""
+    return BASE_RECIPE.replace('eval = "eval.npz"', f'eval = "{name}"')
+
+
 def run_bad(recipe_dir, recipe_text: str, expected: str):
     recipe = write_recipe(recipe_dir / "r.toml", recipe_text)
     out = recipe_dir / "out"
@@ -83,11 +101,10 @@ def test_missing_group_column(recipe_dir):
 
 
 def test_data_shape_does_not_fit_model(recipe_dir):
-    with np.load(recipe_dir / "eval.npz") as z:
-        arrays = dict(z)
+    arrays = eval_arrays(recipe_dir)
     arrays["features"] = arrays["features"][:, :5]
     np.savez(recipe_dir / "narrow.npz", **arrays)
-    line = run_bad(recipe_dir, BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "narrow.npz"'), "data.eval:")
+    line = run_bad(recipe_dir, with_eval("narrow.npz"), "data.eval:")
     assert "do not fit the model" in line and "features" in line
 
 
@@ -96,8 +113,7 @@ def test_data_shape_does_not_fit_onnx_model(recipe_dir, tmp_path):
     result = run_cli(["run", str(write_recipe(recipe_dir / "ok.toml", BASE_RECIPE)), "--out", str(tmp_path / "first")])
     assert result.exit_code == 0, result.output
     (recipe_dir / "m.onnx").symlink_to(tmp_path / "first" / "00-baseline.onnx")
-    with np.load(recipe_dir / "eval.npz") as z:
-        arrays = dict(z)
+    arrays = eval_arrays(recipe_dir)
     arrays["features"] = arrays["features"][:, :5]
     np.savez(recipe_dir / "narrow.npz", **arrays)
     text = BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "m.onnx"').replace('eval = "eval.npz"', 'eval = "narrow.npz"')
@@ -105,19 +121,17 @@ def test_data_shape_does_not_fit_onnx_model(recipe_dir, tmp_path):
 
 
 def test_missing_input_array(recipe_dir):
-    with np.load(recipe_dir / "eval.npz") as z:
-        arrays = dict(z)
+    arrays = eval_arrays(recipe_dir)
     arrays["x"] = arrays.pop("features")
     np.savez(recipe_dir / "renamed.npz", **arrays)
-    run_bad(recipe_dir, BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "renamed.npz"'), "has no array 'features' for model input 'features'")
+    run_bad(recipe_dir, with_eval("renamed.npz"), "has no array 'features' for model input 'features'")
 
 
 def test_pickled_data_refused(recipe_dir):
-    with np.load(recipe_dir / "eval.npz") as z:
-        arrays = dict(z)
+    arrays = eval_arrays(recipe_dir)
     arrays["g"] = arrays["g"].astype(object)
     np.savez(recipe_dir / "pickled.npz", **arrays)
-    run_bad(recipe_dir, BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "pickled.npz"'), "holds pickled (object) arrays")
+    run_bad(recipe_dir, with_eval("pickled.npz"), "holds pickled (object) arrays")
 
 
 def test_model_that_fails_to_export(recipe_dir):
@@ -200,11 +214,10 @@ def test_empty_onnx_source(recipe_dir):
 
 
 def test_labels_beyond_model_classes(recipe_dir):
-    with np.load(recipe_dir / "eval.npz") as z:
-        arrays = dict(z)
+    arrays = eval_arrays(recipe_dir)
     arrays["label"] = arrays["label"] + 5
     np.savez(recipe_dir / "biglabel.npz", **arrays)
-    run_bad(recipe_dir, BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "biglabel.npz"'), "has class id 7, but the model outputs 3 classes")
+    run_bad(recipe_dir, with_eval("biglabel.npz"), "has class id 7, but the model outputs 3 classes")
 
 
 def test_out_is_a_file(recipe_dir, tmp_path):
@@ -248,12 +261,12 @@ def _csv(path, rows):
 def test_csv_data_end_to_end_keeps_group_spelling(recipe_dir, tmp_path):
     import json
 
-    with np.load(recipe_dir / "eval.npz") as z:
-        x, y, g = z["features"], z["label"], z["g"]
-    header = [f"f{i}" for i in range(6)] + ["label", "site"]
-    site = np.where(g == "a", "01", "1")  # different groups that a number parser would merge
-    _csv(recipe_dir / "eval.csv", [header] + [[*map(str, x[i]), str(y[i]), site[i]] for i in range(len(y))])
-    text = BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "eval.csv"').replace('groups = ["g", "h"]', 'groups = ["site"]')
+    rows = eval_csv_rows(recipe_dir)
+    rows[0][-1] = "site"
+    for row in rows[1:]:  # different groups that a number parser would merge
+        row[-1] = "01" if row[-1] == "a" else "1"
+    _csv(recipe_dir / "eval.csv", rows)
+    text = with_eval("eval.csv").replace('groups = ["g", "h"]', 'groups = ["site"]')
     out = tmp_path / "o"
     result = run_cli(["run", str(write_recipe(recipe_dir / "c.toml", text)), "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -262,19 +275,17 @@ def test_csv_data_end_to_end_keeps_group_spelling(recipe_dir, tmp_path):
 
 
 def test_csv_missing_value_in_a_feature(recipe_dir):
-    with np.load(recipe_dir / "eval.npz") as z:
-        x, y, g = z["features"], z["label"], z["g"]
-    rows = [[f"f{i}" for i in range(6)] + ["label", "g"]] + [[*map(str, x[i]), str(y[i]), g[i]] for i in range(len(y))]
+    rows = eval_csv_rows(recipe_dir)
     rows[5][2] = ""
     _csv(recipe_dir / "gap.csv", rows)
-    text = BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "gap.csv"').replace('groups = ["g", "h"]', 'groups = ["g"]')
+    text = with_eval("gap.csv").replace('groups = ["g", "h"]', 'groups = ["g"]')
     line = run_bad(recipe_dir, text, "feature column 'f2' in")
     assert "missing value at data row 5" in line
 
 
 def test_npz_that_is_not_a_zip(recipe_dir):
     (recipe_dir / "junk.npz").write_text("not numpy")
-    run_bad(recipe_dir, BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "junk.npz"'), "cannot read")
+    run_bad(recipe_dir, with_eval("junk.npz"), "cannot read")
 
 
 @pytest.mark.parametrize(
@@ -290,36 +301,31 @@ def test_exclude_names_must_exist(recipe_dir, step, expected):
 
 
 def test_nan_in_inputs(recipe_dir):
-    with np.load(recipe_dir / "eval.npz") as z:
-        arrays = dict(z)
+    arrays = eval_arrays(recipe_dir)
     arrays["features"][7, 2] = np.nan
     np.savez(recipe_dir / "nan.npz", **arrays)
-    run_bad(recipe_dir, BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "nan.npz"'), "array 'features' in nan.npz has NaN or infinite values in 1 rows (first: row 7)")
+    run_bad(recipe_dir, with_eval("nan.npz"), "array 'features' in nan.npz has NaN or infinite values in 1 rows (first: row 7)")
 
 
 def test_nan_in_inputs_is_caught_by_validate(recipe_dir):
-    with np.load(recipe_dir / "eval.npz") as z:
-        arrays = dict(z)
+    arrays = eval_arrays(recipe_dir)
     arrays["features"][0, 0] = np.nan
     np.savez(recipe_dir / "nan0.npz", **arrays)
-    recipe = write_recipe(recipe_dir / "v.toml", BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "nan0.npz"'))
+    recipe = write_recipe(recipe_dir / "v.toml", with_eval("nan0.npz"))
     result = run_cli(["validate", str(recipe)])
     assert result.exit_code == 2 and "NaN or infinite" in result.output
 
 
 def test_empty_group_value_in_csv(recipe_dir):
-    with np.load(recipe_dir / "eval.npz") as z:
-        x, y, g = z["features"], z["label"], z["g"]
-    rows = [[f"f{i}" for i in range(6)] + ["label", "g"]] + [[*map(str, x[i]), str(y[i]), g[i]] for i in range(len(y))]
+    rows = eval_csv_rows(recipe_dir)
     rows[4][7] = ""
     _csv(recipe_dir / "blank.csv", rows)
-    text = BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "blank.csv"').replace('groups = ["g", "h"]', 'groups = ["g"]')
+    text = with_eval("blank.csv").replace('groups = ["g", "h"]', 'groups = ["g"]')
     run_bad(recipe_dir, text, "group column 'g' in")
 
 
 def test_one_based_labels_get_a_hint(recipe_dir):
-    with np.load(recipe_dir / "eval.npz") as z:
-        arrays = dict(z)
+    arrays = eval_arrays(recipe_dir)
     arrays["label"] = arrays["label"] + 1
     np.savez(recipe_dir / "onebased.npz", **arrays)
-    run_bad(recipe_dir, BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "onebased.npz"'), "they look 1-based: class ids must be 0 to 2")
+    run_bad(recipe_dir, with_eval("onebased.npz"), "they look 1-based: class ids must be 0 to 2")

@@ -128,12 +128,17 @@ max_group_accuracy_drop = {drop}
 """
 
 
-def test_harm_to_one_group_fails_the_build(harmed, tmp_path):
-    recipe = write_recipe(harmed / "strict.toml", HARM_RECIPE.format(drop=0.04))
+def run_harm(harmed, tmp_path, *, drop: float, exit_code: int):
+    """Run HARM_RECIPE with the given accuracy-drop limit; return (recipe, out folder, report)."""
+    recipe = write_recipe(harmed / f"drop-{drop}.toml", HARM_RECIPE.format(drop=drop))
     out = tmp_path / "out"
     result = run_cli(["run", str(recipe), "--out", str(out)])
-    assert result.exit_code == 1, result.output
-    report = json.loads((out / "report.json").read_text())
+    assert result.exit_code == exit_code, result.output
+    return recipe, out, json.loads((out / "report.json").read_text())
+
+
+def test_harm_to_one_group_fails_the_build(harmed, tmp_path):
+    recipe, out, report = run_harm(harmed, tmp_path, drop=0.04, exit_code=1)
     static = report["steps"][2]
     assert static["groups"]["g=z"]["accuracy_delta"] < -0.05  # real harm, to group z only
     assert static["groups"]["g=a"]["accuracy_delta"] > -0.01
@@ -162,11 +167,7 @@ def test_harm_to_one_group_fails_the_build(harmed, tmp_path):
 
 
 def test_lenient_gates_pass_and_select_last_step(harmed, tmp_path):
-    recipe = write_recipe(harmed / "lenient.toml", HARM_RECIPE.format(drop=0.9))
-    out = tmp_path / "out"
-    result = run_cli(["run", str(recipe), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    report = json.loads((out / "report.json").read_text())
+    _, out, report = run_harm(harmed, tmp_path, drop=0.9, exit_code=0)
     assert report["verdict"] == "pass" and report["selected"]["name"] == "quantize_static"
     assert (out / "selected.onnx").read_bytes() == (out / "02-quantize_static.onnx").read_bytes()
 
