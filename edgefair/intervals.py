@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import math
 
-from scipy.stats import binomtest, norm
+from scipy.special import betaincinv, ndtri
 
 
 def proportion_ci(k: int, n: int, confidence: float) -> tuple[float, float]:
-    """Clopper-Pearson (exact) interval for k successes out of n."""
+    """Clopper-Pearson (exact) interval for k successes out of n, from beta quantiles (the same
+    interval as ``scipy.stats.binomtest(k, n).proportion_ci(method="exact")``, without its root search)."""
     if n == 0:
         return (0.0, 1.0)
-    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="exact")
-    return (float(ci.low), float(ci.high))
+    alpha = (1.0 - confidence) / 2.0
+    low = 0.0 if k == 0 else float(betaincinv(k, n - k + 1, alpha))
+    high = 1.0 if k == n else float(betaincinv(k + 1, n - k, 1.0 - alpha))
+    return (low, high)
 
 
 def _wilson(k: int, n: int, z: float) -> tuple[float, float]:
@@ -36,7 +39,7 @@ def paired_difference_ci(both: int, lost: int, gained: int, neither: int, confid
     n = both + lost + gained + neither
     if n == 0:
         return (-1.0, 1.0)
-    z = float(norm.ppf(0.5 + confidence / 2))
+    z = float(ndtri(0.5 + confidence / 2))
     p1, p2 = (both + lost) / n, (both + gained) / n  # baseline, step
     l1, u1 = _wilson(both + lost, n, z)
     l2, u2 = _wilson(both + gained, n, z)

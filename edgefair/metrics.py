@@ -163,10 +163,22 @@ def bin_edges(confidence: np.ndarray, n_bins: int, strategy: str) -> np.ndarray:
     if strategy == "quantile":
         if len(confidence) == 0:
             return np.linspace(0.0, 1.0, n_bins + 1)
-        edges = np.quantile(confidence, np.linspace(0.0, 1.0, n_bins + 1))
-        edges[0], edges[-1] = 0.0, 1.0  # cover the whole range; inner edges carry the mass split
-        return edges
+        return _sorted_quantiles(np.sort(confidence), n_bins)
     raise ValueError(STRATEGY_ERROR.format(strategy=strategy))
+
+
+def _sorted_quantiles(values: np.ndarray, n_bins: int) -> np.ndarray:
+    """``bin_edges(values, n_bins, "quantile")`` for sorted ``values``: numpy's default (linear)
+    quantile, same arithmetic, without ``np.quantile``'s per-call overhead."""
+    pos = np.linspace(0.0, 1.0, n_bins + 1) * (len(values) - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, len(values) - 1)
+    t = pos - lo
+    a, b = values[lo], values[hi]
+    diff = b - a
+    edges = np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)
+    edges[0], edges[-1] = 0.0, 1.0  # cover the whole range; inner edges carry the mass split
+    return edges
 
 
 def bin_index(confidence: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -194,10 +206,15 @@ def reliability(
     """Reliability-curve data, one dict per bin: ``lo``, ``hi`` (edges), ``count``, ``confidence``
     (mean top-label confidence) and ``accuracy``; the last two are ``None`` for an empty bin."""
     edges, count, conf_sum, acc_sum = _binned(probs, y_true, n_bins, strategy)
+    return reliability_bins(edges, count, conf_sum, acc_sum)
+
+
+def reliability_bins(edges: np.ndarray, count: np.ndarray, conf_sum: np.ndarray, acc_sum: np.ndarray) -> list[dict]:
+    """Reliability-curve data from bin edges and per-bin sums (see ``reliability``)."""
     return [
         {"lo": float(edges[i]), "hi": float(edges[i + 1]), "count": int(count[i]),
          "confidence": _ratio(conf_sum[i], count[i]), "accuracy": _ratio(acc_sum[i], count[i])}
-        for i in range(n_bins)
+        for i in range(len(count))
     ]
 
 
@@ -252,24 +269,34 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
 
 
-def _nanmean_or_none(values: np.ndarray) -> float | None:
-    values = values[~np.isnan(values)]
-    return None if len(values) == 0 else float(values.mean())
+def _none(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
 
 
-def rates_from_confusion(cm: np.ndarray, *, positive_label: int = 1) -> dict[str, float | None]:
-    """Accuracy, balanced accuracy, TPR, FPR, precision, F1 and selection rate from confusion counts.
+def _nanmean(values: np.ndarray) -> np.ndarray:
+    """Mean over the last axis ignoring NaN; NaN where every value is NaN (no warning)."""
+    defined = ~np.isnan(values)
+    count = defined.sum(axis=-1)
+    total = np.where(defined, values, 0.0).sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(count > 0, total / count, np.nan)
 
-    Balanced accuracy is the mean recall over the classes present in the true labels (scikit-learn).
+
+def grouped_rates(cm: np.ndarray, *, positive_label: int = 1) -> dict[str, np.ndarray]:
+    """``rates_from_confusion`` for G confusion matrices (G, K, K) at once: name -> (G,), NaN when undefined.
+
+    Also ``positive_tpr``/``positive_fpr``: the one-vs-rest rates of ``positive_label`` for any K
+    (what equalized odds compares).
     """
-    k = cm.shape[0]
-    n = cm.sum()
-    tp = np.diag(cm).astype(np.float64)
-    actual = cm.sum(axis=1).astype(np.float64)   # per true class
-    predicted = cm.sum(axis=0).astype(np.float64)  # per predicted class
+    cm = np.asarray(cm, dtype=np.float64)
+    k = cm.shape[-1]
+    n = cm.sum(axis=(1, 2))
+    tp = np.diagonal(cm, axis1=1, axis2=2)
+    actual = cm.sum(axis=2)  # per true class
+    predicted = cm.sum(axis=1)  # per predicted class
     fp = predicted - tp
     fn = actual - tp
-    tn = n - tp - fp - fn
+    tn = n[:, None] - tp - fp - fn
     with np.errstate(divide="ignore", invalid="ignore"):
         recall = np.where(actual > 0, tp / actual, np.nan)
         # a class absent from both labels and predictions has FPR 0 by construction: leave it out of
@@ -277,30 +304,113 @@ def rates_from_confusion(cm: np.ndarray, *, positive_label: int = 1) -> dict[str
         fpr = np.where((fp + tn > 0) & ((actual > 0) | (predicted > 0)), fp / (fp + tn), np.nan)
         precision = np.where(predicted > 0, tp / predicted, np.nan)
         f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
-    if k == 2:
-        pick = lambda v: None if np.isnan(v[positive_label]) else float(v[positive_label])  # noqa: E731
-        tpr_v, fpr_v, prec_v, f1_v = pick(recall), pick(fpr), pick(precision), pick(f1)
-    else:
-        tpr_v, fpr_v = _nanmean_or_none(recall), _nanmean_or_none(fpr)
-        prec_v, f1_v = _nanmean_or_none(precision), _nanmean_or_none(f1)
-    return {
-        "accuracy": _ratio(tp.sum(), n),
-        "balanced_accuracy": _nanmean_or_none(recall),
-        "tpr": tpr_v,
-        "fpr": fpr_v,
-        "precision": prec_v,
-        "f1": f1_v,
-        "selection_rate": _ratio(predicted[positive_label], n),
-    }
+        ratio = lambda a, b: np.where(b > 0, a / b, np.nan)  # noqa: E731
+        pos = positive_label
+        out = {"accuracy": ratio(tp.sum(axis=1), n), "balanced_accuracy": _nanmean(recall)}
+        if k == 2:
+            out.update(tpr=recall[:, pos], fpr=fpr[:, pos], precision=precision[:, pos], f1=f1[:, pos])
+        else:
+            out.update(tpr=_nanmean(recall), fpr=_nanmean(fpr), precision=_nanmean(precision), f1=_nanmean(f1))
+        out["selection_rate"] = ratio(predicted[:, pos], n)
+        neg = n - actual[:, pos]
+        out["positive_tpr"] = ratio(tp[:, pos], actual[:, pos])
+        out["positive_fpr"] = ratio(predicted[:, pos] - tp[:, pos], neg)
+    return out
+
+
+def rates_from_confusion(cm: np.ndarray, *, positive_label: int = 1) -> dict[str, float | None]:
+    """Accuracy, balanced accuracy, TPR, FPR, precision, F1 and selection rate from confusion counts.
+
+    Balanced accuracy is the mean recall over the classes present in the true labels (scikit-learn).
+    """
+    rates = grouped_rates(np.asarray(cm)[None], positive_label=positive_label)
+    return {name: _none(rates[name][0]) for name in
+            ("accuracy", "balanced_accuracy", "tpr", "fpr", "precision", "f1", "selection_rate")}
 
 
 def positive_rates(cm: np.ndarray, *, positive_label: int = 1) -> tuple[float | None, float | None]:
     """One-vs-rest TPR and FPR of ``positive_label`` (what equalized odds compares, for any K)."""
-    tp = float(cm[positive_label, positive_label])
-    pos = float(cm[positive_label].sum())
-    fp = float(cm[:, positive_label].sum()) - tp
-    neg = float(cm.sum()) - pos
-    return _ratio(tp, pos), _ratio(fp, neg)
+    rates = grouped_rates(np.asarray(cm)[None], positive_label=positive_label)
+    return _none(rates["positive_tpr"][0]), _none(rates["positive_fpr"][0])
+
+
+class Groups:
+    """G sets of rows (boolean masks over N rows), so that every per-group quantity is one
+    vectorised call: sums are a (G, N) @ (N, F) product, counts of codes one ``bincount``."""
+
+    def __init__(self, member: np.ndarray) -> None:
+        self.member = np.asarray(member, dtype=bool)  # (G, N)
+        self.weights = self.member.astype(np.float64)
+        self.sizes = self.member.sum(axis=1)
+        self.group, self.row = np.nonzero(self.member)  # (group, row) pairs
+
+    def __len__(self) -> int:
+        return len(self.member)
+
+    def sums(self, values: np.ndarray) -> np.ndarray:
+        """Per-group sums of (N,) or (N, F) values: (G,) or (G, F)."""
+        return self.weights @ values
+
+    def counts(self, codes: np.ndarray, n_codes: int, weights: np.ndarray | None = None) -> np.ndarray:
+        """(G, n_codes): per group, how many rows (or how much of ``weights``) have each code."""
+        w = None if weights is None else weights[self.row]
+        flat = np.bincount(self.group * n_codes + codes[self.row], weights=w, minlength=len(self) * n_codes)
+        return flat.reshape(len(self), n_codes)
+
+
+
+def grouped_classification(
+    y: np.ndarray, probs: np.ndarray, groups: Groups, *, positive_label: int = 1, n_bins: int = 15
+) -> dict[str, np.ndarray]:
+    """``classification_metrics`` of every group at once: name -> (G,) float, NaN when undefined.
+
+    Also ``positive_tpr``/``positive_fpr`` (see ``grouped_rates``) and the uniform-bin reliability
+    sums ``bin_count``, ``bin_confidence``, ``bin_correct``: (G, n_bins) each. ``y`` and ``probs``
+    must already be checked (``check_labels``, ``check_probs``).
+    """
+    k = probs.shape[1]
+    conf, pred = top_label(probs)
+    correct = (pred == y).astype(np.float64)
+    out = grouped_rates(groups.counts(y * k + pred, k * k).reshape(-1, k, k), positive_label=positive_label)
+    n = groups.sizes.astype(np.float64)
+    idx = bin_index(conf, bin_edges(conf, n_bins, "uniform"))
+    count = groups.counts(idx, n_bins)
+    conf_sum, acc_sum = groups.counts(idx, n_bins, conf), groups.counts(idx, n_bins, correct)
+    gap = np.abs(conf_sum - acc_sum)
+    sq = ((probs - np.eye(k)[y]) ** 2).sum(axis=1) / (2.0 if k == 2 else 1.0)
+    nll = -np.log(np.clip(probs[np.arange(len(probs)), y], LOG_EPS, 1.0 - LOG_EPS))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["ece"] = np.where(n > 0, gap.sum(axis=1) / n, np.nan)
+        per_bin = np.where(count > 0, gap / count, -np.inf)
+        out["mce"] = np.where(n > 0, per_bin.max(axis=1), np.nan)
+        out["brier"], out["nll"] = (np.where(n > 0, groups.sums(np.stack([sq, nll], axis=1)).T / n, np.nan))
+    out["ece_equal_mass"] = _equal_mass_ece(conf, correct, groups, n_bins)
+    out.update(bin_count=count, bin_confidence=conf_sum, bin_correct=acc_sum)
+    return out
+
+
+def _equal_mass_ece(conf: np.ndarray, correct: np.ndarray, groups: Groups, n_bins: int) -> np.ndarray:
+    """Equal-mass ECE of every group: (G,), NaN for an empty group. One sort of all rows; each
+    group's bins are then contiguous runs of its sorted rows, summed by differences of a cumsum."""
+    order = np.argsort(conf, kind="stable")
+    ranked, gap = conf[order], (conf - correct)[order]
+    member = groups.member[:, order]
+    out = np.full(len(groups), np.nan)
+    for g in range(len(groups)):
+        m = member[g]
+        values = ranked[m]
+        if len(values) == 0:
+            continue
+        edges = _sorted_quantiles(values, n_bins)
+        # bin i holds (e_i, e_i+1]: it ends after the last value <= its upper edge
+        bounds = np.concatenate([[0], np.searchsorted(values, edges[1:-1], side="right"), [len(values)]])
+        running = np.concatenate([[0.0], np.cumsum(gap[m])])
+        out[g] = np.abs(running[bounds[1:]] - running[bounds[:-1]]).sum() / len(values)
+    return out
+
+
+CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "tpr", "fpr", "precision", "f1", "selection_rate",
+                          "ece", "ece_equal_mass", "mce", "brier", "nll")
 
 
 def classification_metrics(
@@ -316,15 +426,11 @@ def classification_metrics(
     y = check_labels(y_true, len(p), k)
     if not 0 <= positive_label < k:
         raise DataError(LABELS_ERROR.format(n=len(p), k=k, detail=f"positive_label {positive_label}"))
-    _, pred = top_label(p)
-    out: dict[str, float | int | None] = {"n": int(len(p))}
-    out.update(rates_from_confusion(confusion(y, pred, k), positive_label=positive_label))
-    out["ece"] = ece(p, y, n_bins=n_bins)
-    out["ece_equal_mass"] = ece(p, y, n_bins=n_bins, strategy="quantile")
-    out["mce"] = mce(p, y, n_bins=n_bins)
-    out["brier"] = brier_score(p, y)
-    out["nll"] = log_loss(p, y)
-    return out
+    if not isinstance(n_bins, (int, np.integer)) or isinstance(n_bins, bool) or n_bins < 1:
+        raise ValueError(N_BINS_ERROR.format(n_bins=n_bins))
+    values = grouped_classification(y, p, Groups(np.ones((1, len(p)), dtype=bool)),
+                                    positive_label=positive_label, n_bins=n_bins)
+    return {"n": int(len(p)), **{name: _none(values[name][0]) for name in CLASSIFICATION_METRICS}}
 
 
 def _as_rows(outputs: np.ndarray) -> np.ndarray:

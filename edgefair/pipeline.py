@@ -26,7 +26,7 @@ from .metrics import COMPRESSED_ROW_SUM_TOLERANCE, ROW_SUM_TOLERANCE, output_kin
 from .prepare import Inputs, Progress, StepModel, prepare, version
 from .probe import load_device_latency
 from .recipe import Recipe, StepSpec
-from .stats import StatsConfig, evaluate_step
+from .stats import Evaluator, StatsConfig
 from .steps import REGISTRY, StepContext
 
 
@@ -189,17 +189,11 @@ def evaluate(
         kind = recipe.model.output if recipe.model.output != "auto" else output_kind(outputs[0])
         probs = {i: _probabilities(o, kind, models[i]) for i, o in outputs.items()}
         progress("statistics: groups, bootstrap, tests")
+        evaluator = Evaluator(masks, inputs.eval.labels, inputs.eval.n, config)
+        base = evaluator.model(probs[0], outputs[0])  # its metrics and resamples serve every step
         for i in missing:
-            paired = i > 0
-            stats[i] = widen_group_intervals(evaluate_step(
-                masks=masks,
-                probs=probs[i],
-                outputs=outputs[i],
-                y_true=inputs.eval.labels,
-                base_probs=probs[0] if paired else None,
-                base_outputs=outputs[0] if paired else None,
-                config=config,
-            ), config.confidence)
+            step = evaluator.model(probs[i], outputs[i]) if i else base
+            stats[i] = widen_group_intervals(evaluator.compare(step, base if i else None), config.confidence)
             stats[i]["overall"]["nonfinite_rows"] = nonfinite[i]
             cache.put_json("stats", keys[i], stats[i])
     latency = measure_latency(inputs, models, shas, latency_from, progress)

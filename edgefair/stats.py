@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import stats as sps
+from scipy import special
 
 from edgefair import groups as grp
 from edgefair import metrics as mt
@@ -47,7 +47,8 @@ CLASSIFICATION_KEYS = ("accuracy", "balanced_accuracy", "tpr", "fpr", "precision
                        "selection_rate", "ece", "ece_equal_mass", "mce", "brier", "nll")
 FIDELITY_KEYS = ("agreement", "flip_rate", "cosine_mean", "cosine_min", "rel_error_mean")
 SE_FLOOR = 1e-9  # below this a bootstrap spread is float rounding, not variation
-BOOT_CHUNK_ELEMENTS = 4_000_000  # bound the (replicates x rows) count matrix to ~16 MB of float32
+BOOT_CHUNK_ELEMENTS = 4_000_000  # bound one (replicates x rows) block of counts to ~16 MB of float32
+MAX_CACHED_COUNTS = 64_000_000  # keep the resamples up to ~256 MB of float32 (1,000 x 64,000 rows)
 
 
 def _is_int(value: object) -> bool:
@@ -105,12 +106,19 @@ def mcnemar_exact(lost: int, gained: int, *, alternative: Literal["two-sided", "
     """
     if alternative not in ("two-sided", "drop"):
         raise ValueError(ALTERNATIVE_ERROR.format(value=alternative))
-    n = int(lost) + int(gained)
-    if n == 0:
-        return 1.0
-    if alternative == "drop":
-        return float(sps.binom.sf(int(lost) - 1, n, 0.5))
-    return float(min(1.0, 2.0 * sps.binom.cdf(min(lost, gained), n, 0.5)))
+    return float(_mcnemar(np.array([lost]), np.array([gained]), alternative)[0])
+
+
+def _mcnemar(lost: np.ndarray, gained: np.ndarray, alternative: str) -> np.ndarray:
+    """``mcnemar_exact`` over arrays of discordant counts (binomial tails as ufuncs: no per-group call)."""
+    lost, gained = np.asarray(lost, dtype=np.float64), np.asarray(gained, dtype=np.float64)
+    n = lost + gained
+    with np.errstate(invalid="ignore"):
+        if alternative == "drop":
+            p = np.where(lost > 0, special.bdtrc(lost - 1, n, 0.5), 1.0)
+        else:
+            p = np.minimum(1.0, 2.0 * special.bdtr(np.minimum(lost, gained), n, 0.5))
+    return np.where(n > 0, p, 1.0)
 
 
 def holm(pvalues: list[float]) -> list[float]:
@@ -130,93 +138,57 @@ def holm(pvalues: list[float]) -> list[float]:
 # Bootstrap engine
 
 
+class Resampler:
+    """Stratified bootstrap resamples of N rows split into cells, drawn once and reused.
+
+    Replicate b draws, inside each cell of size m, m row indices uniformly with replacement; the
+    sum of a feature over the resampled rows of a cell is then ``counts[b] @ features[cell]``.
+    Cells are visited in index order and replicates in blocks of a size that depends only on the
+    cell size, so a seed gives the same resamples anywhere. Up to ``MAX_CACHED_COUNTS`` count
+    elements are kept, so every model evaluated on these rows (the baseline once, then each step)
+    costs one matrix product and not a fresh draw, and all are resampled identically (common
+    random numbers: step-vs-baseline differences are paired replicate by replicate).
+    """
+
+    def __init__(self, cell_of_row: np.ndarray, n_cells: int, *, n_boot: int, seed: int) -> None:
+        self.n_boot, self.seed, self.n_cells = n_boot, seed, n_cells
+        order = np.argsort(cell_of_row, kind="stable")
+        bounds = np.searchsorted(cell_of_row[order], np.arange(n_cells + 1))
+        self.cells = [order[bounds[c]:bounds[c + 1]] for c in range(n_cells)]
+        self._kept: list[tuple[int, int, np.ndarray]] | None = None
+        self._keep = n_boot * len(cell_of_row) <= MAX_CACHED_COUNTS
+
+    def _draw(self):
+        rng = np.random.default_rng(self.seed)
+        for c, rows in enumerate(self.cells):
+            m = len(rows)
+            if m == 0:
+                continue
+            block = max(1, min(self.n_boot, BOOT_CHUNK_ELEMENTS // m))
+            for b0 in range(0, self.n_boot, block):
+                nb = min(block, self.n_boot - b0)
+                draws = rng.integers(0, m, size=(nb, m))
+                draws += np.arange(nb)[:, None] * m  # one bincount for the whole block
+                counts = np.bincount(draws.ravel(), minlength=nb * m).reshape(nb, m).astype(np.float32)
+                yield c, b0, counts
+
+    def sums(self, features: np.ndarray) -> np.ndarray:
+        """Per-cell sums of ``features`` (N, F) over every replicate: (B, C, F) float64."""
+        if self._keep and self._kept is None:
+            self._kept = list(self._draw())
+        x = np.asarray(features, dtype=np.float32)
+        out = np.zeros((self.n_boot, self.n_cells, x.shape[1]), dtype=np.float64)
+        for c, b0, counts in self._kept if self._kept is not None else self._draw():
+            out[b0:b0 + len(counts), c] = counts @ x[self.cells[c]]  # (nb, m) @ (m, F)
+        return out
+
+
 def resample_sums(
     features: np.ndarray, cell_of_row: np.ndarray, n_cells: int, *, n_boot: int, seed: int
 ) -> np.ndarray:
-    """Per-cell sums of ``features`` (N, F) over ``n_boot`` stratified resamples: (B, C, F) float64.
-
-    Replicate b draws, inside each cell of size m, m row indices uniformly with replacement; the
-    sum is then ``counts[b] @ features[cell]``. Cells are visited in index order and replicates in
-    blocks of a size that depends only on the cell size, so a seed gives the same result anywhere.
-    """
-    rng = np.random.default_rng(seed)
-    n_features = features.shape[1]
-    out = np.zeros((n_boot, n_cells, n_features), dtype=np.float64)
-    order = np.argsort(cell_of_row, kind="stable")
-    bounds = np.searchsorted(cell_of_row[order], np.arange(n_cells + 1))
-    for c in range(n_cells):
-        rows = order[bounds[c]:bounds[c + 1]]
-        m = len(rows)
-        if m == 0:
-            continue
-        x = features[rows]  # (m, F) float32
-        block = max(1, min(n_boot, BOOT_CHUNK_ELEMENTS // m))
-        for b0 in range(0, n_boot, block):
-            nb = min(block, n_boot - b0)
-            draws = rng.integers(0, m, size=(nb, m))
-            draws += np.arange(nb)[:, None] * m  # one bincount for the whole block
-            counts = np.bincount(draws.ravel(), minlength=nb * m).reshape(nb, m).astype(np.float32)
-            out[b0:b0 + nb, c] = counts @ x  # (nb, m) @ (m, F)
-    return out
-
-
-@dataclass
-class _Rows:
-    """Per-row quantities of the step (and baseline) that every statistic is built from."""
-
-    pred: np.ndarray
-    probs: np.ndarray
-    y: np.ndarray | None = None
-    correct: np.ndarray | None = None
-    ece_terms: np.ndarray | None = None  # (N, n_bins): one-hot(bin) * (confidence - correct)
-    base_pred: np.ndarray | None = None
-    base_probs: np.ndarray | None = None
-    base_correct: np.ndarray | None = None
-    base_ece_terms: np.ndarray | None = None
-    flip: np.ndarray | None = None
-    cosine: np.ndarray | None = None
-    rel_error: np.ndarray | None = None
-
-
-def _ece_terms(probs: np.ndarray, correct: np.ndarray, n_bins: int) -> np.ndarray:
-    conf, _ = mt.top_label(probs)
-    idx = mt.bin_index(conf, mt.bin_edges(conf, n_bins, "uniform"))
-    terms = np.zeros((len(probs), n_bins), dtype=np.float64)
-    terms[np.arange(len(probs)), idx] = conf - correct
-    return terms
-
-
-def _feature_layout(rows: _Rows) -> tuple[np.ndarray, dict[str, slice]]:
-    """Stack the bootstrap feature columns (float32: counts and |values| <= 1 sum exactly enough)."""
-    blocks: list[np.ndarray] = []
-    layout: dict[str, slice] = {}
-    start = 0
-    for name, block in (("correct", rows.correct), ("ece", rows.ece_terms),
-                        ("base_correct", rows.base_correct), ("base_ece", rows.base_ece_terms),
-                        ("flip", rows.flip)):
-        if block is None:
-            continue
-        block = block.reshape(len(block), -1)
-        layout[name] = slice(start, start + block.shape[1])
-        blocks.append(block)
-        start += block.shape[1]
-    return np.hstack(blocks).astype(np.float32), layout
-
-
-def _derive(sums: np.ndarray, sizes: np.ndarray, layout: dict[str, slice]) -> dict[str, np.ndarray]:
-    """Statistics from group sums (..., G, F) and group sizes (G,): each (..., G)."""
-    out: dict[str, np.ndarray] = {}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if "correct" in layout:
-            out["accuracy"] = sums[..., layout["correct"]].sum(-1) / sizes
-            out["ece"] = np.abs(sums[..., layout["ece"]]).sum(-1) / sizes
-        if "base_correct" in layout:
-            out["accuracy_delta"] = out["accuracy"] - sums[..., layout["base_correct"]].sum(-1) / sizes
-            out["ece_delta"] = out["ece"] - np.abs(sums[..., layout["base_ece"]]).sum(-1) / sizes
-            out["base_accuracy"] = out["accuracy"] - out["accuracy_delta"]
-        if "flip" in layout:
-            out["flip_rate"] = sums[..., layout["flip"]].sum(-1) / sizes
-    return out
+    """Per-cell sums of ``features`` (N, F) over ``n_boot`` stratified resamples: (B, C, F) float64
+    (one-off use of ``Resampler``)."""
+    return Resampler(cell_of_row, n_cells, n_boot=n_boot, seed=seed).sums(features)
 
 
 def simultaneous_ci(replicates: np.ndarray, point: np.ndarray, confidence: float) -> np.ndarray:
@@ -244,86 +216,243 @@ def _ci(replicates: np.ndarray, confidence: float) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# One step
+# One model, then one step against the baseline
 
 
 NO_ROWS_ERROR = "no evaluation rows"
 CI_WIDTH_NEEDS_BOOT_ERROR = "max_ci_width: needs n_boot > 0 (the interval comes from the bootstrap)"
 
 
-def _build_rows(probs, outputs, y_true, base_probs, base_outputs, config: StatsConfig) -> _Rows:
-    n, k = probs.shape
-    _, pred = mt.top_label(probs)
-    y = None if y_true is None else mt.check_labels(y_true, n, k)
-    rows = _Rows(pred=pred, probs=probs, y=y)
-    if y is not None:
-        if config.positive_label >= k:
-            raise DataError(mt.LABELS_ERROR.format(n=n, k=k, detail=f"positive_label {config.positive_label}"))
-        rows.correct = (pred == y).astype(np.float64)
-        rows.ece_terms = _ece_terms(probs, rows.correct, config.n_bins)
-    if base_probs is not None:
-        bp = mt.check_probs(base_probs)
-        if bp.shape != probs.shape:
-            raise DataError(SHAPE_MISMATCH_ERROR.format(what="base_probs", got=bp.shape, expected=probs.shape))
-        if base_outputs is None:
-            raise DataError(BASE_OUTPUTS_ERROR)
-        _, rows.base_pred = mt.top_label(bp)
-        rows.base_probs = bp
-        rows.flip = (pred != rows.base_pred).astype(np.float64)
-        step_out = probs if outputs is None else np.asarray(outputs)
-        if len(step_out) != n or len(np.asarray(base_outputs)) != n:
-            raise DataError(SHAPE_MISMATCH_ERROR.format(
-                what="outputs", got=(len(step_out), len(np.asarray(base_outputs))), expected=(n, n)))
-        rows.cosine, rows.rel_error = mt.row_fidelity(step_out, base_outputs)
-        if y is not None:
-            rows.base_correct = (rows.base_pred == y).astype(np.float64)
-            rows.base_ece_terms = _ece_terms(bp, rows.base_correct, config.n_bins)
-    return rows
+@dataclass
+class Model:
+    """One model's outputs on the evaluation rows and what is derived from them once, however
+    many steps it is compared with (the baseline's point metrics and bootstrap sums)."""
+
+    probs: np.ndarray
+    outputs: np.ndarray
+    pred: np.ndarray
+    correct: np.ndarray | None = None  # (N,) float, with labels
+    point: dict[str, np.ndarray] | None = None  # grouped_classification over Evaluator.groups
+    ece_terms: np.ndarray | None = None  # (N, bins used): one-hot(bin) * (confidence - correct)
+    boot: np.ndarray | None = None  # (B, C, 1 + bins used) resampled sums of [correct, ece_terms]
 
 
-def _point(rows: _Rows, mask: np.ndarray, config: StatsConfig) -> tuple[dict, tuple]:
-    """Point estimates over the masked rows; also the one-vs-rest (TPR, FPR) for equalized odds."""
-    out: dict = {"n": int(mask.sum())}
-    y = rows.y
-    positive = (None, None)
-    if y is not None:
-        p, yt = rows.probs[mask], y[mask]
-        step = mt.classification_metrics(yt, p, positive_label=config.positive_label, n_bins=config.n_bins)
-        del step["n"]
-        out.update(step)
-        cm = mt.confusion(yt, rows.pred[mask], p.shape[1])
-        positive = mt.positive_rates(cm, positive_label=config.positive_label)
-        if rows.base_probs is not None:
-            base = mt.classification_metrics(yt, rows.base_probs[mask], positive_label=config.positive_label,
-                                             n_bins=config.n_bins)
+class Evaluator:
+    """Statistics of models on one set of evaluation rows, groups and settings.
+
+    What depends only on the rows is built once: the group index, the bootstrap resamples, and for
+    each ``Model`` its point metrics and resampled sums. ``compare`` then costs the step's own
+    share, so evaluating a recipe's steps one after another does not redo the baseline's work.
+    """
+
+    def __init__(self, masks: Mapping[str, np.ndarray], y_true: np.ndarray | None, n: int, config: StatsConfig) -> None:
+        if n == 0:
+            raise DataError(NO_ROWS_ERROR)
+        if config.max_ci_width is not None and config.n_boot == 0:
+            raise RecipeError(CI_WIDTH_NEEDS_BOOT_ERROR)
+        self.config, self.n = config, n
+        self.masks = grp.validate_masks(masks, n)
+        self.keys = list(self.masks)
+        self.y_true = y_true
+        # row 0 is "overall", row 1 + i the i-th group
+        self.groups = mt.Groups(np.vstack([np.ones((1, n), dtype=bool)] + [m[None] for m in self.masks.values()]))
+        self._cells: tuple[np.ndarray, np.ndarray] | None = None
+        self._resampler: Resampler | None = None
+
+    # -- cells and resamples, built on first use ----------------------------------------------
+    def _membership(self) -> np.ndarray:
+        """(1 + G, C): which cells make up overall (all) and each group."""
+        if self._cells is None:
+            cell_of_row, membership = grp.finest_cells(self.masks, self.n)
+            n_cells = membership.shape[1] if self.masks else 1
+            self._cells = (cell_of_row, np.vstack([np.ones((1, n_cells), dtype=bool), membership]))
+        return self._cells[1]
+
+    def _resample(self, features: np.ndarray) -> np.ndarray:
+        membership = self._membership()
+        if self._resampler is None:
+            self._resampler = Resampler(self._cells[0], membership.shape[1], n_boot=self.config.n_boot,
+                                        seed=self.config.seed)
+        return self._resampler.sums(features)
+
+    # -- one model ------------------------------------------------------------------------------
+    def model(self, probs: np.ndarray, outputs: np.ndarray | None = None) -> Model:
+        """Check one model's (N, K) probabilities (and raw outputs) and derive its per-row quantities."""
+        p = mt.check_probs(probs)
+        n, k = p.shape
+        if n != self.n:
+            raise DataError(SHAPE_MISMATCH_ERROR.format(what="probabilities", got=p.shape, expected=(self.n, k)))
+        out = p if outputs is None else np.asarray(outputs)
+        conf, pred = mt.top_label(p)
+        model = Model(probs=p, outputs=out, pred=pred)
+        if self.y_true is not None:
+            y = self._labels(k)
+            model.correct = (pred == y).astype(np.float64)
+            model.point = mt.grouped_classification(y, p, self.groups, positive_label=self.config.positive_label,
+                                                    n_bins=self.config.n_bins)
+            idx = mt.bin_index(conf, mt.bin_edges(conf, self.config.n_bins, "uniform"))
+            used, column = np.unique(idx, return_inverse=True)  # empty bins add nothing to any sum
+            model.ece_terms = np.zeros((n, len(used)))
+            model.ece_terms[np.arange(n), column.reshape(-1)] = conf - model.correct
+        return model
+
+    def _labels(self, k: int) -> np.ndarray:
+        y = mt.check_labels(self.y_true, self.n, k)
+        if self.config.positive_label >= k:
+            raise DataError(mt.LABELS_ERROR.format(n=self.n, k=k, detail=f"positive_label {self.config.positive_label}"))
+        return y
+
+    def _boot(self, model: Model) -> np.ndarray:
+        if model.boot is None:
+            model.boot = self._resample(np.hstack([model.correct[:, None], model.ece_terms]))
+        return model.boot
+
+    # -- one step ------------------------------------------------------------------------------
+    def compare(self, step: Model, base: Model | None = None) -> dict:
+        """All statistics of ``step``, paired against ``base`` (``None``: ``step`` is the baseline).
+
+        Returns the dict described in ``evaluate_step``.
+        """
+        cfg = self.config
+        labels, paired = step.correct is not None, base is not None
+        if paired:
+            if base.probs.shape != step.probs.shape:
+                raise DataError(SHAPE_MISMATCH_ERROR.format(what="base_probs", got=base.probs.shape,
+                                                            expected=step.probs.shape))
+            if len(step.outputs) != self.n or len(base.outputs) != self.n:
+                raise DataError(SHAPE_MISMATCH_ERROR.format(
+                    what="outputs", got=(len(step.outputs), len(base.outputs)), expected=(self.n, self.n)))
+        sizes = self.groups.sizes
+        fields = [self._fields(step, base, labels, paired)]
+        flip = None if not paired else (step.pred != base.pred).astype(np.float64)
+        names = ["overall", *self.keys]
+        table = {name: {k: v[i] for k, v in fields[0].items()} for i, name in enumerate(names)}
+
+        # 1. point estimates; groups below min_group_size keep only n, status and reason
+        overall = table["overall"]
+        groups: dict[str, dict] = {}
+        for i, key in enumerate(self.keys, start=1):
+            if sizes[i] < cfg.min_group_size:
+                groups[key] = {"n": int(sizes[i]), "status": "insufficient_data",
+                               "reason": REASON_TOO_SMALL.format(min_group_size=cfg.min_group_size)}
+            else:
+                row = table[key]
+                groups[key] = {"n": row.pop("n"), "status": "ok", **row}
+        positive = {}
+        if labels:
+            tpr, fpr = step.point["positive_tpr"], step.point["positive_fpr"]
+            positive = {key: (mt._none(tpr[i]), mt._none(fpr[i])) for i, key in enumerate(self.keys, start=1)}
+
+        # 2. one paired stratified bootstrap for every interval (column 0 = overall)
+        sized = [k for k in self.keys if groups[k]["status"] == "ok"]
+        boot_col = {key: i + 1 for i, key in enumerate(sized)}
+        reps = self._bootstrap(step, base, flip, sized) if cfg.n_boot > 0 and (labels or paired) else {}
+        ci_names = [name for name, wanted in (("accuracy", labels), ("ece", labels), ("accuracy_delta", labels and paired),
+                                              ("ece_delta", labels and paired), ("flip_rate", paired)) if wanted]
+        cis = _ci(np.stack([reps[name] for name in ci_names], axis=1), cfg.confidence) if reps and ci_names else None
+        for j, name in enumerate(ci_names):
+            overall[f"{name}_ci"] = None if cis is None else [float(cis[0, j, 0]), float(cis[1, j, 0])]
+            for key in sized:
+                col = boot_col[key]
+                groups[key][f"{name}_ci"] = None if cis is None else [float(cis[0, j, col]), float(cis[1, j, col])]
+
+        # 3. groups whose decision interval is too wide to decide join the insufficient ones
+        decision = "accuracy_delta_ci" if labels and paired else "accuracy_ci" if labels else "flip_rate_ci"
+        if cfg.max_ci_width is not None and (labels or paired):
+            for key in sized:
+                lo, hi = groups[key][decision]
+                if hi - lo > cfg.max_ci_width:
+                    reason = REASON_CI_TOO_WIDE.format(field=decision, width=hi - lo, max_ci_width=cfg.max_ci_width)
+                    groups[key] = {"n": groups[key]["n"], "status": "insufficient_data", "reason": reason}
+        ok = [k for k in self.keys if groups[k]["status"] == "ok"]
+
+        if labels and paired:  # family-wise intervals over the ok groups, for gates that fail builds
+            for name in ("accuracy_delta", "ece_delta"):
+                band = None
+                if reps and ok:
+                    point = np.array([groups[k][name] for k in ok], dtype=np.float64)
+                    band = simultaneous_ci(reps[name][:, [boot_col[k] for k in ok]], point, cfg.confidence)
+                for i, key in enumerate(ok):
+                    groups[key][f"{name}_ci_simultaneous"] = None if band is None else [float(v) for v in band[i]]
+
+        # 4. family-wide quantities over the final ok groups
+        if paired:
+            total_flips = float(flip.sum())
+            flips = self.groups.sums(flip)
+            index = {key: i for i, key in enumerate(self.keys, start=1)}
+            for key in ok:
+                share = None if total_flips == 0 else float(flips[index[key]] / total_flips)
+                groups[key]["flip_share_ratio"] = None if share is None else share / (groups[key]["n"] / self.n)
+        if labels and paired:
+            for field in ("mcnemar_p", "mcnemar_p_drop"):
+                for key, adjusted in zip(ok, holm([groups[k][field] for k in ok])):
+                    groups[key][f"{field}_holm"] = adjusted
+
+        disparity = {scope: _disparity(keys, groups, positive, reps, boot_col, cfg, labels=labels, paired=paired)
+                     for scope, keys in grp.scopes(self.keys).items()}
+        return {"overall": overall, "groups": groups, "disparity": disparity}
+
+    def _fields(self, step: Model, base: Model | None, labels: bool, paired: bool) -> dict[str, list]:
+        """Point fields of overall (index 0) and every group, as JSON-ready columns in report order."""
+        sizes = self.groups.sizes
+        cols: dict[str, list] = {"n": [int(v) for v in sizes]}
+        none = lambda values: [mt._none(v) for v in values]  # noqa: E731
+        if labels:
+            sp = step.point
             for key in CLASSIFICATION_KEYS:
-                a, b = step[key], base[key]
-                out[f"{key}_delta"] = None if a is None or b is None else float(a - b)
-            lost = int(((rows.base_correct == 1) & (rows.correct == 0))[mask].sum())
-            gained = int(((rows.base_correct == 0) & (rows.correct == 1))[mask].sum())
-            out.update(lost_correct=lost, gained_correct=gained, mcnemar_p=mcnemar_exact(lost, gained),
-                       mcnemar_p_drop=mcnemar_exact(lost, gained, alternative="drop"))
-    if rows.base_pred is not None:
-        out.update(mt.fidelity_metrics(rows.pred[mask], rows.base_pred[mask],
-                                       rows.cosine[mask], rows.rel_error[mask]))
-    if y is not None:
-        out["reliability"] = mt.reliability(rows.probs[mask], y[mask], n_bins=config.n_bins)
-    return out, positive
+                cols[key] = none(sp[key])
+            if paired:
+                bp = base.point
+                for key in CLASSIFICATION_KEYS:
+                    cols[f"{key}_delta"] = none(sp[key] - bp[key])
+                lost = (base.correct == 1) & (step.correct == 0)
+                gained = (base.correct == 0) & (step.correct == 1)
+                counts = self.groups.sums(np.stack([lost, gained], axis=1).astype(np.float64))
+                cols["lost_correct"] = [int(v) for v in counts[:, 0]]
+                cols["gained_correct"] = [int(v) for v in counts[:, 1]]
+                cols["mcnemar_p"] = [float(v) for v in _mcnemar(counts[:, 0], counts[:, 1], "two-sided")]
+                cols["mcnemar_p_drop"] = [float(v) for v in _mcnemar(counts[:, 0], counts[:, 1], "drop")]
+        if paired:
+            flip = (step.pred != base.pred).astype(np.float64)
+            cosine, rel = mt.row_fidelity(step.outputs, base.outputs)
+            sums = self.groups.sums(np.stack([flip, cosine, rel], axis=1))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                mean = sums / sizes[:, None]
+            low = np.where(self.groups.member, cosine, np.inf).min(axis=1)
+            empty = sizes == 0
+            cols["agreement"] = [None if e else float(1.0 - v) for e, v in zip(empty, mean[:, 0])]
+            cols["flip_rate"] = [None if e else float(v) for e, v in zip(empty, mean[:, 0])]
+            cols["cosine_mean"] = [None if e else float(v) for e, v in zip(empty, mean[:, 1])]
+            cols["cosine_min"] = [None if e else float(v) for e, v in zip(empty, low)]
+            cols["rel_error_mean"] = [None if e else float(v) for e, v in zip(empty, mean[:, 2])]
+        if labels:
+            edges = mt.bin_edges(step.probs[:0, 0], self.config.n_bins, "uniform")
+            sp = step.point
+            cols["reliability"] = [mt.reliability_bins(edges, sp["bin_count"][i], sp["bin_confidence"][i],
+                                                       sp["bin_correct"][i]) for i in range(len(sizes))]
+        return cols
 
-
-def _bootstrap(rows: _Rows, masks: dict[str, np.ndarray], keys: list[str], config: StatsConfig, n: int):
-    """Replicate statistics for the overall rows (column 0) and each of ``keys``: name -> (B, 1 + len(keys))."""
-    if rows.correct is None and rows.flip is None:
-        return {}
-    features, layout = _feature_layout(rows)
-    cell_of_row, membership = grp.finest_cells(masks, n)
-    n_cells = membership.shape[1] if masks else 1
-    sums = resample_sums(features, cell_of_row, n_cells, n_boot=config.n_boot, seed=config.seed)
-    index = {key: i for i, key in enumerate(masks)}
-    member = np.vstack([np.ones((1, n_cells), dtype=bool)] + [membership[index[k]][None] for k in keys])
-    group_sums = np.einsum("bcf,gc->bgf", sums, member.astype(np.float64))  # (B, G', F)
-    sizes = np.array([n] + [int(masks[k].sum()) for k in keys], dtype=np.float64)
-    return _derive(group_sums, sizes, layout)
+    def _bootstrap(self, step: Model, base: Model | None, flip: np.ndarray | None, keys: list[str]) -> dict[str, np.ndarray]:
+        """Replicate statistics for overall (column 0) and each of ``keys``: name -> (B, 1 + len(keys))."""
+        index = {key: i for i, key in enumerate(self.keys, start=1)}
+        rows = [0] + [index[k] for k in keys]
+        member = self._membership()[rows].astype(np.float64)  # (G', C)
+        sizes = self.groups.sizes[rows].astype(np.float64)
+        agg = lambda cell_sums: np.matmul(member, cell_sums)  # noqa: E731  (G', C) @ (B, C, F) -> (B, G', F)
+        out: dict[str, np.ndarray] = {}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if step.correct is not None:
+                s = agg(self._boot(step))
+                out["accuracy"] = s[..., 0] / sizes
+                out["ece"] = np.abs(s[..., 1:]).sum(-1) / sizes
+                if base is not None:
+                    b = agg(self._boot(base))
+                    out["base_accuracy"] = b[..., 0] / sizes
+                    out["accuracy_delta"] = out["accuracy"] - out["base_accuracy"]
+                    out["ece_delta"] = out["ece"] - np.abs(b[..., 1:]).sum(-1) / sizes
+            if flip is not None:
+                out["flip_rate"] = agg(self._resample(flip[:, None]))[..., 0] / sizes
+        return out
 
 
 def _summary(values: dict[str, float | None], higher_is_better: bool) -> dict:
@@ -379,6 +508,9 @@ def evaluate_step(
 ) -> dict:
     """All statistics of one step, as JSON-ready plain Python (see the module docstring).
 
+    One-off use of ``Evaluator``; a pipeline comparing several steps with one baseline keeps one
+    ``Evaluator`` and the baseline's ``Model`` instead (same results, less work).
+
     Args:
         masks: group key -> (N,) bool mask, e.g. from ``groups.group_masks``.
         probs: (N, K) class probabilities of this step (``metrics.to_probabilities``).
@@ -403,77 +535,16 @@ def evaluate_step(
         fields are ``None`` when ``n_boot = 0``.
     """
     p = mt.check_probs(probs)
-    n = len(p)
-    if n == 0:
-        raise DataError(NO_ROWS_ERROR)
-    if config.max_ci_width is not None and config.n_boot == 0:
-        raise RecipeError(CI_WIDTH_NEEDS_BOOT_ERROR)
-    masks = grp.validate_masks(masks, n)
-    rows = _build_rows(p, outputs, y_true, base_probs, base_outputs, config)
-    labels, paired = rows.correct is not None, rows.base_pred is not None
-
-    # 1. point estimates; groups below min_group_size keep only n, status and reason
-    overall, _ = _point(rows, np.ones(n, dtype=bool), config)
-    groups: dict[str, dict] = {}
-    positive: dict[str, tuple] = {}
-    for key, mask in masks.items():
-        size = int(mask.sum())
-        if size < config.min_group_size:
-            groups[key] = {"n": size, "status": "insufficient_data",
-                           "reason": REASON_TOO_SMALL.format(min_group_size=config.min_group_size)}
-            continue
-        fields, positive[key] = _point(rows, mask, config)
-        groups[key] = {"n": size, "status": "ok", **{k: v for k, v in fields.items() if k != "n"}}
-
-    # 2. one paired stratified bootstrap for every interval (column 0 = overall)
-    sized = [k for k in masks if groups[k]["status"] == "ok"]
-    boot_col = {key: i + 1 for i, key in enumerate(sized)}
-    reps = _bootstrap(rows, masks, sized, config, n) if config.n_boot > 0 else {}
-    ci_names = [("accuracy", labels), ("ece", labels), ("accuracy_delta", labels and paired),
-                ("ece_delta", labels and paired), ("flip_rate", paired)]
-    for name, wanted in ci_names:
-        if not wanted:
-            continue
-        ci = _ci(reps[name], config.confidence) if name in reps else None
-        overall[f"{name}_ci"] = None if ci is None else [float(ci[0, 0]), float(ci[1, 0])]
-        for key in sized:
-            col = boot_col[key]
-            groups[key][f"{name}_ci"] = None if ci is None else [float(ci[0, col]), float(ci[1, col])]
-
-    # 3. groups whose decision interval is too wide to decide join the insufficient ones
-    decision = "accuracy_delta_ci" if labels and paired else "accuracy_ci" if labels else "flip_rate_ci"
-    if config.max_ci_width is not None and (labels or paired):
-        for key in sized:
-            lo, hi = groups[key][decision]
-            if hi - lo > config.max_ci_width:
-                reason = REASON_CI_TOO_WIDE.format(field=decision, width=hi - lo,
-                                                   max_ci_width=config.max_ci_width)
-                groups[key] = {"n": groups[key]["n"], "status": "insufficient_data", "reason": reason}
-    ok = [k for k in masks if groups[k]["status"] == "ok"]
-
-    if labels and paired:  # family-wise intervals over the ok groups, for gates that fail builds
-        for name in ("accuracy_delta", "ece_delta"):
-            band = None
-            if reps and ok:
-                point = np.array([groups[k][name] for k in ok], dtype=np.float64)
-                band = simultaneous_ci(reps[name][:, [boot_col[k] for k in ok]], point, config.confidence)
-            for i, key in enumerate(ok):
-                groups[key][f"{name}_ci_simultaneous"] = None if band is None else [float(v) for v in band[i]]
-
-    # 4. family-wide quantities over the final ok groups
-    if paired:
-        total_flips = float(rows.flip.sum())
-        for key in ok:
-            share = None if total_flips == 0 else float(rows.flip[masks[key]].sum() / total_flips)
-            groups[key]["flip_share_ratio"] = None if share is None else share / (groups[key]["n"] / n)
-    if labels and paired:
-        for field in ("mcnemar_p", "mcnemar_p_drop"):
-            for key, adjusted in zip(ok, holm([groups[k][field] for k in ok])):
-                groups[key][f"{field}_holm"] = adjusted
-
-    disparity = {scope: _disparity(keys, groups, positive, reps, boot_col, config, labels=labels, paired=paired)
-                 for scope, keys in grp.scopes(list(masks)).items()}
-    return {"overall": overall, "groups": groups, "disparity": disparity}
+    evaluator = Evaluator(masks, y_true, len(p), config)
+    step = evaluator.model(p, outputs)
+    if base_probs is None:
+        return evaluator.compare(step)
+    if base_outputs is None:
+        raise DataError(BASE_OUTPUTS_ERROR)
+    bp = mt.check_probs(base_probs)
+    if bp.shape != p.shape:
+        raise DataError(SHAPE_MISMATCH_ERROR.format(what="base_probs", got=bp.shape, expected=p.shape))
+    return evaluator.compare(step, evaluator.model(bp, base_outputs))
 
 
 def significant_accuracy_drops(result: dict, *, alpha: float) -> list[str]:
