@@ -10,7 +10,7 @@ compressed step (or only `--step`):
 - edgefair predict: `evaluate.predict` (session, batching, dtype handling, concatenation);
 - edgefair full: predict + probabilities + the step's statistics (`Evaluator.model` and
   `Evaluator.compare`: every group and intersection, the recipe's bootstrap replicates, paired
-  against the baseline) + interval widening.
+  against the baseline, intervals widened where the bootstrap collapses).
 
 What a run does once for all its steps (the baseline's outputs, metrics and resampled sums, and
 drawing the bootstrap resamples) is timed and printed apart as "per run".
@@ -32,7 +32,6 @@ import onnxruntime as ort
 from edgefair.cache import Cache, default_dir
 from edgefair.evaluate import eval_batch_size, predict
 from edgefair.groups import group_masks
-from edgefair.intervals import widen_group_intervals
 from edgefair.metrics import output_kind, to_probabilities
 from edgefair.pipeline import run, stats_config
 from edgefair.prepare import _load_data, conform_inputs
@@ -95,8 +94,7 @@ def measure(recipe_path: Path, step_name: str | None, repeats: int) -> list[tupl
 
             def statistics(outputs):
                 probs = to_probabilities(outputs, kind, tolerance=0.05)
-                stats = evaluator.compare(evaluator.model(probs, outputs), base)
-                return widen_group_intervals(stats, config.confidence)
+                return evaluator.compare(evaluator.model(probs, outputs), base)
 
             bare_t, pred_t = [], []
             for _ in range(repeats):  # alternate, so both see the same machine

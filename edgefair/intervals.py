@@ -60,12 +60,14 @@ def widen_group_intervals(stats: dict, confidence: float) -> dict:
     The percentile bootstrap of a group with no flipped predictions is [0, 0], a confident-looking
     number that the 70 rows behind it cannot support; Newcombe's and Clopper-Pearson's are not.
     """
-    out = {**stats, "overall": _widen(stats["overall"], confidence)}
-    out["groups"] = {k: _widen(g, confidence) if g.get("status") == "ok" else g for k, g in stats["groups"].items()}
+    out = {**stats, "overall": widen_intervals(stats["overall"], confidence)}
+    out["groups"] = {k: widen_intervals(g, confidence) if g.get("status") == "ok" else g
+                     for k, g in stats["groups"].items()}
     return out
 
 
-def _widen(g: dict, confidence: float) -> dict:
+def widen_intervals(g: dict, confidence: float) -> dict:
+    """``widen_group_intervals`` for one group's fields. Pure: returns a new dict."""
     g = dict(g)
     n = g.get("n") or 0
     if g.get("accuracy_delta_ci") and g.get("lost_correct") is not None and n:

@@ -19,7 +19,6 @@ from .config import as_dict
 from .errors import DataError
 from .evaluate import eval_batch_size, predict
 from .groups import group_masks
-from .intervals import widen_group_intervals
 from .io import sha256_file
 from .latency import LatencySettings, measure_interleaved, speed_warnings
 from .metrics import COMPRESSED_ROW_SUM_TOLERANCE, ROW_SUM_TOLERANCE, output_kind, to_probabilities
@@ -193,7 +192,7 @@ def evaluate(
         base = evaluator.model(probs[0], outputs[0])  # its metrics and resamples serve every step
         for i in missing:
             step = evaluator.model(probs[i], outputs[i]) if i else base
-            stats[i] = widen_group_intervals(evaluator.compare(step, base if i else None), config.confidence)
+            stats[i] = evaluator.compare(step, base if i else None)
             stats[i]["overall"]["nonfinite_rows"] = nonfinite[i]
             cache.put_json("stats", keys[i], stats[i])
     latency = measure_latency(inputs, models, shas, latency_from, progress)

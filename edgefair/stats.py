@@ -1,13 +1,20 @@
 """Statistics of one compression step: per-group metrics, deltas vs the baseline, uncertainty.
 
-``evaluate_step`` is the one entry point. Uncertainty comes from a *paired, stratified* bootstrap:
-the rows are split into cells of identical group membership (``groups.finest_cells``), each
-replicate resamples rows with replacement inside every cell (so every group keeps its size), and
-the step's and the baseline's predictions of a resampled row travel together. Replicate statistics
-are linear sums of per-row feature columns (correct, flipped, per-bin ``confidence - correct``...),
-so every group's replicates come from one (B, n_cell) count matrix times a (n_cell, F) feature
-matrix per cell, then a sum over the cells that make up each group: no Python loop over replicates.
-Confidence intervals are percentile intervals of those replicates.
+``evaluate_step`` is the one-call entry point; ``Evaluator`` is the same for a run of several
+steps against one baseline (the resamples and the baseline's work are done once). Point metrics of
+every group come from one vectorised pass (``metrics.grouped_classification``).
+
+Uncertainty comes from a *paired, stratified* bootstrap: the rows are split into cells of
+identical group membership (``groups.finest_cells``), each replicate resamples rows with
+replacement inside every cell (so every group keeps its size), and the step's and the baseline's
+predictions of a resampled row travel together. Replicate statistics are linear sums of per-row
+feature columns (correct, flipped, per-bin ``confidence - correct``...), so every group's
+replicates come from one (B, n_cell) count matrix times a (n_cell, F) feature matrix per cell,
+then a sum over the cells that make up each group: no Python loop over replicates. Confidence
+intervals are percentile intervals of those replicates; ``accuracy_delta_ci`` and
+``flip_rate_ci`` are then widened to at least Newcombe's paired score / Clopper-Pearson's exact
+interval (``intervals``), because a percentile bootstrap of a group without flips is [0, 0]; the
+raw ones are kept as ``*_ci_bootstrap``.
 
 Accuracy changes are tested per group with the exact McNemar test (only discordant rows carry
 information about a paired change): ``mcnemar_p`` is two-sided (as statsmodels), ``mcnemar_p_drop``
@@ -28,6 +35,7 @@ from scipy import special
 from edgefair import groups as grp
 from edgefair import metrics as mt
 from edgefair.errors import DataError, RecipeError
+from edgefair.intervals import widen_intervals
 
 N_BOOT_ERROR = "n_boot: must be an integer >= 0, got {value!r}"
 CONFIDENCE_ERROR = "confidence: must be a number in (0, 1), got {value!r}"
@@ -356,6 +364,12 @@ class Evaluator:
                 col = boot_col[key]
                 groups[key][f"{name}_ci"] = None if cis is None else [float(cis[0, j, col]), float(cis[1, j, col])]
 
+        # the percentile bootstrap collapses to [0, 0] for a group without flips: widen the accuracy-change
+        # and flip-rate intervals to at least Newcombe's / Clopper-Pearson's (raw kept as *_ci_bootstrap)
+        if cis is not None:
+            overall = widen_intervals(overall, cfg.confidence)
+            groups.update({key: widen_intervals(groups[key], cfg.confidence) for key in sized})
+
         # 3. groups whose decision interval is too wide to decide join the insufficient ones
         decision = "accuracy_delta_ci" if labels and paired else "accuracy_ci" if labels else "flip_rate_ci"
         if cfg.max_ci_width is not None and (labels or paired):
@@ -528,7 +542,8 @@ def evaluate_step(
         disparity summaries (listed under ``excluded``) and of the Holm family.
 
         Per ok group with labels and a baseline: ``*_delta`` for every metric, percentile
-        ``accuracy_delta_ci``/``ece_delta_ci`` (each at ``confidence`` on its own) and
+        ``accuracy_delta_ci``/``ece_delta_ci`` (each at ``confidence`` on its own; accuracy
+        and flip-rate intervals widened, see the module docstring) and
         ``accuracy_delta_ci_simultaneous``/``ece_delta_ci_simultaneous`` (all ok groups at once,
         see ``simultaneous_ci``), ``lost_correct``/``gained_correct``, ``mcnemar_p``,
         ``mcnemar_p_drop`` and their Holm-corrected ``*_holm``, ``flip_share_ratio``. Interval
