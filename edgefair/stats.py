@@ -299,9 +299,10 @@ class Evaluator:
             model.point = mt.grouped_classification(y, p, self.groups, positive_label=self.config.positive_label,
                                                     n_bins=self.config.n_bins)
             idx = mt.bin_index(conf, mt.bin_edges(conf, self.config.n_bins, "uniform"))
-            used, column = np.unique(idx, return_inverse=True)  # empty bins add nothing to any sum
-            model.ece_terms = np.zeros((n, len(used)))
-            model.ece_terms[np.arange(n), column.reshape(-1)] = conf - model.correct
+            used = np.bincount(idx, minlength=self.config.n_bins) > 0  # empty bins add nothing to any sum
+            column = np.cumsum(used) - 1
+            model.ece_terms = np.zeros((n, int(used.sum())))
+            model.ece_terms[np.arange(n), column[idx]] = conf - model.correct
         return model
 
     def _labels(self, k: int) -> np.ndarray:
@@ -454,7 +455,11 @@ class Evaluator:
         sizes = self.groups.sizes[rows].astype(np.float64)
         agg = lambda cell_sums: np.matmul(member, cell_sums)  # noqa: E731  (G', C) @ (B, C, F) -> (B, G', F)
         out: dict[str, np.ndarray] = {}
+        flip_sums = None
         with np.errstate(divide="ignore", invalid="ignore"):
+            if step.correct is not None and step.boot is None and flip is not None:  # one product for both
+                both = self._resample(np.hstack([step.correct[:, None], step.ece_terms, flip[:, None]]))
+                step.boot, flip_sums = both[..., :-1], both[..., -1:]
             if step.correct is not None:
                 s = agg(self._boot(step))
                 out["accuracy"] = s[..., 0] / sizes
@@ -465,7 +470,7 @@ class Evaluator:
                     out["accuracy_delta"] = out["accuracy"] - out["base_accuracy"]
                     out["ece_delta"] = out["ece"] - np.abs(b[..., 1:]).sum(-1) / sizes
             if flip is not None:
-                out["flip_rate"] = agg(self._resample(flip[:, None]))[..., 0] / sizes
+                out["flip_rate"] = agg(flip_sums if flip_sums is not None else self._resample(flip[:, None]))[..., 0] / sizes
         return out
 
 
