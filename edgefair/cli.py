@@ -193,10 +193,12 @@ def tune(recipe: Path, out_dir: Path, no_cache: bool, cache_dir: Path | None) ->
 @click.option("--batch-size", default=1, show_default=True)
 @click.option("--runs", default=200, show_default=True)
 @click.option("--warmup", default=20, show_default=True)
+@click.option("--budget-s", type=float, default=None, help="Time each model for this many seconds instead of --runs.")
+@click.option("--min-time-s", type=float, default=0.5, show_default=True, help="Keep timing past --runs until this many seconds have passed.")
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None, help=".npz with one array per model input (default: synthetic inputs).")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the latency JSON here (for `run --latency-from`).")
 @handle_errors
-def probe(models, threads, batch_size, runs, warmup, data, out_file) -> None:
+def probe(models, threads, batch_size, runs, warmup, budget_s, min_time_s, data, out_file) -> None:
     """Measure latency of MODELS on this device (needs only numpy and onnxruntime).
 
     Without click installed, the same runs as `python -m edgefair.probe`.
@@ -207,7 +209,8 @@ def probe(models, threads, batch_size, runs, warmup, data, out_file) -> None:
     from .probe import probe as run_probe
 
     try:
-        doc = run_probe(list(models), threads=threads, batch_size=batch_size, runs=runs, warmup=warmup, data=data)
+        doc = run_probe(list(models), threads=threads, batch_size=batch_size, runs=runs, warmup=warmup, data=data,
+                        budget_s=budget_s, min_time_s=min_time_s)
     except ValueError as e:
         raise EdgefairError(str(e)) from e
     if out_file is not None:

@@ -73,11 +73,13 @@ def widen_intervals(g: dict, confidence: float) -> dict:
     if g.get("accuracy_delta_ci") and g.get("lost_correct") is not None and n:
         lost, gained = g["lost_correct"], g["gained_correct"]
         both = round(g["accuracy"] * n) - gained
-        lo, hi = paired_difference_ci(both, lost, gained, n - both - lost - gained, confidence)
-        g["accuracy_delta_ci_bootstrap"] = g["accuracy_delta_ci"]
-        g["accuracy_delta_ci"] = [min(g["accuracy_delta_ci"][0], lo), max(g["accuracy_delta_ci"][1], hi)]
+        _widen(g, "accuracy_delta_ci", paired_difference_ci(both, lost, gained, n - both - lost - gained, confidence))
     if g.get("flip_rate_ci") and g.get("flip_rate") is not None and n:
-        lo, hi = proportion_ci(round(g["flip_rate"] * n), n, confidence)
-        g["flip_rate_ci_bootstrap"] = g["flip_rate_ci"]
-        g["flip_rate_ci"] = [min(g["flip_rate_ci"][0], lo), max(g["flip_rate_ci"][1], hi)]
+        _widen(g, "flip_rate_ci", proportion_ci(round(g["flip_rate"] * n), n, confidence))
     return g
+
+
+def _widen(g: dict, field: str, analytic: tuple[float, float]) -> None:
+    raw = g.get(f"{field}_bootstrap", g[field])  # widening twice starts from the bootstrap again
+    g[f"{field}_bootstrap"] = raw
+    g[field] = [min(raw[0], analytic[0]), max(raw[1], analytic[1])]

@@ -37,6 +37,9 @@ class LatencySettings:
     optimization: str = "all"  # onnxruntime graph optimization level, as deployed by default
     spinning: bool | None = None  # None: on for one model, off when several share the cores
     budget_s: float | None = None  # time each batch size for this long instead of `runs` rounds
+    # keep timing past `runs` until this long has passed (ignored with budget_s): a few hundred runs
+    # of a small model last milliseconds, and one noisy moment of a shared machine would move them all
+    min_time_s: float = 0.0
     batch_sizes: tuple[int, ...] = ()  # more batch sizes to measure, reported under by_batch_size
     pin_cpus: tuple[int, ...] | None = None  # restrict the process to these CPUs while measuring (Linux)
     n_boot: int = 1000  # bootstrap resamples of the rounds for percentile and ratio intervals
@@ -53,6 +56,7 @@ class LatencySettings:
             ("warmup", self.warmup >= 0, "must be >= 0"),
             ("runs", self.runs >= MIN_RUNS, f"must be >= {MIN_RUNS}"),
             ("budget_s", self.budget_s is None or self.budget_s > 0, "must be > 0"),
+            ("min_time_s", self.min_time_s >= 0, "must be >= 0"),
             ("optimization", self.optimization in OPTIMIZATION_LEVELS, f"must be one of {', '.join(OPTIMIZATION_LEVELS)}"),
             ("n_boot", self.n_boot >= 0, "must be >= 0 (0: no intervals)"),
             ("confidence", 0.5 <= self.confidence < 1.0, "must be in [0.5, 1)"),
@@ -207,7 +211,8 @@ def _pinned(cpus: tuple[int, ...] | None) -> Iterator[None]:
 
 
 def _time_rounds(sessions, outs, feeds, settings: LatencySettings) -> np.ndarray:
-    """(M, R) milliseconds: warm-up rounds, then timed rounds until `runs` or `budget_s` is used up."""
+    """(M, R) milliseconds: warm-up rounds, then timed rounds until `budget_s` is used up, or else
+    until there are `runs` of them and `min_time_s` has passed."""
     k = len(feeds)
     per_model = [[{n: f[n] for n in names} for f in feeds] for names in _names(sessions)]
     for r in range(settings.warmup):
@@ -216,13 +221,14 @@ def _time_rounds(sessions, outs, feeds, settings: LatencySettings) -> np.ndarray
     clock = time.perf_counter_ns
     deadline = None if settings.budget_s is None else clock() + int(settings.budget_s * 1e9)
     cap = settings.runs if deadline is None else 1 << 62
+    not_before = clock() + int(settings.min_time_s * 1e9) if deadline is None and settings.min_time_s else None
     rows: list[np.ndarray] = []
     block = np.empty((len(sessions), 256), dtype=np.int64)
     r = 0
     gc_was = gc.isenabled()
     gc.disable()  # a collection inside a timed run is the interpreter's noise, not the model's
     try:
-        while r < cap:
+        while r < cap or (not_before is not None and clock() < not_before):
             j = r % 256
             for m, (sess, out) in enumerate(zip(sessions, outs)):
                 feed = per_model[m][(settings.warmup + r) % k]
@@ -302,6 +308,7 @@ def measure_interleaved(
             "pinned_cpus": list(settings.pin_cpus) if settings.pin_cpus else None,
             "warmup": settings.warmup,
             "budget_s": settings.budget_s,
+            "min_time_s": settings.min_time_s if settings.budget_s is None else None,
             "confidence": settings.confidence,
             **by_batch[str(settings.batch_size)],
             "session_create_ms": cold[m],

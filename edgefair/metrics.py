@@ -22,6 +22,7 @@ Conventions (shared with ``edgefair.stats``):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -335,21 +336,26 @@ def positive_rates(cm: np.ndarray, *, positive_label: int = 1) -> tuple[float | 
 
 
 class Groups:
-    """G sets of rows (boolean masks over N rows), so that every per-group quantity is one
-    vectorised call: sums are a (G, N) @ (N, F) product, counts of codes one ``bincount``."""
+    """G sets of rows, given as boolean masks over N rows. Per-group sums and counts are bincounts
+    over the (group, row) pairs, so time and memory grow with the pairs, not with G x N."""
 
-    def __init__(self, member: np.ndarray) -> None:
-        self.member = np.asarray(member, dtype=bool)  # (G, N)
-        self.weights = self.member.astype(np.float64)
-        self.sizes = self.member.sum(axis=1)
-        self.group, self.row = np.nonzero(self.member)  # (group, row) pairs
+    def __init__(self, masks: Sequence[np.ndarray]) -> None:
+        self.masks = [np.asarray(m, dtype=bool) for m in masks]
+        rows = [np.flatnonzero(m) for m in self.masks]
+        self.sizes = np.array([len(r) for r in rows], dtype=np.int64)
+        self.row = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        self.group = np.repeat(np.arange(len(rows)), self.sizes)  # pairs are ordered by group
+        self.starts = np.concatenate([[0], np.cumsum(self.sizes)])
 
     def __len__(self) -> int:
-        return len(self.member)
+        return len(self.masks)
 
     def sums(self, values: np.ndarray) -> np.ndarray:
         """Per-group sums of (N,) or (N, F) values: (G,) or (G, F)."""
-        return self.weights @ values
+        v = np.asarray(values, dtype=np.float64)[self.row]
+        if v.ndim == 1:
+            return np.bincount(self.group, weights=v, minlength=len(self))
+        return np.stack([np.bincount(self.group, weights=v[:, f], minlength=len(self)) for f in range(v.shape[1])], axis=1)
 
     def counts(self, codes: np.ndarray, n_codes: int, weights: np.ndarray | None = None) -> np.ndarray:
         """(G, n_codes): per group, how many rows (or how much of ``weights``) have each code."""
@@ -357,6 +363,13 @@ class Groups:
         flat = np.bincount(self.group * n_codes + codes[self.row], weights=w, minlength=len(self) * n_codes)
         return flat.reshape(len(self), n_codes)
 
+    def minimum(self, values: np.ndarray) -> np.ndarray:
+        """Per-group minimum of (N,) values: (G,), NaN for an empty group."""
+        out = np.full(len(self), np.nan)
+        full = self.sizes > 0
+        if full.any():  # segments between the starts of non-empty groups are exactly their pairs
+            out[full] = np.minimum.reduceat(np.asarray(values, dtype=np.float64)[self.row], self.starts[:-1][full])
+        return out
 
 
 def grouped_classification(
@@ -390,14 +403,13 @@ def grouped_classification(
 
 
 def _equal_mass_ece(conf: np.ndarray, correct: np.ndarray, groups: Groups, n_bins: int) -> np.ndarray:
-    """Equal-mass ECE of every group: (G,), NaN for an empty group. One sort of all rows; each
-    group's bins are then contiguous runs of its sorted rows, summed by differences of a cumsum."""
+    """Equal-mass ECE of every group: (G,), NaN for an empty group. One sort of all rows; a group's
+    rows in that order are its sorted rows, and its bins contiguous runs summed by a cumsum."""
     order = np.argsort(conf, kind="stable")
     ranked, gap = conf[order], (conf - correct)[order]
-    member = groups.member[:, order]
     out = np.full(len(groups), np.nan)
-    for g in range(len(groups)):
-        m = member[g]
+    for g, mask in enumerate(groups.masks):
+        m = mask[order]
         values = ranked[m]
         if len(values) == 0:
             continue
@@ -428,7 +440,7 @@ def classification_metrics(
         raise DataError(LABELS_ERROR.format(n=len(p), k=k, detail=f"positive_label {positive_label}"))
     if not isinstance(n_bins, (int, np.integer)) or isinstance(n_bins, bool) or n_bins < 1:
         raise ValueError(N_BINS_ERROR.format(n_bins=n_bins))
-    values = grouped_classification(y, p, Groups(np.ones((1, len(p)), dtype=bool)),
+    values = grouped_classification(y, p, Groups([np.ones(len(p), dtype=bool)]),
                                     positive_label=positive_label, n_bins=n_bins)
     return {"n": int(len(p)), **{name: _none(values[name][0]) for name in CLASSIFICATION_METRICS}}
 

@@ -144,7 +144,7 @@ def measure_latency(
         progress("latency: interleaved over all models")
         settings = LatencySettings(
             threads=lat.threads, batch_size=lat.batch_size, warmup=lat.warmup, runs=lat.runs, inter_op_threads=lat.inter_op_threads,
-            optimization=lat.optimization, budget_s=lat.budget_s, batch_sizes=lat.batch_sizes,
+            optimization=lat.optimization, budget_s=lat.budget_s, min_time_s=lat.min_time_s, batch_sizes=lat.batch_sizes,
             confidence=recipe.evaluate.confidence, seed=recipe.evaluate.seed,
         )
         latency = [dict(r, source="local") for r in measure_interleaved([m.path for m in models], inputs.eval.inputs, settings)]

@@ -91,6 +91,7 @@ def probe(
     data: str | Path | None = None,
     dims: Mapping[str, int] | None = None,
     budget_s: float | None = None,
+    min_time_s: float = 0.5,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Measure `models` interleaved on this machine; returns the `edgefair-latency/1` document.
@@ -114,7 +115,8 @@ def probe(
         inputs = _load_npz(data, paths[0])
     else:
         inputs = synthesize_inputs(paths[0], batch_size=batch_size, dims=dims, seed=seed)
-    settings = LatencySettings(threads=threads, batch_size=batch_size, warmup=warmup, runs=runs, budget_s=budget_s, seed=seed)
+    settings = LatencySettings(threads=threads, batch_size=batch_size, warmup=warmup, runs=runs, budget_s=budget_s,
+                               min_time_s=min_time_s, seed=seed)
     results = measure_interleaved(paths, inputs, settings)
     return {
         "schema": SCHEMA,
@@ -182,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=200, help="timed rounds (each runs every model once)")
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--budget-s", type=float, default=None, help="time for this many seconds instead of --runs")
+    ap.add_argument("--min-time-s", type=float, default=0.5, help="keep timing past --runs until this many seconds")
     ap.add_argument("--data", default=None, help=".npz with one array per model input (default: synthetic)")
     ap.add_argument("--dim", type=_dim, action="append", default=[], help="value of a named dynamic axis, NAME=INT")
     ap.add_argument("--seed", type=int, default=0)
@@ -190,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         doc = probe(
             args.models, threads=args.threads, batch_size=args.batch_size, runs=args.runs, warmup=args.warmup,
-            data=args.data, dims=dict(args.dim), budget_s=args.budget_s, seed=args.seed,
+            data=args.data, dims=dict(args.dim), budget_s=args.budget_s, min_time_s=args.min_time_s, seed=args.seed,
         )
     except ValueError as e:
         print(f"Error: {e}", file=sys.stderr)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import special
+from scipy import stats as sps
 
 from edgefair import groups as grp
 from edgefair import metrics as mt
@@ -118,14 +118,13 @@ def mcnemar_exact(lost: int, gained: int, *, alternative: Literal["two-sided", "
 
 
 def _mcnemar(lost: np.ndarray, gained: np.ndarray, alternative: str) -> np.ndarray:
-    """``mcnemar_exact`` over arrays of discordant counts (binomial tails as ufuncs: no per-group call)."""
-    lost, gained = np.asarray(lost, dtype=np.float64), np.asarray(gained, dtype=np.float64)
+    """``mcnemar_exact`` over arrays of discordant counts: one vectorised call, not one per group."""
+    lost, gained = np.rint(lost).astype(np.int64), np.rint(gained).astype(np.int64)
     n = lost + gained
-    with np.errstate(invalid="ignore"):
-        if alternative == "drop":
-            p = np.where(lost > 0, special.bdtrc(lost - 1, n, 0.5), 1.0)
-        else:
-            p = np.minimum(1.0, 2.0 * special.bdtr(np.minimum(lost, gained), n, 0.5))
+    if alternative == "drop":
+        p = sps.binom.sf(lost - 1, n, 0.5)  # P[X >= lost]; 1 for lost = 0
+    else:
+        p = np.minimum(1.0, 2.0 * sps.binom.cdf(np.minimum(lost, gained), n, 0.5))
     return np.where(n > 0, p, 1.0)
 
 
@@ -228,6 +227,7 @@ def _ci(replicates: np.ndarray, confidence: float) -> np.ndarray:
 
 
 NO_ROWS_ERROR = "no evaluation rows"
+FOREIGN_MODEL_ERROR = "compare: both models must come from this Evaluator's model() (its groups and resamples)"
 CI_WIDTH_NEEDS_BOOT_ERROR = "max_ci_width: needs n_boot > 0 (the interval comes from the bootstrap)"
 
 
@@ -243,6 +243,7 @@ class Model:
     point: dict[str, np.ndarray] | None = None  # grouped_classification over Evaluator.groups
     ece_terms: np.ndarray | None = None  # (N, bins used): one-hot(bin) * (confidence - correct)
     boot: np.ndarray | None = None  # (B, C, 1 + bins used) resampled sums of [correct, ece_terms]
+    owner: object = None  # the Evaluator whose groups ``point`` and ``boot`` are over
 
 
 class Evaluator:
@@ -263,7 +264,7 @@ class Evaluator:
         self.keys = list(self.masks)
         self.y_true = y_true
         # row 0 is "overall", row 1 + i the i-th group
-        self.groups = mt.Groups(np.vstack([np.ones((1, n), dtype=bool)] + [m[None] for m in self.masks.values()]))
+        self.groups = mt.Groups([np.ones(n, dtype=bool), *self.masks.values()])
         self._cells: tuple[np.ndarray, np.ndarray] | None = None
         self._resampler: Resampler | None = None
 
@@ -292,7 +293,7 @@ class Evaluator:
             raise DataError(SHAPE_MISMATCH_ERROR.format(what="probabilities", got=p.shape, expected=(self.n, k)))
         out = p if outputs is None else np.asarray(outputs)
         conf, pred = mt.top_label(p)
-        model = Model(probs=p, outputs=out, pred=pred)
+        model = Model(probs=p, outputs=out, pred=pred, owner=self)
         if self.y_true is not None:
             y = self._labels(k)
             model.correct = (pred == y).astype(np.float64)
@@ -322,6 +323,8 @@ class Evaluator:
 
         Returns the dict described in ``evaluate_step``.
         """
+        if step.owner is not self or (base is not None and base.owner is not self):
+            raise ValueError(FOREIGN_MODEL_ERROR)
         cfg = self.config
         labels, paired = step.correct is not None, base is not None
         if paired:
@@ -433,7 +436,7 @@ class Evaluator:
             sums = self.groups.sums(np.stack([flip, cosine, rel], axis=1))
             with np.errstate(divide="ignore", invalid="ignore"):
                 mean = sums / sizes[:, None]
-            low = np.where(self.groups.member, cosine, np.inf).min(axis=1)
+            low = self.groups.minimum(cosine)
             empty = sizes == 0
             cols["agreement"] = [None if e else float(1.0 - v) for e, v in zip(empty, mean[:, 0])]
             cols["flip_rate"] = [None if e else float(v) for e, v in zip(empty, mean[:, 0])]

@@ -118,6 +118,7 @@ bootstrap = 200
 [latency]
 warmup = 2
 runs = 20
+min_time_s = 0
 """
 
 

@@ -32,7 +32,7 @@ def test_default_recipe_reports_every_group_of_every_step(adult_run):
             assert g["status"] == "ok" and {"accuracy", "ece", "n"} <= set(g)
             if step["index"] > 0:
                 assert "flip_rate" in g and "accuracy_delta_ci" in g
-        assert step["latency"]["p95_ms"] > 0 and step["latency"]["runs"] == 200
+        assert step["latency"]["p95_ms"] > 0 and step["latency"]["runs"] >= 200 and step["latency"]["min_time_s"] == 0.5
 
 
 def test_dynamic_quantization_is_evaluated_at_the_deployed_batch(adult_run):

@@ -54,6 +54,7 @@ def test_not_toml(recipe_dir):
     [
         (("[data]", "[data]\nevall = 'x.npz'"), "data.evall: unknown key"),
         (("[latency]", "[latency]\nthreds = 2"), "latency.threds: unknown key"),
+        (("min_time_s = 0", "min_time_s = -0.5"), "latency.min_time_s: must be >= 0"),
         (("[evaluate]", "[evaluate]\nconfidence = 1.5"), "evaluate.confidence: must be in [0.5, 1)"),
         (("[evaluate]", "[evaluate]\nseed = 'zero'"), "evaluate.seed: must be an integer"),
         (("[model]", "[gates]\nmax_group_acuracy_drop = 0.01\n[model]"), "gates.max_group_acuracy_drop: unknown key"),

@@ -115,6 +115,7 @@ bootstrap = 300
 [latency]
 warmup = 2
 runs = 20
+min_time_s = 0
 
 [[steps]]
 kind = "quantize_dynamic"

@@ -164,6 +164,19 @@ def test_time_budget(tmp_path):
     assert 0.3 <= elapsed < 10
 
 
+def test_min_time_keeps_timing_past_the_run_count(tmp_path):
+    a = mlp(tmp_path / "a.onnx")
+    inputs = {"x": np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)}
+    t0 = time.perf_counter()
+    (r,) = measure_interleaved([a], inputs, LatencySettings(runs=10, warmup=0, min_time_s=0.25, n_boot=0))
+    assert time.perf_counter() - t0 >= 0.25
+    assert r["min_time_s"] == 0.25 and r["runs"] > 100  # 10 runs of this model take well under a millisecond
+    (r,) = measure_interleaved([a], inputs, LatencySettings(runs=10, warmup=0, n_boot=0))
+    assert r["runs"] == 10 and r["min_time_s"] == 0.0
+    (r,) = measure_interleaved([a], inputs, LatencySettings(budget_s=0.05, min_time_s=5.0, n_boot=0))
+    assert r["min_time_s"] is None and r["mean_ms"] * r["runs"] / 1e3 <= 0.05 + 0.05  # the budget decides
+
+
 def test_settings_are_validated():
     with pytest.raises(ValueError, match=r"latency.runs: must be >= 10"):
         LatencySettings(runs=3)
@@ -171,6 +184,8 @@ def test_settings_are_validated():
         LatencySettings(optimization="max")
     with pytest.raises(ValueError, match=r"latency.budget_s: must be > 0"):
         LatencySettings(budget_s=0)
+    with pytest.raises(ValueError, match=r"latency.min_time_s: must be >= 0"):
+        LatencySettings(min_time_s=-1)
 
 
 def test_conv_integer_is_found_and_warned(tmp_path):

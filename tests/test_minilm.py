@@ -65,6 +65,7 @@ def text_run(tmp_path_factory):
         [latency]
         warmup = 1
         runs = 10
+        min_time_s = 0
 
         [[steps]]
         kind = "quantize_weights_4bit"

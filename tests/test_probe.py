@@ -65,7 +65,7 @@ def test_probe_runs_without_torch_click_scipy_or_onnx(tmp_path):
     code = BLOCKER + textwrap.dedent(
         f"""
         import edgefair.probe as p
-        rc = p.main([{str(model)!r}, "--runs", "15", "--warmup", "2", "--batch-size", "2",
+        rc = p.main([{str(model)!r}, "--runs", "15", "--min-time-s", "0", "--warmup", "2", "--batch-size", "2",
                      "--dim", "seq=5", "--out", {str(out)!r}])
         assert "torch" not in sys.modules and "onnx" not in sys.modules
         sys.exit(rc)

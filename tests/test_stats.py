@@ -439,3 +439,58 @@ def test_significant_accuracy_drops_flags_an_injected_drop():
     assert "race=Black" in flagged and "race=White" not in flagged
     assert all("Black" in key or key.startswith("sex=") for key in flagged)
     assert result["groups"]["race=Black"]["lost_correct"] == 25
+
+
+# --- one Evaluator for a run ------------------------------------------------------------------
+
+
+def test_one_evaluator_for_several_steps_equals_one_off_calls(case):
+    """The resamples and the baseline's work are shared, never its state: each step's result is
+    what a separate evaluate_step gives, in any order and when a step is compared twice."""
+    masks = group_masks({"sex": case["sex"], "race": case["race"]}, intersections=True)
+    config = st.StatsConfig(n_boot=150, seed=3)
+    other = make_case(seed=9)
+    steps = [(case["step"], case["step_out"]), (other["step"], other["step_out"])]
+    evaluator = st.Evaluator(masks, case["y"], len(case["y"]), config)
+    base = evaluator.model(case["base"], case["base_out"])
+    got = [evaluator.compare(evaluator.model(p, o), base) for p, o in steps + steps[:1]]
+    for (p, o), result in zip(steps + steps[:1], got):
+        expected = st.evaluate_step(masks=masks, probs=p, outputs=o, y_true=case["y"], base_probs=case["base"],
+                                    base_outputs=case["base_out"], config=config)
+        assert result == expected
+    assert evaluator.compare(base) == st.evaluate_step(masks=masks, probs=case["base"], outputs=case["base_out"],
+                                                       y_true=case["y"], base_probs=None, base_outputs=None, config=config)
+
+
+def test_models_from_another_evaluator_are_refused(case):
+    masks = group_masks({"sex": case["sex"], "race": case["race"]}, intersections=True)
+    reordered = dict(reversed(list(masks.items())))  # same groups, other order: metrics would be swapped
+    config = st.StatsConfig(n_boot=0)
+    a = st.Evaluator(masks, case["y"], len(case["y"]), config)
+    b = st.Evaluator(reordered, case["y"], len(case["y"]), config)
+    with pytest.raises(ValueError, match=re.escape(st.FOREIGN_MODEL_ERROR)):
+        a.compare(b.model(case["step"], case["step_out"]))
+    with pytest.raises(ValueError, match=re.escape(st.FOREIGN_MODEL_ERROR)):
+        a.compare(a.model(case["step"], case["step_out"]), b.model(case["base"], case["base_out"]))
+
+
+def test_widening_twice_keeps_the_bootstrap_interval(result):
+    from edgefair.intervals import widen_group_intervals
+
+    again = widen_group_intervals(result, 0.95)
+    for key, group in result["groups"].items():
+        if group["status"] == "ok":
+            for field in ("accuracy_delta_ci", "flip_rate_ci", "accuracy_delta_ci_bootstrap", "flip_rate_ci_bootstrap"):
+                assert again["groups"][key][field] == group[field], (key, field)
+
+
+def test_group_sums_and_minimum_match_masked_numpy():
+    rng = np.random.default_rng(5)
+    n = 300
+    masks = [rng.random(n) < 0.3, np.zeros(n, dtype=bool), np.ones(n, dtype=bool), rng.random(n) < 0.01]
+    values = rng.normal(size=(n, 2))
+    groups = mt.Groups(masks)
+    np.testing.assert_allclose(groups.sums(values), [values[m].sum(axis=0) for m in masks], atol=1e-12)
+    low = groups.minimum(values[:, 0])
+    for m, v in zip(masks, low):
+        assert (np.isnan(v) and not m.any()) or v == values[m, 0].min()
