@@ -335,9 +335,13 @@ def positive_rates(cm: np.ndarray, *, positive_label: int = 1) -> tuple[float | 
     return _none(rates["positive_tpr"][0]), _none(rates["positive_fpr"][0])
 
 
+DENSE_GROUP_ELEMENTS = 2_000_000  # 16 MB of float64
+
+
 class Groups:
     """G sets of rows, given as boolean masks over N rows. Per-group sums and counts are bincounts
-    over the (group, row) pairs, so time and memory grow with the pairs, not with G x N."""
+    over the (group, row) pairs, so time and memory grow with the pairs, not with G x N (up to
+    ``DENSE_GROUP_ELEMENTS``, sums are a product with a dense 0/1 matrix instead)."""
 
     def __init__(self, masks: Sequence[np.ndarray]) -> None:
         self.masks = [np.asarray(m, dtype=bool) for m in masks]
@@ -346,12 +350,17 @@ class Groups:
         self.row = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
         self.group = np.repeat(np.arange(len(rows)), self.sizes)  # pairs are ordered by group
         self.starts = np.concatenate([[0], np.cumsum(self.sizes)])
+        # small cases: a dense (G, N) 0/1 matrix makes sums one product, a few times faster
+        small = len(self.masks) * len(self.masks[0]) <= DENSE_GROUP_ELEMENTS if self.masks else False
+        self._dense = np.array(self.masks, dtype=np.float64) if small else None
 
     def __len__(self) -> int:
         return len(self.masks)
 
     def sums(self, values: np.ndarray) -> np.ndarray:
         """Per-group sums of (N,) or (N, F) values: (G,) or (G, F)."""
+        if self._dense is not None:
+            return self._dense @ np.asarray(values, dtype=np.float64)
         v = np.asarray(values, dtype=np.float64)[self.row]
         if v.ndim == 1:
             return np.bincount(self.group, weights=v, minlength=len(self))

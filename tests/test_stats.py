@@ -484,12 +484,16 @@ def test_widening_twice_keeps_the_bootstrap_interval(result):
                 assert again["groups"][key][field] == group[field], (key, field)
 
 
-def test_group_sums_and_minimum_match_masked_numpy():
+@pytest.mark.parametrize("dense_limit", [0, mt.DENSE_GROUP_ELEMENTS])  # (group, row) pairs, and dense
+def test_group_sums_and_minimum_match_masked_numpy(monkeypatch, dense_limit):
+    monkeypatch.setattr(mt, "DENSE_GROUP_ELEMENTS", dense_limit)
     rng = np.random.default_rng(5)
     n = 300
     masks = [rng.random(n) < 0.3, np.zeros(n, dtype=bool), np.ones(n, dtype=bool), rng.random(n) < 0.01]
     values = rng.normal(size=(n, 2))
     groups = mt.Groups(masks)
+    assert (groups._dense is None) == (dense_limit == 0)
+    np.testing.assert_allclose(groups.sums(values[:, 1]), [values[m, 1].sum() for m in masks], atol=1e-12)
     np.testing.assert_allclose(groups.sums(values), [values[m].sum(axis=0) for m in masks], atol=1e-12)
     low = groups.minimum(values[:, 0])
     for m, v in zip(masks, low):
