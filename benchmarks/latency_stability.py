@@ -2,7 +2,10 @@
 Adult baseline ONNX model, their p50s and coefficient of variation. Target: CV <= 3% on a noisy
 2-core machine.
 
-    python benchmarks/latency_stability.py [MODEL.onnx] [--eval adult_eval.npz] [--repeats 5]
+    python benchmarks/latency_stability.py [MODEL.onnx] [--eval adult_eval.npz] [--repeats 5] [--recipe-defaults]
+
+`--recipe-defaults` measures with what a recipe gets when it says nothing ([latency] defaults:
+20 warm-up rounds, at least 200 runs and at least 0.5 s, no CPU pinning) instead of the settings below.
 
 Without MODEL it exports the reference model with `edgefair run` into a temporary folder.
 """
@@ -48,16 +51,24 @@ def main() -> None:
     ap.add_argument("model", nargs="?")
     ap.add_argument("--eval", default=str(REPO / "calibration_data" / "adult_eval.npz"))
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--recipe-defaults", action="store_true", help="the [latency] defaults of a recipe")
     args = ap.parse_args()
+    settings = SETTINGS
+    if args.recipe_defaults:
+        from edgefair.recipe import LatencyConfig
+
+        d = LatencyConfig()
+        settings = LatencySettings(threads=d.threads, batch_size=d.batch_size, warmup=d.warmup, runs=d.runs,
+                                   min_time_s=d.min_time_s, budget_s=d.budget_s, n_boot=200)
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(args.model) if args.model else baseline_model(Path(tmp))
         with np.load(args.eval) as z:
             inputs = {"features": z["features"].astype(np.float32)}
         print(f"model: {model} ({model.stat().st_size} bytes)")
-        print("settings:", {k: v for k, v in asdict(SETTINGS).items()})
+        print("settings:", {k: v for k, v in asdict(settings).items()})
         p50s = []
         for i in range(args.repeats):
-            (r,) = measure_interleaved([model], inputs, SETTINGS)
+            (r,) = measure_interleaved([model], inputs, settings)
             p50s.append(r["p50_ms"])
             print(f"  repeat {i}: p50 {r['p50_ms'] * 1e3:.3f} us  CI [{r['p50_ci'][0] * 1e3:.3f}, {r['p50_ci'][1] * 1e3:.3f}]"
                   f"  p95 {r['p95_ms'] * 1e3:.3f} us  p99 {r['p99_ms'] * 1e3:.3f} us  runs {r['runs']}")
