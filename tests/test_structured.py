@@ -254,3 +254,92 @@ def test_finetune_trains_a_probability_output_model_through_log_probabilities():
         expected = F.nll_loss(torch.log(model(torch.from_numpy(x))), torch.from_numpy(y)).item()
     out = finetune(model, {"x": x}, y, ["x"], FinetuneSettings(epochs=1, lr=1e-12, batch_size=64, seed=0), probabilities=True)
     assert out["loss"][0] == pytest.approx(expected, rel=1e-5)
+
+
+class Block(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.c2, self.b2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
+
+
+class TinyResNet(nn.Module):
+    """Stem, two residual blocks with identity shortcuts, global average pool, classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.block1, self.block2 = Block(8), Block(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        h = self.block2(self.block1(torch.relu(self.bn(self.stem(pixels)))))
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(h, 1), 1))
+
+
+RESIDUAL = ["stem.weight", "block1.c2.weight", "block2.c2.weight"]  # their outputs meet in the adds
+
+
+def test_residual_adds_couple_their_producers():
+    from edgefair.steps.structured import find_groups, trace_graph
+
+    groups, skipped = find_groups(trace_graph(TinyResNet().eval(), (torch.zeros(2, 1, 8, 8),)))
+    assert skipped == {"fc.weight": "feeds the model output"}
+    by_first = {g.weight: g for g in groups}
+    coupled = by_first["stem.weight"]
+    assert coupled.weights == RESIDUAL
+    assert sorted(w for w, _ in coupled.consumers) == ["block1.c1.weight", "block2.c1.weight", "fc.weight"]
+    assert sorted(coupled.norm) == sorted(f"{m}.{t}" for m in ("bn", "block1.b2", "block2.b2")
+                                          for t in ("weight", "bias", "running_mean", "running_var"))
+    assert sorted(by_first) == ["block1.c1.weight", "block2.c1.weight", "stem.weight"]
+
+
+def test_residual_network_prunes_to_the_same_channels_everywhere(tmp_path):
+    """Channels 1 and 5 are dead in every producer feeding the residual stream (zero weights, zero
+    BatchNorm affine): removing them from all of them at once must leave the outputs unchanged. An
+    index mismatch between the coupled layers would change them."""
+    data = _data("pixels", (1, 8, 8), 4)
+    model = _randomize_bn(TinyResNet())
+    dead = [1, 5]
+    with torch.no_grad():
+        for conv, bn in ((model.stem, model.bn), (model.block1.c2, model.block1.b2), (model.block2.c2, model.block2.b2)):
+            conv.weight[dead] = 0.0
+            bn.weight[dead], bn.bias[dead] = 0.0, 0.0
+    cfg = PruneConfig(sparsity=0.25, structured=True, exclude=["block1.c1.weight", "block2.c1.weight"])
+    _, dst, out = _run(model, data, tmp_path, cfg)
+    assert out.details["channels"] == {w: [8, 6] for w in RESIDUAL}
+    pruned = out.torch_model
+    assert pruned.fc.in_features == 6 and pruned.block1.c1.in_channels == 6 and pruned.block2.c2.out_channels == 6
+    x = torch.from_numpy(data.inputs["pixels"])
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), model(x), rtol=1e-5, atol=1e-5)
+    _agree(pruned, dst, data)
+
+
+def test_residual_add_with_the_model_input_is_left_whole():
+    from edgefair.steps.structured import find_groups, trace_graph
+
+    class InputShortcut(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.relu(x + self.a(x)))  # a's channels are added to the input's: fixed
+
+    groups, skipped = find_groups(trace_graph(InputShortcut().eval(), (torch.zeros(2, 4),)))
+    assert groups == [] and skipped["a.weight"] == "feeds add"
+
+
+def test_residual_coupling_in_a_pt2_program(tmp_path):
+    data = _data("pixels", (1, 8, 8), 4)
+    program = torch.export.export(_randomize_bn(TinyResNet()), (torch.from_numpy(data.inputs["pixels"][:4]),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(tmp_path / "r.pt2"))
+    gm = torch.export.load(str(tmp_path / "r.pt2")).module()
+    _, dst, out = _run(gm, data, tmp_path, PruneConfig(sparsity=0.5, structured=True))
+    assert {w: out.details["channels"][w] for w in RESIDUAL} == {w: [8, 4] for w in RESIDUAL}
+    _agree(out.torch_model, dst, data)

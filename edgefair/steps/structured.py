@@ -10,9 +10,11 @@ Works on the torch model before export, for both kinds of torch source:
 A *group* is one producer (linear/conv whose weight is a parameter) with everything that must
 shrink with it: its bias, the BatchNorm that follows, and the input columns/channels of every
 consumer (linear/conv) its output reaches through channel-preserving ops (relu, dropout,
-pooling, flatten, ...). A producer whose output reaches anything else (the model output, an add,
-a cat, a reshape) is left whole and listed in `details["skipped"]` with the reason: so the final
-layer's outputs are never removed, and residual or concatenated channels are (for now) kept.
+pooling, flatten, ...). Producers whose outputs meet in an add (residual connections) share
+their channels and form one group that keeps the same channel indices in all of them. A producer
+whose channels reach anything else (the model output, an add with the model input, a cat, a
+reshape, a grouped convolution) is left whole and listed in `details["skipped"]` with the reason:
+so the final layer's outputs are never removed, and concatenated channels are (for now) kept.
 
 Importance is the L1 or L2 norm of each output channel's weights (Li et al. 2017, "Pruning
 filters for efficient ConvNets"); `scope = "global"` ranks channels across layers after dividing
@@ -47,12 +49,55 @@ BATCH_NORMS = {"batch_norm", "_native_batch_norm_legit_no_training", "_native_ba
 
 @dataclass
 class Group:
-    """One prunable producer and the tensors that shrink with it."""
+    """Producers whose output channels must be removed together, and the tensors that shrink with them.
 
-    weight: str  # FQN of the producer weight: rows (dim 0) are the channels
-    bias: str | None
+    Usually one producer. Producers whose outputs are added (a residual connection) share their
+    channels: channel c of every one of them is the same channel after the add, so they form one
+    group and keep the same channel indices.
+    """
+
+    weights: list[str]  # FQNs of the producer weights: rows (dim 0) are the channels
+    biases: list[str] = field(default_factory=list)
     norm: list[str] = field(default_factory=list)  # BatchNorm weight/bias/running stats: dim 0
     consumers: list[tuple[str, int]] = field(default_factory=list)  # (weight FQN, columns per channel): dim 1
+
+    @property
+    def weight(self) -> str:
+        return self.weights[0]
+
+
+@dataclass(eq=False)  # identity: two spaces with the same contents are still different channels
+class _Space:
+    """The channels of some tensors in the graph: made by producers, merged by adds."""
+
+    producers: list[str] = field(default_factory=list)
+    biases: list[str] = field(default_factory=list)
+    norm: list[str] = field(default_factory=list)
+    consumers: list[tuple[str, int]] = field(default_factory=list)
+    blocked: str | None = None  # why these channels cannot be removed
+    parent: "_Space | None" = None
+
+    def root(self) -> "_Space":
+        node = self
+        while node.parent is not None:
+            node = node.parent
+        return node
+
+    def block(self, reason: str) -> None:
+        root = self.root()
+        root.blocked = root.blocked or reason
+
+
+def _union(a: _Space, b: _Space) -> _Space:
+    a, b = a.root(), b.root()
+    if a is not b:
+        b.parent = a
+        a.producers += b.producers
+        a.biases += b.biases
+        a.norm += b.norm
+        a.consumers += b.consumers
+        a.blocked = a.blocked or b.blocked
+    return a
 
 
 def _op(node: Any) -> str:
@@ -72,35 +117,125 @@ def _arg(node: Any, i: int, name: str, default: Any = None) -> Any:
     return node.kwargs.get(name, default)
 
 
+ADDS = {"add", "add_", "sub", "sub_"}
+SHAPE_ONLY = {"sym_size", "size", "sym_numel", "dim", "sym_stride"}
+
+
 def find_groups(graph: Any) -> tuple[list[Group], dict[str, str]]:
-    """Prunable groups of an FX graph of aten ops, and the producers left whole with the reason."""
-    groups, skipped = [], {}
-    for node in graph.nodes:
-        if node.op != "call_function" or _op(node) not in PRODUCERS:
-            continue
-        weight = _attr(_arg(node, 1, "weight"))
-        if weight is None:
-            continue
-        if _op(node) != "linear" and _conv_groups(node) != 1:
-            skipped[weight] = "grouped or transposed convolution"
-            continue
-        group = Group(weight, _attr(_arg(node, 2, "bias")))
-        reason = _trace(node, group, "last" if _op(node) == "linear" else "channel1")
-        if reason is None:
-            groups.append(group)
-        else:
-            skipped[weight] = reason
-    # a layer called more than once (shared or reused) would get one slicing per call: leave it whole
+    """Prunable groups of an FX graph of aten ops, and the producers left whole with the reason.
+
+    One pass in graph (topological) order gives every tensor that carries prunable channels its
+    channel space and layout ("last": the channel is the last axis, "channel1": axis 1, "flat":
+    axis 1 after flattening channel-major). Producers make spaces, channel-preserving ops pass them
+    on, an add of two tensors merges theirs, and any other use blocks the space with a reason.
+    """
+    value: dict[Any, tuple[_Space, str]] = {}  # node -> (space, layout) of its output
+    spaces: list[_Space] = []
     calls = Counter(_attr(_arg(n, 1, "weight")) for n in graph.nodes if n.op == "call_function" and _op(n) in PRODUCERS)
-    consumed = Counter(w for g in groups for w, _ in g.consumers)
-    kept = []
-    for g in groups:
-        shared = [w for w in (g.weight, *(w for w, _ in g.consumers)) if calls[w] > 1 or (w != g.weight and consumed[w] > 1)]
-        if shared:
-            skipped[g.weight] = f"{shared[0]} is used by more than one call or producer"
+
+    def block_inputs(node: Any, reason: str) -> None:
+        for arg in node.all_input_nodes:
+            if arg in value:
+                value[arg][0].block(reason)
+
+    for node in graph.nodes:
+        if node.op == "output":
+            block_inputs(node, "feeds the model output")
+            continue
+        if node.op != "call_function":
+            continue
+        op = _op(node)
+        src = _arg(node, 0, "input")
+        cur = value.get(src) if isinstance(src, type(node)) else None
+        others = [a for a in node.all_input_nodes if a is not src and a in value]
+        if op in SHAPE_ONLY:  # x.size(0) and the like read no channel values
+            continue
+        if op in PRODUCERS:
+            weight = _attr(_arg(node, 1, "weight"))
+            grouped = op != "linear" and _conv_groups(node) != 1
+            if cur is not None:  # this layer reads channels of an earlier producer
+                space, layout = cur
+                ok = (op == "linear" and layout in ("last", "flat")) or (op != "linear" and layout == "channel1" and not grouped)
+                if weight is None:
+                    space.block(f"feeds a {'linear' if op == 'linear' else 'conv'} whose weight is not a parameter")
+                elif not ok:
+                    space.block("feeds a grouped or transposed convolution" if grouped else f"feeds {op}")
+                else:
+                    space.root().consumers.append((weight, 0 if layout == "flat" else 1))
+            for arg in others:
+                value[arg][0].block(f"feeds {op} as a weight")
+            if weight is None:
+                continue
+            space = _Space(producers=[weight])
+            bias = _attr(_arg(node, 2, "bias"))
+            if bias is not None:
+                space.biases.append(bias)
+            if grouped:
+                space.blocked = "grouped or transposed convolution"
+            spaces.append(space)
+            value[node] = (space, "last" if op == "linear" else "channel1")
+            continue
+        if cur is None:
+            for arg in others:  # channels used by an op we do not follow
+                value[arg][0].block(f"feeds {op}")
+            continue
+        space, layout = cur
+        out = _follow(node, op, cur, src, value)
+        if out is None:
+            space.block(f"feeds {op}")
+            for arg in others:
+                value[arg][0].block(f"feeds {op}")
         else:
-            kept.append(g)
-    return kept, skipped
+            value[node] = out
+
+    groups, skipped = [], {}
+    roots = list(dict.fromkeys(s.root() for s in spaces))
+    for root in roots:
+        shared = [w for w in (*root.producers, *(w for w, _ in root.consumers)) if calls[w] > 1]
+        consumed = Counter(w for w, _ in root.consumers)
+        reason = root.blocked
+        if reason is None and shared:
+            reason = f"{shared[0]} is used by more than one call or producer"
+        if reason is None and any(c > 1 for c in consumed.values()):
+            reason = f"{next(w for w, c in consumed.items() if c > 1)} is used by more than one call or producer"
+        if reason is None and not root.consumers:
+            reason = "has no linear/conv consumer"
+        if reason is None:
+            groups.append(Group(list(root.producers), list(root.biases), list(root.norm), list(root.consumers)))
+        else:
+            for w in root.producers:
+                skipped[w] = reason
+    return groups, skipped
+
+
+def _follow(node: Any, op: str, cur: tuple[_Space, str], src: Any, value: dict) -> tuple[_Space, str] | None:
+    """The (space, layout) of `node`'s output given its first input's, or None if channels cannot follow."""
+    space, layout = cur
+    if op in ELEMENTWISE:
+        return cur
+    if op == "getitem":  # first output of batch_norm / pooling with indices
+        return cur if node.args[1] == 0 else None
+    if op in ADDS:  # x + y: both must carry the same channels (a residual add), or y is a scalar
+        other = _arg(node, 1, "other")
+        if not hasattr(other, "op"):
+            return cur
+        if other not in value or value[other][1] != layout:
+            return None
+        return (_union(space, value[other][0]), layout)
+    if op in BATCH_NORMS and (layout == "channel1" or (layout == "last" and _rank(src) == 2)):
+        names = [_attr(_arg(node, i, n)) for i, n in enumerate(("input", "weight", "bias", "running_mean", "running_var"))][1:]
+        space.root().norm.extend(n for n in names if n is not None)
+        return cur
+    if op in POOLS | {"max_pool2d_with_indices"} and layout == "channel1":
+        return cur
+    if op == "flatten" and layout == "channel1" and _arg(node, 1, "start_dim", 0) == 1 and _arg(node, 2, "end_dim", -1) == -1:
+        return (space, "flat")  # channel-major: channel c -> columns [c*k, (c+1)*k)
+    if op in ("view", "reshape", "_unsafe_view") and layout == "channel1" and _is_flatten_shape(node):
+        return (space, "flat")  # x.view(x.size(0), -1): the same as flatten(1)
+    if op == "mean" and layout == "channel1" and _reduces_spatial_only(src, node):
+        all_spatial = _reduces_all_spatial(src, node)
+        return (space, "flat" if all_spatial and not _arg(node, 2, "keepdim", False) else "channel1")
+    return None
 
 
 def _conv_groups(node: Any) -> int:
@@ -109,56 +244,6 @@ def _conv_groups(node: Any) -> int:
             return -1
         return _arg(node, 8, "groups", 1)
     return _arg(node, 6, "groups", 1)
-
-
-def _trace(start: Any, group: Group, layout: str) -> str | None:
-    """Follow `start`'s output to its consumers; return why it cannot be pruned, or None."""
-    todo = [(start, layout)]
-    seen = set()
-    while todo:
-        node, layout = todo.pop()
-        for user in node.users:
-            if (user, layout) in seen:
-                continue
-            seen.add((user, layout))
-            if user.op == "output":
-                return "feeds the model output"
-            if user.op != "call_function":
-                return f"feeds {user.op} {user.target}"
-            op = _op(user)
-            first = _arg(user, 0, "input") is node
-            if op in ELEMENTWISE and first:
-                todo.append((user, layout))
-            elif op == "getitem" and user.args[1] == 0:  # first output of batch_norm / pooling with indices
-                todo.append((user, layout))
-            elif op in BATCH_NORMS and first and (layout == "channel1" or (layout == "last" and _rank(node) == 2)):
-                names = [_attr(_arg(user, i, n)) for i, n in enumerate(("input", "weight", "bias", "running_mean", "running_var"))][1:]
-                group.norm += [n for n in names if n is not None]
-                todo.append((user, layout))
-            elif op in POOLS | {"max_pool2d_with_indices"} and first and layout == "channel1":
-                todo.append((user, layout))
-            elif op == "flatten" and first and layout == "channel1" and _arg(user, 1, "start_dim", 0) == 1 and _arg(user, 2, "end_dim", -1) == -1:
-                todo.append((user, "flat"))  # channel-major: channel c -> columns [c*k, (c+1)*k)
-            elif op in ("view", "reshape", "_unsafe_view") and first and layout == "channel1" and _is_flatten_shape(user):
-                todo.append((user, "flat"))  # x.view(x.size(0), -1): the same as flatten(1)
-            elif op == "mean" and first and layout == "channel1" and _reduces_spatial_only(node, user):
-                all_spatial = _reduces_all_spatial(node, user)
-                todo.append((user, "flat" if all_spatial and not _arg(user, 2, "keepdim", False) else "channel1"))
-            elif op == "linear" and first and layout in ("last", "flat"):
-                w = _attr(_arg(user, 1, "weight"))
-                if w is None:
-                    return "feeds a linear whose weight is not a parameter"
-                group.consumers.append((w, 0 if layout == "flat" else 1))  # 0: columns per channel from shapes
-            elif op in PRODUCERS - {"linear"} and first and layout == "channel1" and _conv_groups(user) == 1:
-                w = _attr(_arg(user, 1, "weight"))
-                if w is None:
-                    return "feeds a conv whose weight is not a parameter"
-                group.consumers.append((w, 1))
-            else:
-                return f"feeds {op}"
-    if not group.consumers:
-        return "has no linear/conv consumer"
-    return None
 
 
 def _is_flatten_shape(node: Any) -> bool:
@@ -194,6 +279,18 @@ def channel_importance(weight: np.ndarray, kind: str) -> np.ndarray:
     """Norm of each output channel's weights (rows of the weight, all other axes flattened)."""
     rows = weight.reshape(weight.shape[0], -1)
     return np.abs(rows).sum(axis=1) if kind == "l1" else np.sqrt((rows.astype(np.float64) ** 2).sum(axis=1))
+
+
+def group_importance(weights: Sequence[np.ndarray], kind: str) -> np.ndarray:
+    """Importance of the channels a group shares: each producer's norms divided by their mean,
+    summed (one producer: its norms up to a constant, so its ranking is unchanged)."""
+    if len(weights) == 1:
+        return channel_importance(weights[0], kind)
+    total = np.zeros(weights[0].shape[0])
+    for w in weights:
+        s = channel_importance(w, kind)
+        total += s / (s.mean() if s.mean() > 0 else 1.0)
+    return total
 
 
 def select_channels(scores: Sequence[np.ndarray], sparsity: float, scope: str) -> list[np.ndarray]:
@@ -248,10 +345,10 @@ def prune_groups(model: Any, groups: list[Group], keeps: list[np.ndarray]) -> di
     changed = {}
     for g, keep in zip(groups, keeps):
         n = _get(model, g.weight).shape[0]
-        changed[g.weight] = [n, len(keep)]
-        for fqn in [g.weight, g.bias, *g.norm]:
-            if fqn is not None:
-                rows[fqn] = keep
+        for w in g.weights:
+            changed[w] = [n, len(keep)]
+        for fqn in [*g.weights, *g.biases, *g.norm]:
+            rows[fqn] = keep
         for fqn, per in g.consumers:
             width = _get(model, fqn).shape[1]
             per = per or width // n
@@ -321,10 +418,14 @@ def structured_step(cfg: Any, src: Path, dst: Path, ctx: StepContext) -> StepOut
     example = example_inputs(names, ctx)
     model = copy.deepcopy(ctx.torch_model)
     groups, skipped = find_groups(trace_graph(model, example))
-    groups = [g for g in groups if g.weight not in cfg.exclude]
+    for g in groups:
+        excluded = [w for w in g.weights if w in cfg.exclude]
+        if excluded and len(g.weights) > 1:
+            skipped.update({w: f"shares its channels with {excluded[0]}, which is excluded" for w in g.weights if w not in excluded})
+    groups = [g for g in groups if not any(w in cfg.exclude for w in g.weights)]
     if not groups:
         raise StepError(f"prune: no neuron or channel can be removed structurally ({_reasons(skipped)})")
-    scores = [channel_importance(_get(model, g.weight).detach().numpy(), cfg.importance) for g in groups]
+    scores = [group_importance([_get(model, w).detach().numpy() for w in g.weights], cfg.importance) for g in groups]
     keeps = select_channels(scores, cfg.sparsity, cfg.scope)
     before = sum(p.numel() for p in model.parameters())
     channels = prune_groups(model, groups, keeps)
