@@ -343,3 +343,54 @@ def test_residual_coupling_in_a_pt2_program(tmp_path):
     _, dst, out = _run(gm, data, tmp_path, PruneConfig(sparsity=0.5, structured=True))
     assert {w: out.details["channels"][w] for w in RESIDUAL} == {w: [8, 4] for w in RESIDUAL}
     _agree(out.torch_model, dst, data)
+
+
+class TinyMobileNet(nn.Module):
+    """Pointwise -> depthwise -> pointwise (MobileNet's separable block), pool, classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pw1, self.bn1 = nn.Conv2d(1, 8, 1, bias=False), nn.BatchNorm2d(8)
+        self.dw, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8)
+        self.pw2, self.bn3 = nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn1(self.pw1(pixels)))
+        h = torch.relu(self.bn2(self.dw(h)))
+        h = torch.relu(self.bn3(self.pw2(h)))
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(h, 1), 1))
+
+
+def _dead_mobilenet() -> nn.Module:
+    """Channels 2 and 6 of pw1 are dead through the depthwise conv: removing them changes nothing."""
+    model = _randomize_bn(TinyMobileNet())
+    with torch.no_grad():
+        model.pw1.weight[[2, 6]] = 0.0
+        for bn in (model.bn1, model.bn2):
+            bn.weight[[2, 6]], bn.bias[[2, 6]] = 0.0, 0.0
+    return model
+
+
+@pytest.mark.parametrize("source", ["module", "pt2"])
+def test_depthwise_conv_shrinks_with_the_channels_it_reads(tmp_path, source):
+    data = _data("pixels", (1, 8, 8), 4)
+    model = _dead_mobilenet()
+    reference = copy.deepcopy(model)
+    if source == "pt2":
+        program = torch.export.export(model, (torch.from_numpy(data.inputs["pixels"][:4]),),
+                                      dynamic_shapes=({0: torch.export.Dim("batch")},))
+        torch.export.save(program, str(tmp_path / "m.pt2"))
+        model = torch.export.load(str(tmp_path / "m.pt2")).module()
+    cfg = PruneConfig(sparsity=0.25, structured=True, exclude=["pw2.weight"])
+    _, dst, out = _run(model, data, tmp_path, cfg)
+    assert out.details["channels"] == {"pw1.weight": [8, 6]}
+    pruned = out.torch_model
+    assert dict(pruned.named_parameters())["dw.weight"].shape == (6, 1, 3, 3)
+    assert dict(pruned.named_parameters())["pw2.weight"].shape == (16, 6, 1, 1)
+    x = torch.from_numpy(data.inputs["pixels"])
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), reference(x), rtol=1e-5, atol=1e-5)
+    _agree(pruned, dst, data)
+    conv_groups = [a.i for n in onnx.load(str(dst)).graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"]
+    assert 6 in conv_groups  # the depthwise Conv node now has 6 groups

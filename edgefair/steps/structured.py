@@ -12,9 +12,11 @@ shrink with it: its bias, the BatchNorm that follows, and the input columns/chan
 consumer (linear/conv) its output reaches through channel-preserving ops (relu, dropout,
 pooling, flatten, ...). Producers whose outputs meet in an add (residual connections) share
 their channels and form one group that keeps the same channel indices in all of them. A producer
-whose channels reach anything else (the model output, an add with the model input, a cat, a
-reshape, a grouped convolution) is left whole and listed in `details["skipped"]` with the reason:
-so the final layer's outputs are never removed, and concatenated channels are (for now) kept.
+whose channels pass through a depthwise convolution (groups = channels, as in MobileNet) shrinks
+it too. A producer whose channels reach anything else (the model output, an add with the model
+input, a cat, a reshape, another grouped convolution) is left whole and listed in
+`details["skipped"]` with the reason: so the final layer's outputs are never removed, and
+concatenated channels are (for now) kept.
 
 Importance is the L1 or L2 norm of each output channel's weights (Li et al. 2017, "Pruning
 filters for efficient ConvNets"); `scope = "global"` ranks channels across layers after dividing
@@ -60,6 +62,7 @@ class Group:
     biases: list[str] = field(default_factory=list)
     norm: list[str] = field(default_factory=list)  # BatchNorm weight/bias/running stats: dim 0
     consumers: list[tuple[str, int]] = field(default_factory=list)  # (weight FQN, columns per channel): dim 1
+    depthwise: list[str] = field(default_factory=list)  # depthwise conv weights/biases on the way: dim 0
 
     @property
     def weight(self) -> str:
@@ -74,6 +77,7 @@ class _Space:
     biases: list[str] = field(default_factory=list)
     norm: list[str] = field(default_factory=list)
     consumers: list[tuple[str, int]] = field(default_factory=list)
+    depthwise: list[str] = field(default_factory=list)
     blocked: str | None = None  # why these channels cannot be removed
     parent: "_Space | None" = None
 
@@ -96,6 +100,7 @@ def _union(a: _Space, b: _Space) -> _Space:
         a.biases += b.biases
         a.norm += b.norm
         a.consumers += b.consumers
+        a.depthwise += b.depthwise
         a.blocked = a.blocked or b.blocked
     return a
 
@@ -150,6 +155,12 @@ def find_groups(graph: Any) -> tuple[list[Group], dict[str, str]]:
         others = [a for a in node.all_input_nodes if a is not src and a in value]
         if op in SHAPE_ONLY:  # x.size(0) and the like read no channel values
             continue
+        if op in PRODUCERS and cur is not None and cur[1] == "channel1" and _is_depthwise(node):
+            # channel c in, channel c out (MobileNet's depthwise conv): its filters shrink with the channels
+            names = [_attr(_arg(node, 1, "weight")), _attr(_arg(node, 2, "bias"))]
+            cur[0].root().depthwise.extend(n for n in names if n is not None)
+            value[node] = cur
+            continue
         if op in PRODUCERS:
             weight = _attr(_arg(node, 1, "weight"))
             grouped = op != "linear" and _conv_groups(node) != 1
@@ -191,7 +202,7 @@ def find_groups(graph: Any) -> tuple[list[Group], dict[str, str]]:
     groups, skipped = [], {}
     roots = list(dict.fromkeys(s.root() for s in spaces))
     for root in roots:
-        shared = [w for w in (*root.producers, *(w for w, _ in root.consumers)) if calls[w] > 1]
+        shared = [w for w in (*root.producers, *(w for w, _ in root.consumers), *root.depthwise) if calls[w] > 1]
         consumed = Counter(w for w, _ in root.consumers)
         reason = root.blocked
         if reason is None and shared:
@@ -201,7 +212,8 @@ def find_groups(graph: Any) -> tuple[list[Group], dict[str, str]]:
         if reason is None and not root.consumers:
             reason = "has no linear/conv consumer"
         if reason is None:
-            groups.append(Group(list(root.producers), list(root.biases), list(root.norm), list(root.consumers)))
+            groups.append(Group(list(root.producers), list(root.biases), list(root.norm), list(root.consumers),
+                                list(root.depthwise)))
         else:
             for w in root.producers:
                 skipped[w] = reason
@@ -236,6 +248,14 @@ def _follow(node: Any, op: str, cur: tuple[_Space, str], src: Any, value: dict) 
         all_spatial = _reduces_all_spatial(src, node)
         return (space, "flat" if all_spatial and not _arg(node, 2, "keepdim", False) else "channel1")
     return None
+
+
+def _is_depthwise(node: Any) -> bool:
+    """A convolution with one filter per input channel: groups = in = out channels (multiplier 1)."""
+    groups = _conv_groups(node)
+    weight = _arg(node, 1, "weight")
+    val = weight.meta.get("val") if _attr(weight) is not None else None
+    return groups > 1 and val is not None and val.ndim >= 3 and val.shape[0] == groups and val.shape[1] == 1
 
 
 def _conv_groups(node: Any) -> int:
@@ -347,7 +367,7 @@ def prune_groups(model: Any, groups: list[Group], keeps: list[np.ndarray]) -> di
         n = _get(model, g.weight).shape[0]
         for w in g.weights:
             changed[w] = [n, len(keep)]
-        for fqn in [*g.weights, *g.biases, *g.norm]:
+        for fqn in [*g.weights, *g.biases, *g.norm, *g.depthwise]:
             rows[fqn] = keep
         for fqn, per in g.consumers:
             width = _get(model, fqn).shape[1]
@@ -364,6 +384,7 @@ def prune_groups(model: Any, groups: list[Group], keeps: list[np.ndarray]) -> di
                 t = t.index_select(1, torch.as_tensor(cols[fqn]))
             _set(model, fqn, t.contiguous().clone())
     _sync_module_sizes(model)
+    _sync_depthwise_groups(model, {w for g in groups for w in g.depthwise})
     return changed
 
 
@@ -378,6 +399,28 @@ def _sync_module_sizes(model: Any) -> None:
             m.out_channels, m.in_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.num_features = m.weight.shape[0] if m.weight is not None else m.running_mean.shape[0]
+
+
+def _sync_depthwise_groups(model: Any, depthwise: set[str]) -> None:
+    """A depthwise conv keeps one group per remaining channel: in its module, or in the graph of a
+    GraphModule (an exported program's conv calls carry `groups` as a literal argument)."""
+    import torch
+    from torch import nn
+
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.conv._ConvNd) and f"{name}.weight".lstrip(".") in depthwise:
+            m.groups = m.in_channels = m.out_channels = m.weight.shape[0]
+    if isinstance(model, torch.fx.GraphModule):
+        for node in model.graph.nodes:
+            target = _attr(_arg(node, 1, "weight")) if node.op == "call_function" and _op(node) in PRODUCERS else None
+            if target in depthwise:
+                index = 8 if _op(node) == "convolution" else 6
+                width = _get(model, target).shape[0]
+                if len(node.args) > index:
+                    node.update_arg(index, width)
+                else:
+                    node.update_kwarg("groups", width)
+        model.recompile()
 
 
 def trace_graph(model: Any, example: tuple) -> Any:
