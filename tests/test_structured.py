@@ -394,3 +394,11 @@ def test_depthwise_conv_shrinks_with_the_channels_it_reads(tmp_path, source):
     _agree(pruned, dst, data)
     conv_groups = [a.i for n in onnx.load(str(dst)).graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"]
     assert 6 in conv_groups  # the depthwise Conv node now has 6 groups
+
+
+def test_excluding_a_depthwise_conv_keeps_the_channels_it_reads(tmp_path):
+    data = _data("pixels", (1, 8, 8), 4)
+    _, _, out = _run(_dead_mobilenet(), data, tmp_path, PruneConfig(sparsity=0.25, structured=True, exclude=["dw.weight"]))
+    assert "pw1.weight" not in out.details["channels"]
+    assert out.details["skipped"]["pw1.weight"] == "shares its channels with dw.weight, which is excluded"
+    assert dict(out.torch_model.named_parameters())["dw.weight"].shape == (8, 1, 3, 3)

@@ -461,11 +461,12 @@ def structured_step(cfg: Any, src: Path, dst: Path, ctx: StepContext) -> StepOut
     example = example_inputs(names, ctx)
     model = copy.deepcopy(ctx.torch_model)
     groups, skipped = find_groups(trace_graph(model, example))
-    for g in groups:
-        excluded = [w for w in g.weights if w in cfg.exclude]
-        if excluded and len(g.weights) > 1:
-            skipped.update({w: f"shares its channels with {excluded[0]}, which is excluded" for w in g.weights if w not in excluded})
-    groups = [g for g in groups if not any(w in cfg.exclude for w in g.weights)]
+    for g in groups:  # a layer that keeps its output channels keeps them for everything sharing them
+        excluded = [w for w in (*g.weights, *g.depthwise) if w in cfg.exclude]
+        if excluded:
+            skipped.update({w: f"shares its channels with {excluded[0]}, which is excluded"
+                            for w in g.weights if w not in excluded})
+    groups = [g for g in groups if not any(w in cfg.exclude for w in (*g.weights, *g.depthwise))]
     if not groups:
         raise StepError(f"prune: no neuron or channel can be removed structurally ({_reasons(skipped)})")
     scores = [group_importance([_get(model, w).detach().numpy() for w in g.weights], cfg.importance) for g in groups]
