@@ -26,7 +26,7 @@ from edgefair.groups import group_masks  # noqa: E402
 from edgefair.latency import LatencySettings, measure_interleaved  # noqa: E402
 from edgefair.pipeline import run  # noqa: E402
 from edgefair.recipe import load_recipe  # noqa: E402
-from edgefair.steps.structured import onnx_input_names  # noqa: E402
+from edgefair.steps.structured import onnx_inputs  # noqa: E402
 
 def adult_recipe(tmp: Path):
     """The bundled recipe as it is: quantization, unstructured and structured pruning."""
@@ -59,7 +59,7 @@ def bench(recipe, runs: int) -> tuple[list[dict], str]:
         d = recipe.data
         ev = load(recipe.resolve(d.eval), key="data.eval", label=d.label, groups=d.groups)
         calib = load(recipe.resolve(d.calibration), key="data.calibration", label=None, groups=())
-        names = onnx_input_names(models["baseline"])
+        names, _ = onnx_inputs(models["baseline"])
         feeds = {k: calib.inputs[k] for k in names}
         ev = Dataset(ev.path, {k: ev.inputs[k] for k in names}, ev.labels, ev.attributes)
         models.update(ort_defaults(models["baseline"], feeds, tmp))

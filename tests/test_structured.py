@@ -402,3 +402,71 @@ def test_excluding_a_depthwise_conv_keeps_the_channels_it_reads(tmp_path):
     assert "pw1.weight" not in out.details["channels"]
     assert out.details["skipped"]["pw1.weight"] == "shares its channels with dw.weight, which is excluded"
     assert dict(out.torch_model.named_parameters())["dw.weight"].shape == (8, 1, 3, 3)
+
+
+def _skipped(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
+    from edgefair.steps.structured import find_groups, trace_graph
+
+    return find_groups(trace_graph(model.eval(), (example,)))[1]
+
+
+def test_broadcast_add_does_not_couple_layers_of_different_widths():
+    class Broadcast(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.head = nn.Linear(6, 1), nn.Linear(6, 8), nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.relu(self.b(x) + self.a(x)))  # (N, 8) + (N, 1): a broadcast
+
+    skipped = _skipped(Broadcast(), torch.zeros(2, 6))
+    assert skipped["a.weight"] == skipped["b.weight"] == "feeds add"
+
+
+def test_batch_norm_shared_by_two_layers_is_left_whole():
+    class SharedNorm(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.bn = nn.Linear(6, 8), nn.Linear(6, 8), nn.BatchNorm1d(8)
+            self.ha, self.hb = nn.Linear(8, 2), nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.ha(self.bn(self.a(x))) + self.hb(self.bn(self.b(x)))
+
+    skipped = _skipped(SharedNorm(), torch.zeros(2, 6))
+    assert "more than one call" in skipped["a.weight"] and "more than one call" in skipped["b.weight"]
+
+
+def test_reshape_that_folds_channels_into_the_batch_is_not_a_flatten():
+    class PerChannelHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(16, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.c(x))
+            return self.fc(h.reshape(h.shape[0] * 4, -1)).reshape(h.shape[0], -1)
+
+    assert _skipped(PerChannelHead(), torch.zeros(2, 1, 4, 4))["c.weight"] == "feeds reshape"
+
+
+def test_conv_transpose_sizes_stay_right():
+    from edgefair.steps.structured import _sync_module_sizes
+
+    up = nn.ConvTranspose2d(3, 5, 2, stride=2)
+    _sync_module_sizes(nn.Sequential(up))
+    assert (up.in_channels, up.out_channels) == (3, 5)
+
+
+def test_pt2_exported_for_one_batch_size_is_traced_at_that_size(tmp_path):
+    data = _data("features", (6,), 3)
+    program = torch.export.export(MLP().eval(), (torch.from_numpy(data.inputs["features"][:4]),))  # batch fixed at 4
+    torch.export.save(program, str(tmp_path / "fixed.pt2"))
+    gm = torch.export.load(str(tmp_path / "fixed.pt2")).module()
+    name = "features"
+    src, dst = tmp_path / "base.onnx", tmp_path / "pruned.onnx"
+    export = lambda module, path: export_onnx(module, {name: data.inputs[name][:4]}, [name], path)  # noqa: E731
+    export(gm, src)
+    ctx = StepContext(torch_model=gm, calibration=data, train=None, export=export, workdir=tmp_path, seed=0)
+    out = prune_step(PruneConfig(sparsity=0.5, structured=True), src, dst, ctx)
+    assert out.details["channels"] == {"net.0.weight": [16, 8], "net.2.weight": [8, 4]}

@@ -78,6 +78,7 @@ class _Space:
     norm: list[str] = field(default_factory=list)
     consumers: list[tuple[str, int]] = field(default_factory=list)
     depthwise: list[str] = field(default_factory=list)
+    channels: int | None = None  # how many (from the producer's weight)
     blocked: str | None = None  # why these channels cannot be removed
     parent: "_Space | None" = None
 
@@ -137,6 +138,8 @@ def find_groups(graph: Any) -> tuple[list[Group], dict[str, str]]:
     value: dict[Any, tuple[_Space, str]] = {}  # node -> (space, layout) of its output
     spaces: list[_Space] = []
     calls = Counter(_attr(_arg(n, 1, "weight")) for n in graph.nodes if n.op == "call_function" and _op(n) in PRODUCERS)
+    calls.update(_attr(a) for n in graph.nodes if n.op == "call_function" and _op(n) in BATCH_NORMS
+                 for a in n.args[1:5] if _attr(a) is not None)  # a BatchNorm applied twice is shared too
 
     def block_inputs(node: Any, reason: str) -> None:
         for arg in node.all_input_nodes:
@@ -177,7 +180,8 @@ def find_groups(graph: Any) -> tuple[list[Group], dict[str, str]]:
                 value[arg][0].block(f"feeds {op} as a weight")
             if weight is None:
                 continue
-            space = _Space(producers=[weight])
+            wval = _arg(node, 1, "weight").meta.get("val")
+            space = _Space(producers=[weight], channels=None if wval is None else int(wval.shape[0]))
             bias = _attr(_arg(node, 2, "bias"))
             if bias is not None:
                 space.biases.append(bias)
@@ -202,7 +206,8 @@ def find_groups(graph: Any) -> tuple[list[Group], dict[str, str]]:
     groups, skipped = [], {}
     roots = list(dict.fromkeys(s.root() for s in spaces))
     for root in roots:
-        shared = [w for w in (*root.producers, *(w for w, _ in root.consumers), *root.depthwise) if calls[w] > 1]
+        shared = [w for w in (*root.producers, *(w for w, _ in root.consumers), *root.depthwise, *root.norm)
+                  if calls[w] > 1]
         consumed = Counter(w for w, _ in root.consumers)
         reason = root.blocked
         if reason is None and shared:
@@ -231,7 +236,9 @@ def _follow(node: Any, op: str, cur: tuple[_Space, str], src: Any, value: dict) 
         other = _arg(node, 1, "other")
         if not hasattr(other, "op"):
             return cur
-        if other not in value or value[other][1] != layout:
+        if other not in value or value[other][1] != layout or not _same_shape(src, other):
+            return None  # a broadcast (8 channels + 1) does not make channel c of one side channel c of the other
+        if space.root().channels != value[other][0].root().channels:
             return None
         return (_union(space, value[other][0]), layout)
     if op in BATCH_NORMS and (layout == "channel1" or (layout == "last" and _rank(src) == 2)):
@@ -242,7 +249,7 @@ def _follow(node: Any, op: str, cur: tuple[_Space, str], src: Any, value: dict) 
         return cur
     if op == "flatten" and layout == "channel1" and _arg(node, 1, "start_dim", 0) == 1 and _arg(node, 2, "end_dim", -1) == -1:
         return (space, "flat")  # channel-major: channel c -> columns [c*k, (c+1)*k)
-    if op in ("view", "reshape", "_unsafe_view") and layout == "channel1" and _is_flatten_shape(node):
+    if op in ("view", "reshape", "_unsafe_view") and layout == "channel1" and _is_flatten_shape(node, src):
         return (space, "flat")  # x.view(x.size(0), -1): the same as flatten(1)
     if op == "mean" and layout == "channel1" and _reduces_spatial_only(src, node):
         all_spatial = _reduces_all_spatial(src, node)
@@ -258,6 +265,11 @@ def _is_depthwise(node: Any) -> bool:
     return groups > 1 and val is not None and val.ndim >= 3 and val.shape[0] == groups and val.shape[1] == 1
 
 
+def _same_shape(a: Any, b: Any) -> bool:
+    va, vb = a.meta.get("val"), b.meta.get("val")
+    return va is not None and vb is not None and tuple(map(str, va.shape)) == tuple(map(str, vb.shape))
+
+
 def _conv_groups(node: Any) -> int:
     if _op(node) == "convolution":
         if _arg(node, 6, "transposed", False):
@@ -266,9 +278,17 @@ def _conv_groups(node: Any) -> int:
     return _arg(node, 6, "groups", 1)
 
 
-def _is_flatten_shape(node: Any) -> bool:
+def _is_flatten_shape(node: Any, src: Any) -> bool:
+    """`x.view(x.size(0), -1)`: two dims, the first the batch axis (not `n * C`), the second -1."""
     shape = _arg(node, 1, "size", None) or _arg(node, 1, "shape", None)
-    return isinstance(shape, (list, tuple)) and len(shape) == 2 and shape[1] == -1
+    if not (isinstance(shape, (list, tuple)) and len(shape) == 2 and shape[1] == -1):
+        return False
+    first = shape[0]
+    if hasattr(first, "op"):  # x.size(0) in the graph
+        return first.op == "call_function" and _op(first) in SHAPE_ONLY and first.args[0] is src \
+            and len(first.args) > 1 and first.args[1] == 0
+    val = src.meta.get("val")
+    return val is not None and isinstance(first, int) and str(first) == str(val.shape[0])
 
 
 def _mean_dims(node: Any, user: Any) -> set[int] | None:
@@ -395,6 +415,8 @@ def _sync_module_sizes(model: Any) -> None:
     for m in model.modules():
         if isinstance(m, nn.Linear):
             m.out_features, m.in_features = m.weight.shape
+        elif isinstance(m, nn.modules.conv._ConvNd) and m.transposed:  # weight: (in, out / groups, ...)
+            m.in_channels, m.out_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
         elif isinstance(m, nn.modules.conv._ConvNd):
             m.out_channels, m.in_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -436,37 +458,44 @@ def trace_graph(model: Any, example: tuple) -> Any:
         raise StepError(f"prune: structured pruning could not trace the model with torch.export: {first}") from e
 
 
-def onnx_input_names(path: Path) -> list[str]:
+def onnx_inputs(path: Path) -> tuple[list[str], int]:
+    """The model's input names, and the batch size to trace with: its own if the batch axis is
+    fixed (a program exported for one batch size runs at no other), else 2."""
     import onnx
 
     g = onnx.load(str(path), load_external_data=False).graph
     init = {i.name for i in g.initializer}
-    return [i.name for i in g.input if i.name not in init]
+    inputs = [i for i in g.input if i.name not in init]
+    dims = inputs[0].type.tensor_type.shape.dim if inputs else []
+    fixed = dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
+    return [i.name for i in inputs], fixed or 2
 
 
-def example_inputs(names: list[str], ctx: StepContext) -> tuple:
+def example_inputs(names: list[str], ctx: StepContext, batch: int = 2) -> tuple:
     import torch
 
     data = ctx.train or ctx.calibration
     if data is None or any(n not in data.inputs for n in names):
         raise StepError("prune: structured pruning needs data.train or data.calibration to trace the model")
-    return tuple(torch.from_numpy(np.ascontiguousarray(data.inputs[n][:2])) for n in names)
+    if data.n < batch:
+        raise StepError(f"prune: the model's batch axis is fixed at {batch}, but {data.path.name} has {data.n} rows")
+    return tuple(torch.from_numpy(np.ascontiguousarray(data.inputs[n][:batch])) for n in names)
 
 
 def structured_step(cfg: Any, src: Path, dst: Path, ctx: StepContext) -> StepOutcome:
     """`kind = "prune"` with `structured = true`: see the module docstring."""
     import torch
 
-    names = onnx_input_names(src)
-    example = example_inputs(names, ctx)
+    names, batch = onnx_inputs(src)
+    example = example_inputs(names, ctx, batch)
     model = copy.deepcopy(ctx.torch_model)
     groups, skipped = find_groups(trace_graph(model, example))
     for g in groups:  # a layer that keeps its output channels keeps them for everything sharing them
-        excluded = [w for w in (*g.weights, *g.depthwise) if w in cfg.exclude]
+        excluded = [w for w in (*g.weights, *g.biases, *g.depthwise, *g.norm) if w in cfg.exclude]
         if excluded:
             skipped.update({w: f"shares its channels with {excluded[0]}, which is excluded"
                             for w in g.weights if w not in excluded})
-    groups = [g for g in groups if not any(w in cfg.exclude for w in (*g.weights, *g.depthwise))]
+    groups = [g for g in groups if not any(w in cfg.exclude for w in (*g.weights, *g.biases, *g.depthwise, *g.norm))]
     if not groups:
         raise StepError(f"prune: no neuron or channel can be removed structurally ({_reasons(skipped)})")
     scores = [group_importance([_get(model, w).detach().numpy() for w in g.weights], cfg.importance) for g in groups]
