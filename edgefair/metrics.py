@@ -270,7 +270,8 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
 
 
-def _none(value: float) -> float | None:
+def none_if_nan(value: float) -> float | None:
+    """JSON's null for an undefined (NaN) metric, else a plain float."""
     return None if np.isnan(value) else float(value)
 
 
@@ -325,14 +326,14 @@ def rates_from_confusion(cm: np.ndarray, *, positive_label: int = 1) -> dict[str
     Balanced accuracy is the mean recall over the classes present in the true labels (scikit-learn).
     """
     rates = grouped_rates(np.asarray(cm)[None], positive_label=positive_label)
-    return {name: _none(rates[name][0]) for name in
+    return {name: none_if_nan(rates[name][0]) for name in
             ("accuracy", "balanced_accuracy", "tpr", "fpr", "precision", "f1", "selection_rate")}
 
 
 def positive_rates(cm: np.ndarray, *, positive_label: int = 1) -> tuple[float | None, float | None]:
     """One-vs-rest TPR and FPR of ``positive_label`` (what equalized odds compares, for any K)."""
     rates = grouped_rates(np.asarray(cm)[None], positive_label=positive_label)
-    return _none(rates["positive_tpr"][0]), _none(rates["positive_fpr"][0])
+    return none_if_nan(rates["positive_tpr"][0]), none_if_nan(rates["positive_fpr"][0])
 
 
 DENSE_GROUP_ELEMENTS = 2_000_000  # 16 MB of float64
@@ -451,7 +452,7 @@ def classification_metrics(
         raise ValueError(N_BINS_ERROR.format(n_bins=n_bins))
     values = grouped_classification(y, p, Groups([np.ones(len(p), dtype=bool)]),
                                     positive_label=positive_label, n_bins=n_bins)
-    return {"n": int(len(p)), **{name: _none(values[name][0]) for name in CLASSIFICATION_METRICS}}
+    return {"n": int(len(p)), **{name: none_if_nan(values[name][0]) for name in CLASSIFICATION_METRICS}}
 
 
 def _as_rows(outputs: np.ndarray) -> np.ndarray:

@@ -335,10 +335,9 @@ class Evaluator:
                 raise DataError(SHAPE_MISMATCH_ERROR.format(
                     what="outputs", got=(len(step.outputs), len(base.outputs)), expected=(self.n, self.n)))
         sizes = self.groups.sizes
-        fields = [self._fields(step, base, labels, paired)]
+        columns = self._fields(step, base, labels, paired)
         flip = None if not paired else (step.pred != base.pred).astype(np.float64)
-        names = ["overall", *self.keys]
-        table = {name: {k: v[i] for k, v in fields[0].items()} for i, name in enumerate(names)}
+        table = {name: {k: v[i] for k, v in columns.items()} for i, name in enumerate(["overall", *self.keys])}
 
         # 1. point estimates; groups below min_group_size keep only n, status and reason
         overall = table["overall"]
@@ -353,7 +352,7 @@ class Evaluator:
         positive = {}
         if labels:
             tpr, fpr = step.point["positive_tpr"], step.point["positive_fpr"]
-            positive = {key: (mt._none(tpr[i]), mt._none(fpr[i])) for i, key in enumerate(self.keys, start=1)}
+            positive = {key: (mt.none_if_nan(tpr[i]), mt.none_if_nan(fpr[i])) for i, key in enumerate(self.keys, start=1)}
 
         # 2. one paired stratified bootstrap for every interval (column 0 = overall)
         sized = [k for k in self.keys if groups[k]["status"] == "ok"]
@@ -414,7 +413,7 @@ class Evaluator:
         """Point fields of overall (index 0) and every group, as JSON-ready columns in report order."""
         sizes = self.groups.sizes
         cols: dict[str, list] = {"n": [int(v) for v in sizes]}
-        none = lambda values: [mt._none(v) for v in values]  # noqa: E731
+        none = lambda values: [mt.none_if_nan(v) for v in values]  # noqa: E731
         if labels:
             sp = step.point
             for key in CLASSIFICATION_KEYS:
@@ -444,7 +443,7 @@ class Evaluator:
             cols["cosine_min"] = [None if e else float(v) for e, v in zip(empty, low)]
             cols["rel_error_mean"] = [None if e else float(v) for e, v in zip(empty, mean[:, 2])]
         if labels:
-            edges = mt.bin_edges(step.probs[:0, 0], self.config.n_bins, "uniform")
+            edges = np.linspace(0.0, 1.0, self.config.n_bins + 1)  # the uniform bins of grouped_classification
             sp = step.point
             cols["reliability"] = [mt.reliability_bins(edges, sp["bin_count"][i], sp["bin_confidence"][i],
                                                        sp["bin_correct"][i]) for i in range(len(sizes))]
