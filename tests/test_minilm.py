@@ -134,3 +134,21 @@ def test_text_data_rebuilds_byte_identical(tmp_path):
     build_text_data.build(RAW_ADULT, tmp_path)
     for name in ("text_eval.npz", "text_calib.npz"):
         assert sha256_file(tmp_path / name) == sha256_file(DATA / name), name
+
+
+def test_failed_symbolic_shape_inference_writes_nothing_where_edgefair_runs(text_run, tmp_path, monkeypatch):
+    """onnxruntime saves a model that symbolic shape inference gave up on (MiniLM: ~90 MB with its
+    external data) into the current folder; pre-processing must keep that inside its work folder."""
+    from edgefair.steps.quantize import _preprocess
+
+    root, result = text_run
+    assert result.exit_code == 0, result.output
+    here, work = tmp_path / "here", tmp_path / "work"
+    here.mkdir()
+    work.mkdir()
+    monkeypatch.chdir(here)
+    warnings: list[str] = []
+    out = _preprocess(root / "out" / "00-baseline.onnx", work, warnings)
+    assert out.parent == work and out.exists()
+    assert any("skipped symbolic shape inference" in w for w in warnings), warnings  # the failing path ran
+    assert list(here.iterdir()) == []

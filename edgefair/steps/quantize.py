@@ -12,7 +12,9 @@ Traps handled here rather than rediscovered by users:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -68,9 +70,10 @@ class QuantizeStaticConfig:
 def _preprocess(src: Path, workdir: Path, warnings: list[str]) -> Path:
     from onnxruntime.quantization import quant_pre_process
 
-    out = workdir / f"{src.stem}.pre.onnx"
+    src, out = src.resolve(), (workdir / f"{src.stem}.pre.onnx").resolve()  # absolute: the call runs elsewhere
     try:
-        quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
+        with _inside(out.parent):
+            quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
         return out
     except Exception as e:  # symbolic shape inference fails on some transformer graphs
         try:
@@ -80,6 +83,18 @@ def _preprocess(src: Path, workdir: Path, warnings: list[str]) -> Path:
         except Exception as e2:
             warnings.append(f"quantization pre-processing failed, quantized the model as is: {e2}")
             return src
+
+
+@contextlib.contextmanager
+def _inside(folder: Path):
+    """Run in `folder`: onnxruntime's symbolic shape inference, when it fails, saves the model
+    (~90 MB for MiniLM) as `sym_shape_infer_temp.onnx` plus external data in the current folder."""
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def _quiet():
