@@ -188,16 +188,19 @@ def bin_index(confidence: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 def _binned(probs: np.ndarray, y_true: np.ndarray, n_bins: int, strategy: str):
+    """Edges and per-bin count, confidence sum and correct sum of one set of rows."""
     p = check_probs(probs)
     y = check_labels(y_true, len(p), p.shape[1])
     conf, pred = top_label(p)
-    correct = (pred == y).astype(np.float64)
     edges = bin_edges(conf, n_bins, strategy)
-    idx = bin_index(conf, edges)
-    count = np.bincount(idx, minlength=n_bins).astype(np.float64)
-    conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
-    acc_sum = np.bincount(idx, weights=correct, minlength=n_bins)
-    return edges, count, conf_sum, acc_sum
+    sums = _group_bins(conf, (pred == y).astype(np.float64), Groups([np.ones(len(p), dtype=bool)]), edges)
+    return (edges, *(v[0] for v in sums))
+
+
+def _group_bins(conf: np.ndarray, correct: np.ndarray, groups: Groups, edges: np.ndarray):
+    """Per group and bin: row count, confidence sum and correct sum, each (G, n_bins)."""
+    idx, n_bins = bin_index(conf, edges), len(edges) - 1
+    return groups.counts(idx, n_bins).astype(np.float64), groups.counts(idx, n_bins, conf), groups.counts(idx, n_bins, correct)
 
 
 def reliability(
@@ -227,6 +230,12 @@ def ece(
 
     ``None`` for zero rows.
     """
+    if strategy == "quantile":  # the equal-mass ECE of grouped_classification, for one group
+        p = check_probs(probs)
+        conf, pred = top_label(p)
+        bin_edges(conf, n_bins, strategy)  # checks n_bins
+        correct = (pred == check_labels(y_true, len(p), p.shape[1])).astype(np.float64)
+        return none_if_nan(_equal_mass_ece(conf, correct, Groups([np.ones(len(p), dtype=bool)]), n_bins)[0])
     _, count, conf_sum, acc_sum = _binned(probs, y_true, n_bins, strategy)
     n = count.sum()
     return None if n == 0 else float(np.abs(conf_sum - acc_sum).sum() / n)
@@ -240,34 +249,6 @@ def mce(
     _, count, conf_sum, acc_sum = _binned(probs, y_true, n_bins, strategy)
     full = count > 0
     return None if not full.any() else float(np.max(np.abs(conf_sum[full] - acc_sum[full]) / count[full]))
-
-
-def brier_score(probs: np.ndarray, y_true: np.ndarray) -> float | None:
-    """Brier score as scikit-learn defines it: mean over rows of sum_k (p_k - [y = k])^2, halved
-    for K = 2 so that it equals the familiar mean (p_1 - y)^2. ``None`` for zero rows."""
-    p = check_probs(probs)
-    y = check_labels(y_true, len(p), p.shape[1])
-    if len(p) == 0:
-        return None
-    sq = (p - np.eye(p.shape[1])[y]) ** 2
-    value = sq.sum(axis=1).mean()
-    return float(value / 2.0 if p.shape[1] == 2 else value)
-
-
-def log_loss(probs: np.ndarray, y_true: np.ndarray) -> float | None:
-    """Mean negative log-likelihood of the true class, probabilities clipped to [eps, 1 - eps]
-    (float64 eps, as scikit-learn), so a probability of exactly 0 costs -log(eps) ~ 36, not inf."""
-    p = check_probs(probs)
-    y = check_labels(y_true, len(p), p.shape[1])
-    if len(p) == 0:
-        return None
-    p_true = np.clip(p[np.arange(len(p)), y], LOG_EPS, 1.0 - LOG_EPS)
-    return float(-np.log(p_true).mean())
-
-
-def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
-    """(K, K) confusion counts, rows = true class, columns = predicted class."""
-    return np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
 
 
 def none_if_nan(value: float) -> float | None:
@@ -285,10 +266,10 @@ def _nanmean(values: np.ndarray) -> np.ndarray:
 
 
 def grouped_rates(cm: np.ndarray, *, positive_label: int = 1) -> dict[str, np.ndarray]:
-    """``rates_from_confusion`` for G confusion matrices (G, K, K) at once: name -> (G,), NaN when undefined.
-
-    Also ``positive_tpr``/``positive_fpr``: the one-vs-rest rates of ``positive_label`` for any K
-    (what equalized odds compares).
+    """Accuracy, balanced accuracy (mean recall over the classes present, as scikit-learn), TPR,
+    FPR, precision, F1 and selection rate of G confusion matrices (G, K, K; rows = true class):
+    name -> (G,), NaN when undefined. Also ``positive_tpr``/``positive_fpr``: the one-vs-rest
+    rates of ``positive_label`` for any K (what equalized odds compares).
     """
     cm = np.asarray(cm, dtype=np.float64)
     k = cm.shape[-1]
@@ -318,22 +299,6 @@ def grouped_rates(cm: np.ndarray, *, positive_label: int = 1) -> dict[str, np.nd
         out["positive_tpr"] = ratio(tp[:, pos], actual[:, pos])
         out["positive_fpr"] = ratio(predicted[:, pos] - tp[:, pos], neg)
     return out
-
-
-def rates_from_confusion(cm: np.ndarray, *, positive_label: int = 1) -> dict[str, float | None]:
-    """Accuracy, balanced accuracy, TPR, FPR, precision, F1 and selection rate from confusion counts.
-
-    Balanced accuracy is the mean recall over the classes present in the true labels (scikit-learn).
-    """
-    rates = grouped_rates(np.asarray(cm)[None], positive_label=positive_label)
-    return {name: none_if_nan(rates[name][0]) for name in
-            ("accuracy", "balanced_accuracy", "tpr", "fpr", "precision", "f1", "selection_rate")}
-
-
-def positive_rates(cm: np.ndarray, *, positive_label: int = 1) -> tuple[float | None, float | None]:
-    """One-vs-rest TPR and FPR of ``positive_label`` (what equalized odds compares, for any K)."""
-    rates = grouped_rates(np.asarray(cm)[None], positive_label=positive_label)
-    return none_if_nan(rates["positive_tpr"][0]), none_if_nan(rates["positive_fpr"][0])
 
 
 DENSE_GROUP_ELEMENTS = 2_000_000  # 16 MB of float64
@@ -396,9 +361,7 @@ def grouped_classification(
     correct = (pred == y).astype(np.float64)
     out = grouped_rates(groups.counts(y * k + pred, k * k).reshape(-1, k, k), positive_label=positive_label)
     n = groups.sizes.astype(np.float64)
-    idx = bin_index(conf, bin_edges(conf, n_bins, "uniform"))
-    count = groups.counts(idx, n_bins)
-    conf_sum, acc_sum = groups.counts(idx, n_bins, conf), groups.counts(idx, n_bins, correct)
+    count, conf_sum, acc_sum = _group_bins(conf, correct, groups, bin_edges(conf, n_bins, "uniform"))
     gap = np.abs(conf_sum - acc_sum)
     sq = ((probs - np.eye(k)[y]) ** 2).sum(axis=1) / (2.0 if k == 2 else 1.0)
     nll = -np.log(np.clip(probs[np.arange(len(probs)), y], LOG_EPS, 1.0 - LOG_EPS))
@@ -476,20 +439,3 @@ def row_fidelity(outputs: np.ndarray, base_outputs: np.ndarray) -> tuple[np.ndar
     cosine = np.clip(cosine, -1.0, 1.0)
     rel = np.linalg.norm(a - b, axis=1) / np.maximum(nb, 1e-12)
     return cosine, rel
-
-
-def fidelity_metrics(
-    pred: np.ndarray, base_pred: np.ndarray, cosine: np.ndarray, rel_error: np.ndarray
-) -> dict[str, float | None]:
-    """Label-free agreement with the baseline over one set of rows (``None`` fields when empty)."""
-    n = len(pred)
-    if n == 0:
-        return {k: None for k in ("agreement", "flip_rate", "cosine_mean", "cosine_min", "rel_error_mean")}
-    flip = float(np.mean(pred != base_pred))
-    return {
-        "agreement": 1.0 - flip,
-        "flip_rate": flip,
-        "cosine_mean": float(cosine.mean()),
-        "cosine_min": float(cosine.min()),
-        "rel_error_mean": float(rel_error.mean()),
-    }

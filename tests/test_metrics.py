@@ -173,7 +173,8 @@ def test_bad_labels_are_errors():
 def test_positive_rates_match_fairlearn_for_multiclass_one_vs_rest():
     y, p = random_case(3, 200, 4)
     pred = p.argmax(1)
-    tpr, fpr = mt.positive_rates(mt.confusion(y, pred, 4), positive_label=2)
+    rates = mt.grouped_classification(y, p, mt.Groups([np.ones(len(y), dtype=bool)]), positive_label=2)
+    tpr, fpr = rates["positive_tpr"][0], rates["positive_fpr"][0]
     assert tpr == pytest.approx(true_positive_rate(y == 2, pred == 2))
     assert fpr == pytest.approx(false_positive_rate(y == 2, pred == 2))
 
@@ -268,7 +269,11 @@ def test_row_fidelity():
     cos, rel = mt.row_fidelity(a, b)
     np.testing.assert_allclose(cos, [1.0, 1.0, 1.0, -1.0])
     np.testing.assert_allclose(rel, [0.5, 0.0, 0.0, 2.0])
-    fid = mt.fidelity_metrics(np.array([0, 1, 1]), np.array([0, 0, 1]), cos[:3], rel[:3])
+    from edgefair.stats import StatsConfig, evaluate_step
+
+    step, base = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]]), np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]])
+    fid = evaluate_step(masks={"g=x": np.ones(3, dtype=bool)}, probs=step, outputs=a[:3], y_true=None, base_probs=base,
+                        base_outputs=b[:3], config=StatsConfig(n_boot=0, min_group_size=1))["overall"]
     assert fid["flip_rate"] == pytest.approx(1 / 3) and fid["agreement"] == pytest.approx(2 / 3)
     assert fid["cosine_min"] == 1.0 and fid["rel_error_mean"] == pytest.approx(0.5 / 3)
 
