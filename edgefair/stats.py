@@ -335,8 +335,8 @@ class Evaluator:
                 raise DataError(SHAPE_MISMATCH_ERROR.format(
                     what="outputs", got=(len(step.outputs), len(base.outputs)), expected=(self.n, self.n)))
         sizes = self.groups.sizes
-        columns = self._fields(step, base, labels, paired)
         flip = None if not paired else (step.pred != base.pred).astype(np.float64)
+        columns = self._fields(step, base, flip, labels)
         table = {name: {k: v[i] for k, v in columns.items()} for i, name in enumerate(["overall", *self.keys])}
 
         # 1. point estimates; groups below min_group_size keep only n, status and reason
@@ -409,8 +409,9 @@ class Evaluator:
                      for scope, keys in grp.scopes(self.keys).items()}
         return {"overall": overall, "groups": groups, "disparity": disparity}
 
-    def _fields(self, step: Model, base: Model | None, labels: bool, paired: bool) -> dict[str, list]:
+    def _fields(self, step: Model, base: Model | None, flip: np.ndarray | None, labels: bool) -> dict[str, list]:
         """Point fields of overall (index 0) and every group, as JSON-ready columns in report order."""
+        paired = base is not None
         sizes = self.groups.sizes
         cols: dict[str, list] = {"n": [int(v) for v in sizes]}
         none = lambda values: [mt.none_if_nan(v) for v in values]  # noqa: E731
@@ -430,7 +431,6 @@ class Evaluator:
                 cols["mcnemar_p"] = [float(v) for v in _mcnemar(counts[:, 0], counts[:, 1], "two-sided")]
                 cols["mcnemar_p_drop"] = [float(v) for v in _mcnemar(counts[:, 0], counts[:, 1], "drop")]
         if paired:
-            flip = (step.pred != base.pred).astype(np.float64)
             cosine, rel = mt.row_fidelity(step.outputs, base.outputs)
             sums = self.groups.sums(np.stack([flip, cosine, rel], axis=1))
             with np.errstate(divide="ignore", invalid="ignore"):

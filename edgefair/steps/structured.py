@@ -71,13 +71,10 @@ class Group:
 
 @dataclass(eq=False)  # identity: two spaces with the same contents are still different channels
 class _Space:
-    """The channels of some tensors in the graph: made by producers, merged by adds."""
+    """The channels of some tensors in the graph: made by a producer, merged by adds. The root of
+    merged spaces holds the group they make."""
 
-    producers: list[str] = field(default_factory=list)
-    biases: list[str] = field(default_factory=list)
-    norm: list[str] = field(default_factory=list)
-    consumers: list[tuple[str, int]] = field(default_factory=list)
-    depthwise: list[str] = field(default_factory=list)
+    group: Group
     channels: int | None = None  # how many (from the producer's weight)
     blocked: str | None = None  # why these channels cannot be removed
     parent: "_Space | None" = None
@@ -97,11 +94,8 @@ def _union(a: _Space, b: _Space) -> _Space:
     a, b = a.root(), b.root()
     if a is not b:
         b.parent = a
-        a.producers += b.producers
-        a.biases += b.biases
-        a.norm += b.norm
-        a.consumers += b.consumers
-        a.depthwise += b.depthwise
+        for name in ("weights", "biases", "norm", "consumers", "depthwise"):
+            getattr(a.group, name).extend(getattr(b.group, name))
         a.blocked = a.blocked or b.blocked
     return a
 
@@ -161,7 +155,7 @@ def find_groups(graph: Any) -> tuple[list[Group], dict[str, str]]:
         if op in PRODUCERS and cur is not None and cur[1] == "channel1" and _is_depthwise(node):
             # channel c in, channel c out (MobileNet's depthwise conv): its filters shrink with the channels
             names = [_attr(_arg(node, 1, "weight")), _attr(_arg(node, 2, "bias"))]
-            cur[0].root().depthwise.extend(n for n in names if n is not None)
+            cur[0].root().group.depthwise.extend(n for n in names if n is not None)
             value[node] = cur
             continue
         if op in PRODUCERS:
@@ -175,16 +169,15 @@ def find_groups(graph: Any) -> tuple[list[Group], dict[str, str]]:
                 elif not ok:
                     space.block("feeds a grouped or transposed convolution" if grouped else f"feeds {op}")
                 else:
-                    space.root().consumers.append((weight, 0 if layout == "flat" else 1))
+                    space.root().group.consumers.append((weight, 0 if layout == "flat" else 1))
             for arg in others:
                 value[arg][0].block(f"feeds {op} as a weight")
             if weight is None:
                 continue
             wval = _arg(node, 1, "weight").meta.get("val")
-            space = _Space(producers=[weight], channels=None if wval is None else int(wval.shape[0]))
             bias = _attr(_arg(node, 2, "bias"))
-            if bias is not None:
-                space.biases.append(bias)
+            space = _Space(Group([weight], [bias] if bias is not None else []),
+                           channels=None if wval is None else int(wval.shape[0]))
             if grouped:
                 space.blocked = "grouped or transposed convolution"
             spaces.append(space)
@@ -206,22 +199,18 @@ def find_groups(graph: Any) -> tuple[list[Group], dict[str, str]]:
     groups, skipped = [], {}
     roots = list(dict.fromkeys(s.root() for s in spaces))
     for root in roots:
-        shared = [w for w in (*root.producers, *(w for w, _ in root.consumers), *root.depthwise, *root.norm)
-                  if calls[w] > 1]
-        consumed = Counter(w for w, _ in root.consumers)
+        g = root.group
+        tensors = (*g.weights, *(w for w, _ in g.consumers), *g.depthwise, *g.norm)
+        shared = [w for w in tensors if calls[w] > 1] + [w for w, c in Counter(w for w, _ in g.consumers).items() if c > 1]
         reason = root.blocked
         if reason is None and shared:
             reason = f"{shared[0]} is used by more than one call or producer"
-        if reason is None and any(c > 1 for c in consumed.values()):
-            reason = f"{next(w for w, c in consumed.items() if c > 1)} is used by more than one call or producer"
-        if reason is None and not root.consumers:
+        if reason is None and not g.consumers:
             reason = "has no linear/conv consumer"
         if reason is None:
-            groups.append(Group(list(root.producers), list(root.biases), list(root.norm), list(root.consumers),
-                                list(root.depthwise)))
+            groups.append(g)
         else:
-            for w in root.producers:
-                skipped[w] = reason
+            skipped.update(dict.fromkeys(g.weights, reason))
     return groups, skipped
 
 
@@ -243,7 +232,7 @@ def _follow(node: Any, op: str, cur: tuple[_Space, str], src: Any, value: dict) 
         return (_union(space, value[other][0]), layout)
     if op in BATCH_NORMS and (layout == "channel1" or (layout == "last" and _rank(src) == 2)):
         names = [_attr(_arg(node, i, n)) for i, n in enumerate(("input", "weight", "bias", "running_mean", "running_var"))][1:]
-        space.root().norm.extend(n for n in names if n is not None)
+        space.root().group.norm.extend(n for n in names if n is not None)
         return cur
     if op in POOLS | {"max_pool2d_with_indices"} and layout == "channel1":
         return cur
