@@ -11,6 +11,7 @@ import click
 
 from . import __version__
 from .errors import EdgefairError
+from .latency import DEFAULT_MIN_TIME_S
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_BUG = 0, 1, 2, 3
 
@@ -194,7 +195,7 @@ def tune(recipe: Path, out_dir: Path, no_cache: bool, cache_dir: Path | None) ->
 @click.option("--runs", default=200, show_default=True)
 @click.option("--warmup", default=20, show_default=True)
 @click.option("--budget-s", type=float, default=None, help="Time each model for this many seconds instead of --runs.")
-@click.option("--min-time-s", type=float, default=0.5, show_default=True, help="Keep timing past --runs until this many seconds have passed.")
+@click.option("--min-time-s", type=float, default=DEFAULT_MIN_TIME_S, show_default=True, help="Keep timing past --runs until this many seconds have passed.")
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None, help=".npz with one array per model input (default: synthetic inputs).")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the latency JSON here (for `run --latency-from`).")
 @handle_errors

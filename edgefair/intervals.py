@@ -53,21 +53,13 @@ def paired_difference_ci(both: int, lost: int, gained: int, neither: int, confid
     return (max(-1.0, lo), min(1.0, hi))
 
 
-def widen_group_intervals(stats: dict, confidence: float) -> dict:
-    """Make `accuracy_delta_ci` and `flip_rate_ci` of every measured group at least as wide as the
-    analytic intervals, keeping the bootstrap's own as `*_ci_bootstrap`. Pure: returns a new dict.
+def widen_intervals(g: dict, confidence: float) -> dict:
+    """Make one group's `accuracy_delta_ci` and `flip_rate_ci` at least as wide as the analytic
+    intervals, keeping the bootstrap's own as `*_ci_bootstrap`. Pure: returns a new dict.
 
     The percentile bootstrap of a group with no flipped predictions is [0, 0], a confident-looking
     number that the 70 rows behind it cannot support; Newcombe's and Clopper-Pearson's are not.
     """
-    out = {**stats, "overall": widen_intervals(stats["overall"], confidence)}
-    out["groups"] = {k: widen_intervals(g, confidence) if g.get("status") == "ok" else g
-                     for k, g in stats["groups"].items()}
-    return out
-
-
-def widen_intervals(g: dict, confidence: float) -> dict:
-    """``widen_group_intervals`` for one group's fields. Pure: returns a new dict."""
     g = dict(g)
     n = g.get("n") or 0
     if g.get("accuracy_delta_ci") and g.get("lost_correct") is not None and n:

@@ -24,6 +24,9 @@ from .runtime import OPTIMIZATION_LEVELS, make_session
 
 PERCENTILES = (50, 90, 95, 99)
 MIN_RUNS = 10  # fewer timed rounds make p95/p99 and their intervals meaningless
+# recipes and probe keep timing past `runs` until this long has passed: a few hundred runs of a small
+# model last milliseconds, and one noisy moment of a shared machine would move them all
+DEFAULT_MIN_TIME_S = 0.5
 BOOT_CHUNK_ELEMENTS = 2_000_000  # resampled timings held at once (16 MB): bounds memory for long budgets
 
 
@@ -37,9 +40,7 @@ class LatencySettings:
     optimization: str = "all"  # onnxruntime graph optimization level, as deployed by default
     spinning: bool | None = None  # None: on for one model, off when several share the cores
     budget_s: float | None = None  # time each batch size for this long instead of `runs` rounds
-    # keep timing past `runs` until this long has passed (ignored with budget_s): a few hundred runs
-    # of a small model last milliseconds, and one noisy moment of a shared machine would move them all
-    min_time_s: float = 0.0
+    min_time_s: float = 0.0  # keep timing past `runs` until this long has passed (ignored with budget_s)
     batch_sizes: tuple[int, ...] = ()  # more batch sizes to measure, reported under by_batch_size
     pin_cpus: tuple[int, ...] | None = None  # restrict the process to these CPUs while measuring (Linux)
     n_boot: int = 1000  # bootstrap resamples of the rounds for percentile and ratio intervals

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .io import sha256_file, write_json
-from .latency import LatencySettings, measure_interleaved
+from .latency import DEFAULT_MIN_TIME_S, LatencySettings, measure_interleaved
 from .machine import cpu_info
 from .runtime import ORT_DTYPES, fixed_batch, make_session
 
@@ -91,7 +91,7 @@ def probe(
     data: str | Path | None = None,
     dims: Mapping[str, int] | None = None,
     budget_s: float | None = None,
-    min_time_s: float = 0.5,
+    min_time_s: float = DEFAULT_MIN_TIME_S,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Measure `models` interleaved on this machine; returns the `edgefair-latency/1` document.
@@ -184,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=200, help="timed rounds (each runs every model once)")
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--budget-s", type=float, default=None, help="time for this many seconds instead of --runs")
-    ap.add_argument("--min-time-s", type=float, default=0.5, help="keep timing past --runs until this many seconds")
+    ap.add_argument("--min-time-s", type=float, default=DEFAULT_MIN_TIME_S, help="keep timing past --runs until this many seconds")
     ap.add_argument("--data", default=None, help=".npz with one array per model input (default: synthetic)")
     ap.add_argument("--dim", type=_dim, action="append", default=[], help="value of a named dynamic axis, NAME=INT")
     ap.add_argument("--seed", type=int, default=0)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from .config import as_dict, build, check, in_range, positive
 from .errors import RecipeError
 from .io import sha256_bytes
+from .latency import DEFAULT_MIN_TIME_S
 from .source import is_factory
 from .steps import REGISTRY
 
@@ -74,8 +75,7 @@ class LatencyConfig:
     inter_op_threads: int = check(lambda v: v >= 0, "must be >= 0", default=1)
     optimization: Literal["disable", "basic", "extended", "all"] = "all"  # onnxruntime graph optimization level
     budget_s: float | None = check(positive, "must be > 0", default=None)  # time per model instead of a run count
-    # and keep timing past `runs` until this long has passed: a burst of noise then touches a few rounds, not all
-    min_time_s: float = check(lambda v: v >= 0, "must be >= 0", default=0.5)
+    min_time_s: float = check(lambda v: v >= 0, "must be >= 0", default=DEFAULT_MIN_TIME_S)  # and at least this long
     batch_sizes: tuple[int, ...] = check(positive, "must be > 0", default=())  # more batch sizes for throughput
     from_files: tuple[str, ...] = ()  # device measurements (`edgefair probe --out`) used instead of local ones
 
