@@ -470,3 +470,16 @@ def test_pt2_exported_for_one_batch_size_is_traced_at_that_size(tmp_path):
     ctx = StepContext(torch_model=gm, calibration=data, train=None, export=export, workdir=tmp_path, seed=0)
     out = prune_step(PruneConfig(sparsity=0.5, structured=True), src, dst, ctx)
     assert out.details["channels"] == {"net.0.weight": [16, 8], "net.2.weight": [8, 4]}
+
+
+def test_concatenated_channels_are_left_whole():
+    class Concat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.head = nn.Linear(4, 8), nn.Linear(4, 8), nn.Linear(16, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.relu(torch.cat([self.a(x), self.b(x)], dim=1)))
+
+    skipped = _skipped(Concat(), torch.zeros(2, 4))
+    assert skipped["a.weight"] == skipped["b.weight"] == "feeds cat"

@@ -135,14 +135,14 @@ def find_groups(graph: Any) -> tuple[list[Group], dict[str, str]]:
     calls.update(_attr(a) for n in graph.nodes if n.op == "call_function" and _op(n) in BATCH_NORMS
                  for a in n.args[1:5] if _attr(a) is not None)  # a BatchNorm applied twice is shared too
 
-    def block_inputs(node: Any, reason: str) -> None:
-        for arg in node.all_input_nodes:
+    def block(nodes: Any, reason: str) -> None:
+        for arg in nodes:
             if arg in value:
                 value[arg][0].block(reason)
 
     for node in graph.nodes:
         if node.op == "output":
-            block_inputs(node, "feeds the model output")
+            block(node.all_input_nodes, "feeds the model output")
             continue
         if node.op != "call_function":
             continue
@@ -170,8 +170,7 @@ def find_groups(graph: Any) -> tuple[list[Group], dict[str, str]]:
                     space.block("feeds a grouped or transposed convolution" if grouped else f"feeds {op}")
                 else:
                     space.root().group.consumers.append((weight, 0 if layout == "flat" else 1))
-            for arg in others:
-                value[arg][0].block(f"feeds {op} as a weight")
+            block(others, f"feeds {op} as a weight")
             if weight is None:
                 continue
             wval = _arg(node, 1, "weight").meta.get("val")
@@ -183,16 +182,9 @@ def find_groups(graph: Any) -> tuple[list[Group], dict[str, str]]:
             spaces.append(space)
             value[node] = (space, "last" if op == "linear" else "channel1")
             continue
-        if cur is None:
-            for arg in others:  # channels used by an op we do not follow
-                value[arg][0].block(f"feeds {op}")
-            continue
-        space, layout = cur
-        out = _follow(node, op, cur, src, value)
-        if out is None:
-            space.block(f"feeds {op}")
-            for arg in others:
-                value[arg][0].block(f"feeds {op}")
+        out = None if cur is None else _follow(node, op, cur, src, value)
+        if out is None:  # channels used by an op we do not follow
+            block(node.all_input_nodes, f"feeds {op}")
         else:
             value[node] = out
 
