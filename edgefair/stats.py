@@ -29,6 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+import warnings
+
 import numpy as np
 from scipy import stats as sps
 
@@ -57,6 +59,7 @@ FIDELITY_KEYS = ("agreement", "flip_rate", "cosine_mean", "cosine_min", "rel_err
 SE_FLOOR = 1e-9  # below this a bootstrap spread is float rounding, not variation
 BOOT_CHUNK_ELEMENTS = 4_000_000  # bound one (replicates x rows) block of counts to ~16 MB of float32
 MAX_CACHED_COUNTS = 64_000_000  # keep the resamples up to ~256 MB of float32 (1,000 x 64,000 rows)
+BOOT_RATES = 4  # leading columns of a model's resampled sums: correct, true positive, false positive, predicted positive
 
 
 def _is_int(value: object) -> bool:
@@ -242,7 +245,7 @@ class Model:
     correct: np.ndarray | None = None  # (N,) float, with labels
     point: dict[str, np.ndarray] | None = None  # grouped_classification over Evaluator.groups
     ece_terms: np.ndarray | None = None  # (N, bins used): one-hot(bin) * (confidence - correct)
-    boot: np.ndarray | None = None  # (B, C, 1 + bins used) resampled sums of [correct, ece_terms]
+    boot: np.ndarray | None = None  # (B, C, BOOT_RATES + bins used) resampled sums (see Evaluator._boot)
     owner: object = None  # the Evaluator whose groups ``point`` and ``boot`` are over
 
 
@@ -313,9 +316,17 @@ class Evaluator:
         return y
 
     def _boot(self, model: Model) -> np.ndarray:
+        """Resampled sums of [correct, true positive, false positive, predicted positive, ece terms...]."""
         if model.boot is None:
-            model.boot = self._resample(np.hstack([model.correct[:, None], model.ece_terms]))
+            pos = model.pred == self.config.positive_label
+            rates = np.stack([model.correct, pos & self._positive, pos & ~self._positive, pos], axis=1).astype(np.float64)
+            model.boot = self._resample(np.hstack([rates, model.ece_terms]))
         return model.boot
+
+    @property
+    def _positive(self) -> np.ndarray:
+        """(N,) bool: rows whose label is the positive class."""
+        return np.asarray(self.y_true) == self.config.positive_label
 
     # -- one step ------------------------------------------------------------------------------
     def compare(self, step: Model, base: Model | None = None) -> dict:
@@ -349,10 +360,12 @@ class Evaluator:
             else:
                 row = table[key]
                 groups[key] = {"n": row.pop("n"), "status": "ok", **row}
-        positive = {}
+        positive = base_positive = {}
         if labels:
-            tpr, fpr = step.point["positive_tpr"], step.point["positive_fpr"]
-            positive = {key: (mt.none_if_nan(tpr[i]), mt.none_if_nan(fpr[i])) for i, key in enumerate(self.keys, start=1)}
+            rates = lambda p: {key: (mt.none_if_nan(p["positive_tpr"][i]), mt.none_if_nan(p["positive_fpr"][i]),  # noqa: E731
+                                     mt.none_if_nan(p["selection_rate"][i])) for i, key in enumerate(self.keys, start=1)}
+            positive = rates(step.point)
+            base_positive = rates(base.point) if paired else {}
 
         # 2. one paired stratified bootstrap for every interval (column 0 = overall)
         sized = [k for k in self.keys if groups[k]["status"] == "ok"]
@@ -366,6 +379,10 @@ class Evaluator:
             for key in sized:
                 col = boot_col[key]
                 groups[key][f"{name}_ci"] = None if cis is None else [float(cis[0, j, col]), float(cis[1, j, col])]
+        if labels and paired:  # the ECE gate tests "increase > limit" with the bootstrap's standard error
+            se = reps["ece_delta"].std(axis=0, ddof=1) if reps and cfg.n_boot > 1 else None
+            for col, target in enumerate([overall, *(groups[k] for k in sized)]):
+                target["ece_delta_se"] = None if se is None else float(se[col])
 
         # the percentile bootstrap collapses to [0, 0] for a group without flips: widen the accuracy-change
         # and flip-rate intervals to at least Newcombe's / Clopper-Pearson's (raw kept as *_ci_bootstrap)
@@ -405,7 +422,7 @@ class Evaluator:
                 for key, adjusted in zip(ok, holm([groups[k][field] for k in ok])):
                     groups[key][f"{field}_holm"] = adjusted
 
-        disparity = {scope: _disparity(keys, groups, positive, reps, boot_col, cfg, labels=labels, paired=paired)
+        disparity = {scope: _disparity(keys, groups, positive, base_positive, reps, boot_col, cfg, labels=labels, paired=paired)
                      for scope, keys in grp.scopes(self.keys).items()}
         return {"overall": overall, "groups": groups, "disparity": disparity}
 
@@ -430,9 +447,10 @@ class Evaluator:
                 cols["gained_correct"] = [int(v) for v in counts[:, 1]]
                 cols["mcnemar_p"] = [float(v) for v in _mcnemar(counts[:, 0], counts[:, 1], "two-sided")]
                 cols["mcnemar_p_drop"] = [float(v) for v in _mcnemar(counts[:, 0], counts[:, 1], "drop")]
+                cols["paired_counts"] = self._paired_counts(step, base)
         if paired:
             cosine, rel = mt.row_fidelity(step.outputs, base.outputs)
-            sums = self.groups.sums(np.stack([flip, cosine, rel], axis=1))
+            sums = self.groups.sums(np.stack([flip, cosine, rel, cosine * cosine], axis=1))
             with np.errstate(divide="ignore", invalid="ignore"):
                 mean = sums / sizes[:, None]
             low = self.groups.minimum(cosine)
@@ -442,12 +460,43 @@ class Evaluator:
             cols["cosine_mean"] = [None if e else float(v) for e, v in zip(empty, mean[:, 1])]
             cols["cosine_min"] = [None if e else float(v) for e, v in zip(empty, low)]
             cols["rel_error_mean"] = [None if e else float(v) for e, v in zip(empty, mean[:, 2])]
+            with np.errstate(invalid="ignore", divide="ignore"):  # sample standard deviation of the row cosines
+                var = (sums[:, 3] - sizes * mean[:, 1] ** 2) / (sizes - 1)
+            cols["cosine_sd"] = [None if s < 2 else float(np.sqrt(max(v, 0.0))) for s, v in zip(sizes, var)]
         if labels:
             edges = np.linspace(0.0, 1.0, self.config.n_bins + 1)  # the uniform bins of grouped_classification
             sp = step.point
             cols["reliability"] = [mt.reliability_bins(edges, sp["bin_count"][i], sp["bin_confidence"][i],
                                                        sp["bin_correct"][i]) for i in range(len(sizes))]
         return cols
+
+    def _paired_counts(self, step: Model, base: Model) -> list[dict]:
+        """Per group (overall first), the counts behind every paired rate change, per class c:
+        ``class_n`` rows of class c; ``recall_lost``/``recall_gained`` of them that the baseline
+        predicted as c and the step does not, and the reverse; ``other_n`` rows of other classes;
+        ``fp_added``/``fp_removed`` of them that the step newly predicts as c, and the reverse.
+        A class's FPR rise is (fp_added - fp_removed) / other_n, its recall drop
+        (recall_lost - recall_gained) / class_n, its selection-rate change
+        (added - removed over all rows) / n with added = recall_gained + fp_added."""
+        k = step.probs.shape[1]
+        y = self._labels(k)
+        g = self.groups
+        base_hit, step_hit = base.pred == y, step.pred == y
+        class_n = g.counts(y, k)
+        recall_lost = g.counts(y, k, (base_hit & ~step_hit).astype(np.float64))
+        recall_gained = g.counts(y, k, (~base_hit & step_hit).astype(np.float64))
+        changed = base.pred != step.pred
+        # a row of class y whose prediction moved from a to b: b gains a false positive unless b == y,
+        # a loses one unless a == y
+        add_w = (changed & (step.pred != y)).astype(np.float64)
+        rem_w = (changed & (base.pred != y)).astype(np.float64)
+        fp_added = g.counts(np.where(add_w > 0, step.pred, 0), k, add_w)
+        fp_removed = g.counts(np.where(rem_w > 0, base.pred, 0), k, rem_w)
+        other_n = g.sizes[:, None] - class_n
+        as_int = lambda a: [int(round(v)) for v in a]  # noqa: E731
+        return [{"class_n": as_int(class_n[i]), "recall_lost": as_int(recall_lost[i]), "recall_gained": as_int(recall_gained[i]),
+                 "other_n": as_int(other_n[i]), "fp_added": as_int(fp_added[i]), "fp_removed": as_int(fp_removed[i])}
+                for i in range(len(g))]
 
     def _bootstrap(self, step: Model, base: Model | None, flip: np.ndarray | None, keys: list[str]) -> dict[str, np.ndarray]:
         """Replicate statistics for overall (column 0) and each of ``keys``: name -> (B, 1 + len(keys))."""
@@ -457,22 +506,26 @@ class Evaluator:
         sizes = self.groups.sizes[rows].astype(np.float64)
         agg = lambda cell_sums: np.matmul(member, cell_sums)  # noqa: E731  (G', C) @ (B, C, F) -> (B, G', F)
         out: dict[str, np.ndarray] = {}
-        flip_sums = None
         with np.errstate(divide="ignore", invalid="ignore"):
-            if step.correct is not None and step.boot is None and flip is not None:  # one product for both
-                both = self._resample(np.hstack([step.correct[:, None], step.ece_terms, flip[:, None]]))
-                step.boot, flip_sums = both[..., :-1], both[..., -1:]
             if step.correct is not None:
+                # every model's sums come from the same feature layout (``_boot``), so a step identical
+                # to the baseline gets identical replicates whatever BLAS does with the threads
                 s = agg(self._boot(step))
                 out["accuracy"] = s[..., 0] / sizes
-                out["ece"] = np.abs(s[..., 1:]).sum(-1) / sizes
+                out["ece"] = np.abs(s[..., BOOT_RATES:]).sum(-1) / sizes
                 if base is not None:
                     b = agg(self._boot(base))
                     out["base_accuracy"] = b[..., 0] / sizes
                     out["accuracy_delta"] = out["accuracy"] - out["base_accuracy"]
-                    out["ece_delta"] = out["ece"] - np.abs(b[..., 1:]).sum(-1) / sizes
+                    out["ece_delta"] = out["ece"] - np.abs(b[..., BOOT_RATES:]).sum(-1) / sizes
+                    positives = agg(self._resample(self._positive[:, None]))[..., 0]
+                    negatives = sizes - positives
+                    for name, sums in (("", s), ("base_", b)):  # columns 1-3: true positive, false positive, predicted positive
+                        out[f"{name}positive_tpr"] = sums[..., 1] / positives
+                        out[f"{name}positive_fpr"] = sums[..., 2] / negatives
+                        out[f"{name}selection_rate"] = sums[..., 3] / sizes
             if flip is not None:
-                out["flip_rate"] = agg(flip_sums if flip_sums is not None else self._resample(flip[:, None]))[..., 0] / sizes
+                out["flip_rate"] = agg(self._resample(flip[:, None]))[..., 0] / sizes
         return out
 
 
@@ -490,7 +543,7 @@ def _summary(values: dict[str, float | None], higher_is_better: bool) -> dict:
             "gap": float(hi - lo), "min_ratio": None if hi == 0 else float(lo / hi)}
 
 
-def _disparity(scope_keys: list[str], groups: dict, positive: dict, reps: dict, boot_col: dict,
+def _disparity(scope_keys: list[str], groups: dict, positive: dict, base_positive: dict, reps: dict, boot_col: dict,
                config: StatsConfig, *, labels: bool, paired: bool) -> dict:
     """One scope's summaries over its ok groups (every field present, ``None`` when undefined)."""
     ok = [k for k in scope_keys if groups[k]["status"] == "ok"]
@@ -499,22 +552,54 @@ def _disparity(scope_keys: list[str], groups: dict, positive: dict, reps: dict, 
     for name in names:
         out[name] = _summary({k: groups[k][name] for k in ok}, mt.HIGHER_IS_BETTER[name])
     if labels:
-        out["demographic_parity_difference"] = out["selection_rate"]["gap"]
-        tpr = _summary({k: positive[k][0] for k in ok}, True)["gap"]
-        fpr = _summary({k: positive[k][1] for k in ok}, False)["gap"]
-        out["equalized_odds_difference"] = None if tpr is None or fpr is None else max(tpr, fpr)
+        out["demographic_parity_difference"], out["equalized_odds_difference"] = _parity_gaps({k: positive[k] for k in ok})
     if labels and paired:
+        cols = [boot_col[k] for k in ok]
+        base_point = {k: groups[k]["accuracy"] - groups[k]["accuracy_delta"] for k in ok}
         now = out["accuracy"]["gap"]
-        base = _summary({k: groups[k]["accuracy"] - groups[k]["accuracy_delta"] for k in ok}, True)["gap"]
+        base = _summary(base_point, True)["gap"]
         out["accuracy_gap_base"] = base
-        out["accuracy_gap_growth"] = None if now is None else float(now - base)
-        out["accuracy_gap_growth_ci"] = None
-        if now is not None and "base_accuracy" in reps:
-            cols = [boot_col[k] for k in ok]
-            step, basr = reps["accuracy"][:, cols], reps["base_accuracy"][:, cols]
-            growth = (step.max(1) - step.min(1)) - (basr.max(1) - basr.min(1))
-            out["accuracy_gap_growth_ci"] = [float(v) for v in _ci(growth, config.confidence)]
+        _growth(out, "accuracy_gap", now, base, reps, "accuracy", cols, config)
+        # equalized odds and demographic parity of the positive class, before and after
+        out["base_demographic_parity_difference"], out["base_equalized_odds_difference"] = \
+            _parity_gaps({k: base_positive[k] for k in ok})
+        _growth(out, "demographic_parity", out["demographic_parity_difference"],
+                out["base_demographic_parity_difference"], reps, "selection_rate", cols, config)
+        _growth(out, "equalized_odds", out["equalized_odds_difference"],
+                out["base_equalized_odds_difference"], reps, ("positive_tpr", "positive_fpr"), cols, config)
     return out
+
+
+def _parity_gaps(rates: dict[str, tuple]) -> tuple[float | None, float | None]:
+    """Demographic parity difference (selection-rate gap) and equalized odds difference (the larger
+    of the TPR and FPR gaps) over groups' (tpr, fpr, selection rate)."""
+    gap = lambda i, hib: _summary({k: v[i] for k, v in rates.items()}, hib)["gap"]  # noqa: E731
+    tpr, fpr = gap(0, True), gap(1, False)
+    return gap(2, True), (None if tpr is None or fpr is None else max(tpr, fpr))
+
+
+def _replicate_gap(reps: dict, name: str, cols: list[int]) -> np.ndarray:
+    x = reps[name][:, cols]
+    return np.nanmax(x, axis=1) - np.nanmin(x, axis=1)
+
+
+def _growth(out: dict, name: str, now, base, reps: dict, metric, cols: list[int], config: StatsConfig) -> None:
+    """``{name}_growth`` = now - base with its percentile interval and bootstrap standard error."""
+    out[f"{name}_growth"] = None if now is None or base is None else float(now - base)
+    out[f"{name}_growth_ci"] = out[f"{name}_growth_se"] = None
+    metrics = (metric,) if isinstance(metric, str) else metric
+    if out[f"{name}_growth"] is None or not reps or f"base_{metrics[0]}" not in reps or len(cols) < 2:
+        return
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample may leave a group without positives
+        step = np.max([_replicate_gap(reps, m, cols) for m in metrics], axis=0)
+        prior = np.max([_replicate_gap(reps, f"base_{m}", cols) for m in metrics], axis=0)
+    growth = step - prior
+    growth = growth[np.isfinite(growth)]
+    if len(growth) < 2:
+        return
+    out[f"{name}_growth_ci"] = [float(v) for v in _ci(growth, config.confidence)]
+    out[f"{name}_growth_se"] = float(growth.std(ddof=1))
 
 
 def evaluate_step(
