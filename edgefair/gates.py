@@ -1,167 +1,386 @@
 """Release gates: pure functions from the report's numbers and the recipe's thresholds to a verdict.
 
-Decision rule (`decision = "ci"`, the default): a step passes a group gate only when the upper
-confidence bound of the harm is within the threshold (non-inferiority). The bound is the more
-conservative of the paired bootstrap interval and an analytic one (Newcombe's paired score
-interval for accuracy, Clopper-Pearson for flip rates), because the bootstrap collapses to [0, 0]
-in a group with no flips. An interval wider than `max_ci_width_ratio` thresholds cannot show
-non-inferiority; such a group still fails when the harm is significant (Holm-corrected exact
-McNemar for accuracy, a simultaneous bootstrap band for ECE) and its point estimate exceeds the
-threshold; otherwise it is undecided (`insufficient`), as are groups below `min_group_size`, and
-warns or fails by `on_insufficient`. `decision = "point"` compares point estimates only.
+One rule for every gate (``decision = "ci"``, the default). A gate's *harm* is a number where
+larger is worse (an accuracy or recall drop, an FPR rise, 1 - agreement, ...), compared with the
+gate's limit ``t``:
+
+- **fail** when the data show ``harm > t``: the one-sided p-value of ``H0: harm <= t`` is below
+  ``alpha = 1 - confidence`` after Holm's correction over the gate's family (every group, and for
+  multiclass every class, of one step). Testing against ``t`` and not against 0 means a true harm
+  within the limit fails at most ``alpha`` of the time, however many groups there are;
+- **pass** when the upper bound of the harm's two-sided ``confidence`` interval is within ``t``
+  (non-inferiority shown for this group);
+- otherwise **undecided**: the group is too small, or its harm too close to the limit, to tell.
+  ``on_undecided`` says what that means: ``warn`` (the default), ``fail``, or
+  ``fail_if_observed`` (fail when the observed harm exceeds the limit).
+
+Paired rate changes (accuracy, recall, FPR, selection rate) use Tango's score interval and test
+(``intervals``), flip rates Clopper-Pearson's exact ones, mean cosine a t interval, and the
+bootstrap-only quantities (ECE change, growth of best-to-worst gaps) their percentile interval and
+a normal test with the bootstrap's standard error. ``min_detectable`` is, per group and gate, the
+smallest harm that fails on evidence at that group's size (at the Bonferroni level, which Holm's
+first step uses): what the gate can see. ``decision = "point"`` compares point estimates only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterator
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
 
+import numpy as np
+from scipy import stats as sps
 
-GROUP_GATES = ("max_group_accuracy_drop", "max_group_ece_increase", "max_group_flip_rate")
+from . import intervals as iv
+from .stats import holm
+
 PASS, FAIL, WARN = "pass", "fail", "warn"
+
+# Thresholds a recipe gets without saying so ([gates] defaults = true): every harm edgefair measures
+# is looked at. Labelled classifiers: 2 points of accuracy, 3 of any group's TPR or FPR, 3 of ECE;
+# unlabelled classifiers: 95% agreement with the baseline; embeddings: mean cosine 0.95.
+DEFAULTS_LABELLED = {"max_group_accuracy_drop": 0.02, "max_group_tpr_drop": 0.03,
+                     "max_group_fpr_increase": 0.03, "max_group_ece_increase": 0.03}
+DEFAULTS_UNLABELLED = {"min_group_agreement": 0.95}
+DEFAULTS_EMBEDDING = {"min_group_cosine": 0.95}
+
+GATE_TEXT = {
+    "max_group_accuracy_drop": "accuracy drop",
+    "max_group_tpr_drop": "true positive rate drop",
+    "max_group_fpr_increase": "false positive rate rise",
+    "max_group_selection_rate_change": "selection rate change",
+    "max_group_ece_increase": "ECE increase",
+    "max_group_flip_rate": "flip rate",
+    "min_group_agreement": "agreement with the baseline",
+    "min_group_cosine": "mean cosine to the baseline",
+    "max_accuracy_gap_growth": "best-to-worst accuracy gap growth",
+    "max_equalized_odds_growth": "equalized odds difference growth",
+    "max_demographic_parity_growth": "demographic parity difference growth",
+}
+LOWER_LIMIT_GATES = ("min_group_agreement", "min_group_cosine")  # the limit is a floor on a score
+SCOPE_GATES = {"max_accuracy_gap_growth": "accuracy_gap", "max_equalized_odds_growth": "equalized_odds",
+               "max_demographic_parity_growth": "demographic_parity"}
+
+
+@dataclass
+class Harm:
+    """One harm of one group (or class, or scope) of one step, in larger-is-worse units."""
+
+    value: float | None  # point estimate
+    ci: tuple[float, float] | None  # two-sided interval at the run's confidence
+    p: float | None = None  # one-sided p-value of "harm <= limit", before correction
+    n: int | None = None  # the rows the estimate rests on
+    min_detectable: float | None = None  # smallest harm that fails on evidence at this n
+    se: float | None = None  # standard error, for the normal tests of bootstrap estimates
+    where: str | None = None  # e.g. "class 3" for a multiclass rate
+    reason: str | None = None  # why there is no decision-grade estimate
+    p_holm: float | None = field(default=None)
 
 
 @dataclass(frozen=True)
-class Harm:
-    """A harm measure of one group (or scope) of one step: larger is worse."""
+class Rule:
+    decision: str = "ci"
+    on_undecided: str = "warn"
+    confidence: float = 0.95
+    min_support: int = 50
 
-    value: float | None
-    ci: tuple[float, float] | None
-    # is there evidence of any harm at all, corrected for testing many groups? (None: unknown)
-    significant: bool | None = None
-
-
-def accuracy_drop(g: dict[str, Any], confidence: float) -> Harm:
-    if g.get("accuracy_delta") is None:
-        return Harm(None, None)
-    value = -g["accuracy_delta"]
-    lo, hi = g.get("accuracy_delta_ci") or (g["accuracy_delta"], g["accuracy_delta"])
-    ci = (-hi, -lo)  # already widened to Newcombe's interval where the bootstrap collapses
-    p = g.get("mcnemar_p_drop_holm")  # exact one-sided McNemar, Holm-corrected across groups
-    return Harm(value, ci, None if p is None else p < 1 - confidence)
+    @property
+    def alpha(self) -> float:
+        return 1.0 - self.confidence
 
 
-def ece_increase(g: dict[str, Any], confidence: float) -> Harm:
+def decide(harm: Harm, limit: float, rule: Rule) -> tuple[str, str, str]:
+    """(status, decision, reason) of one harm against its limit; decision is pass/fail/undecided."""
+    if harm.value is None:
+        return _undecided(harm, limit, rule, harm.reason or "no estimate (insufficient data)")
+    if rule.decision == "point" or harm.ci is None:
+        if harm.value <= limit:
+            return PASS, "pass", "point estimate within the limit"
+        return FAIL, "fail", "point estimate beyond the limit"
+    if harm.reason:  # an estimate too thin to test (support below min_group_size)
+        return _undecided(harm, limit, rule, harm.reason)
+    if harm.p_holm is not None and harm.p_holm < rule.alpha:
+        return FAIL, "fail", f"harm beyond the limit (one-sided p = {harm.p_holm:.2g}, Holm-corrected)"
+    if harm.ci[1] <= limit:
+        return PASS, "pass", "upper confidence bound within the limit"
+    return _undecided(harm, limit, rule, "interval reaches beyond the limit, no evidence of harm beyond it")
+
+
+def _undecided(harm: Harm, limit: float, rule: Rule, reason: str) -> tuple[str, str, str]:
+    observed = harm.value is not None and harm.value > limit
+    if rule.on_undecided == "fail" or (rule.on_undecided == "fail_if_observed" and observed):
+        return FAIL, "undecided", f"undecided ({reason}); on_undecided = {rule.on_undecided}"
+    return WARN, "undecided", reason
+
+
+# ---- harms of one group, from the counts in the report ---------------------------------------------
+
+
+def _paired(lost: float, gained: float, n: float, limit: float, rule: Rule, where: str | None = None) -> Harm:
+    """A paired rate change with net loss (lost - gained) / n: Tango's interval and test."""
+    if not n:
+        return Harm(None, None, n=0, where=where, reason="no rows")
+    lo, hi = iv.paired_score_interval(lost, gained, n, rule.confidence)
+    harm = Harm((lost - gained) / n, (lo, hi), iv.paired_p_above(lost, gained, n, limit), int(n), where=where)
+    if n < rule.min_support:
+        harm.reason = f"{int(n)} rows < min_group_size ({rule.min_support})"
+    return harm
+
+
+def _class_harms(g: dict, limit: float, rule: Rule, positive: int, kind: str) -> list[Harm]:
+    """Recall drop (kind "tpr") or FPR rise ("fpr") of the positive class (binary) or every class."""
+    pc = g.get("paired_counts")
+    if not pc:
+        return [Harm(None, None, reason="no labels")]
+    k = len(pc["class_n"])
+    classes = [positive] if k == 2 else range(k)
+    out = []
+    for c in classes:
+        where = None if k == 2 else f"class {c}"
+        if kind == "tpr":
+            out.append(_paired(pc["recall_lost"][c], pc["recall_gained"][c], pc["class_n"][c], limit, rule, where))
+        else:
+            out.append(_paired(pc["fp_added"][c], pc["fp_removed"][c], pc["other_n"][c], limit, rule, where))
+    return out
+
+
+def _accuracy(g, limit, rule, positive):
+    if g.get("lost_correct") is None:
+        return [Harm(None, None, reason="no labels")]
+    return [_paired(g["lost_correct"], g["gained_correct"], g["n"], limit, rule)]
+
+
+def _selection(g, limit, rule, positive):
+    pc = g.get("paired_counts")
+    if not pc:
+        return [Harm(None, None, reason="no labels")]
+    up = pc["recall_gained"][positive] + pc["fp_added"][positive]
+    down = pc["recall_lost"][positive] + pc["fp_removed"][positive]
+    n = g["n"]
+    lo, hi = iv.paired_score_interval(up, down, n, rule.confidence)  # signed change of the selection rate
+    change = (up - down) / n
+    ci = (lo, hi) if lo > 0 else (-hi, -lo) if hi < 0 else (0.0, max(-lo, hi))
+    p = min(1.0, iv.paired_p_above(up, down, n, limit) + iv.paired_p_above(down, up, n, limit))
+    return [Harm(abs(change), ci, p, n)]
+
+
+def _ece(g, limit, rule, positive):
     if g.get("ece_delta") is None:
-        return Harm(None, None)
-    ci = g.get("ece_delta_ci")
-    band = g.get("ece_delta_ci_simultaneous")  # holds for all groups at once
-    return Harm(g["ece_delta"], tuple(ci) if ci else None, None if not band else band[0] > 0)
+        return [Harm(None, None, reason="no labels")]
+    return [_normal(g["ece_delta"], g.get("ece_delta_ci"), g.get("ece_delta_se"), limit, g["n"])]
 
 
-def flip_rate(g: dict[str, Any], confidence: float) -> Harm:
+def _normal(value: float, ci, se: float | None, limit: float, n: int | None) -> Harm:
+    """A bootstrap estimate: its percentile interval, and a normal test with its standard error."""
+    if ci is None or se is None:
+        return Harm(value, None, n=n)
+    p = float(sps.norm.sf((value - limit) / se)) if se > 0 else float(value <= limit)
+    return Harm(value, tuple(ci), p, n, se=se)
+
+
+def _flips(g, limit, rule, positive):
     if g.get("flip_rate") is None:
-        return Harm(None, None)
-    lo, hi = g.get("flip_rate_ci") or (g["flip_rate"], g["flip_rate"])
-    # any flip is evidence of *some* flips, not of a rate beyond the limit: no significance shortcut
-    return Harm(g["flip_rate"], (lo, hi), False)
+        return [Harm(None, None, reason="no baseline")]
+    n = g["n"]
+    k = round(g["flip_rate"] * n)
+    return [Harm(k / n, iv.proportion_ci(k, n, rule.confidence), iv.proportion_p_above(k, n, limit), n)]
 
 
-HARMS = {
-    "max_group_accuracy_drop": accuracy_drop,
-    "max_group_ece_increase": ece_increase,
-    "max_group_flip_rate": flip_rate,
+def _cosine(g, limit, rule, positive):
+    """Harm 1 - mean cosine against 1 - floor, with a t interval over the group's rows."""
+    if g.get("cosine_mean") is None:
+        return [Harm(None, None, reason="no baseline")]
+    n, mean, sd = g["n"], g["cosine_mean"], g.get("cosine_sd") or 0.0
+    harm = 1.0 - mean
+    if n < 2:
+        return [Harm(harm, None, n=n)]
+    se = sd / math.sqrt(n)
+    q = float(sps.t.ppf(0.5 + rule.confidence / 2, n - 1))
+    p = float(sps.t.sf((harm - limit) / se, n - 1)) if se > 0 else float(harm <= limit)
+    return [Harm(harm, (harm - q * se, harm + q * se), p, n, se=se)]
+
+
+GROUP_HARMS: dict[str, Callable[..., list[Harm]]] = {
+    "max_group_accuracy_drop": _accuracy,
+    "max_group_tpr_drop": lambda g, t, r, pos: _class_harms(g, t, r, pos, "tpr"),
+    "max_group_fpr_increase": lambda g, t, r, pos: _class_harms(g, t, r, pos, "fpr"),
+    "max_group_selection_rate_change": _selection,
+    "max_group_ece_increase": _ece,
+    "max_group_flip_rate": _flips,
+    "min_group_agreement": _flips,  # harm = flip rate = 1 - agreement, limit = 1 - floor
+    "min_group_cosine": _cosine,  # harm = 1 - mean cosine, limit = 1 - floor
 }
 
 
-def decide(harm: Harm, threshold: float, *, decision: str, on_insufficient: str, max_width: float) -> tuple[str, str]:
-    """(status, reason) of one harm against one threshold."""
-    if harm.value is None:
-        return (FAIL if on_insufficient == "fail" else WARN), "no estimate (insufficient data)"
-    if decision == "point" or harm.ci is None:
-        ok = harm.value <= threshold
-        return (PASS, "point estimate within threshold") if ok else (FAIL, "point estimate exceeds threshold")
-    lo, hi = harm.ci
-    if hi <= threshold:
-        return PASS, "upper confidence bound within threshold"
-    if lo > threshold:
-        return FAIL, "even the lower confidence bound exceeds the threshold"
-    if hi - lo <= max_width * threshold:
-        return FAIL, "upper confidence bound exceeds threshold"
-    significant = harm.significant if harm.significant is not None else lo > 0
-    if significant and harm.value > threshold:
-        return FAIL, "significant harm (corrected for multiple groups) with point estimate beyond threshold"
-    status = FAIL if on_insufficient == "fail" else WARN
-    return status, f"interval too wide to decide (width {hi - lo:.4g} > {max_width:g} x the limit {threshold:g})"
+def _min_detectable(name: str, harm: Harm, limit: float, level: float) -> float | None:
+    """Smallest harm that would fail on evidence at this group's n (see the module docstring)."""
+    if not harm.n:
+        return None
+    if name in ("max_group_flip_rate", "min_group_agreement"):
+        k = float(sps.binom.isf(level, harm.n, min(max(limit, 0.0), 1.0))) + 1.0
+        return None if k > harm.n else k / harm.n
+    if name == "max_group_selection_rate_change":
+        level /= 2.0  # two one-sided tests
+    if name in ("max_group_accuracy_drop", "max_group_tpr_drop", "max_group_fpr_increase", "max_group_selection_rate_change"):
+        v = iv.smallest_failing_loss(harm.n, limit, level)
+        return None if math.isnan(v) else float(v)
+    # normal tests: the limit plus the one-sided quantile times the standard error
+    return None if harm.se is None else limit + float(sps.norm.isf(level)) * harm.se
 
 
-def _gate(name: str, group: str | None, harm: Harm, threshold: float, status: str, reason: str) -> dict[str, Any]:
-    return {
-        "gate": name,
-        "group": group,
-        "value": harm.value,
-        "ci": list(harm.ci) if harm.ci else None,
-        "threshold": threshold,
-        "status": status,
-        "reason": reason,
+# ---- one step ------------------------------------------------------------------------------------
+
+
+def effective_thresholds(gates: Any, *, labelled: bool, output: str) -> dict[str, float]:
+    """The thresholds in force: the recipe's, and where it says nothing, the defaults (unless
+    ``defaults = false``). Quality gates that need labels are dropped for label-free runs."""
+    names = [*GROUP_HARMS, *SCOPE_GATES]
+    chosen = {n: getattr(gates, n) for n in names if getattr(gates, n, None) is not None}
+    if gates.defaults:
+        defaults = DEFAULTS_EMBEDDING if output == "embedding" else DEFAULTS_LABELLED if labelled else DEFAULTS_UNLABELLED
+        chosen = {**defaults, **chosen}
+    needs_labels = {"max_group_accuracy_drop", "max_group_tpr_drop", "max_group_fpr_increase",
+                    "max_group_selection_rate_change", "max_group_ece_increase", *SCOPE_GATES}
+    if not labelled or output == "embedding":
+        chosen = {n: t for n, t in chosen.items() if n not in needs_labels}
+    if output == "embedding":  # no argmax: flips mean nothing for an embedding
+        chosen = {n: t for n, t in chosen.items() if n not in ("max_group_flip_rate", "min_group_agreement")}
+    return {n: chosen[n] for n in names if n in chosen}
+
+
+def _limit(name: str, threshold: float) -> float:
+    """A gate's limit in harm units: a floor on a score becomes a ceiling on 1 - score."""
+    return 1.0 - threshold if name in LOWER_LIMIT_GATES else threshold
+
+
+def _entry(name: str, scope: str | None, harm: Harm, threshold: float, status: str, decision: str, reason: str) -> dict[str, Any]:
+    lower = name in LOWER_LIMIT_GATES  # reported as the score itself (agreement 0.93 vs floor 0.95)
+    value = None if harm.value is None else (1.0 - harm.value if lower else harm.value)
+    ci = None if harm.ci is None else ([1.0 - harm.ci[1], 1.0 - harm.ci[0]] if lower else list(harm.ci))
+    md = harm.min_detectable
+    entry = {
+        "gate": name, "group": scope, "value": value, "ci": ci, "threshold": threshold, "status": status,
+        "decision": decision, "reason": reason, "n": harm.n, "p_holm": harm.p_holm,
+        "min_detectable": None if md is None else (1.0 - md if lower else md),
+        "exceeds": None if value is None else (value < threshold if lower else value > threshold),
+        "direction": "min" if lower else "max",
     }
+    if harm.where:
+        entry["where"] = harm.where
+    return entry
 
 
-def step_gates(step: dict[str, Any], gates: Any, *, confidence: float) -> Iterator[dict[str, Any]]:
-    rule = {"decision": gates.decision, "on_insufficient": gates.on_insufficient, "max_width": gates.max_ci_width_ratio}
-    insufficient = FAIL if gates.on_insufficient == "fail" else WARN
+def _family(name: str, harms: dict[str, Harm], limit: float, threshold: float, rule: Rule) -> Iterator[dict[str, Any]]:
+    """Holm over every testable harm of one gate and step, then a decision per group (its worst)."""
+    testable = [(k, i) for k, hs in harms.items() for i, h in enumerate(hs) if h.p is not None and not h.reason and h.ci is not None]
+    for (k, i), adjusted in zip(testable, holm([harms[k][i].p for k, i in testable])):
+        harms[k][i].p_holm = adjusted
+    level = rule.alpha / max(len(testable), 1)
+    for key, hs in harms.items():
+        decided = []
+        for h in hs:
+            h.min_detectable = _min_detectable(name, h, limit, level) if rule.decision == "ci" else limit
+            decided.append((h, decide(h, limit, rule)))
+        # the group's outcome is its worst class: a failure, else an undecided one, else the largest harm
+        order = {FAIL: 0, WARN: 1, PASS: 2}
+        harm, (status, decision, reason) = min(decided, key=lambda hd: (order[hd[1][0]], -(hd[0].value if hd[0].value is not None else -np.inf)))
+        yield _entry(name, key, harm, threshold, status, decision, reason)
+
+
+def step_gates(step: dict[str, Any], thresholds: dict[str, float], rule: Rule, *, positive_label: int,
+               latency_gate: float | None = None, size_gate: float | None = None) -> Iterator[dict[str, Any]]:
     if step["overall"].get("nonfinite_rows"):  # always checked: a model that emits NaN/inf cannot ship
         bad = step["overall"]["nonfinite_rows"]
-        yield _gate("finite_outputs", None, Harm(float(bad), None), 0.0, FAIL, f"{bad} eval rows gave NaN or infinite outputs")
+        yield _entry("finite_outputs", None, Harm(float(bad), None), 0.0, FAIL, "fail", f"{bad} eval rows gave NaN or infinite outputs")
     if step["index"] > 0:
-        for name in GROUP_GATES:
-            threshold = getattr(gates, name)
-            if threshold is None:
-                continue
-            for key, g in step["groups"].items():
-                if g.get("status") != "ok":
-                    yield _gate(name, key, Harm(None, None), threshold, insufficient, g.get("reason", "insufficient data"))
-                    continue
-                harm = HARMS[name](g, confidence)
-                entry = _gate(name, key, harm, threshold, *decide(harm, threshold, **rule))
-                if name == "max_group_accuracy_drop" and g.get("mcnemar_p_drop_holm") is not None:
-                    # is the drop real at all? exact one-sided McNemar, Holm-corrected across groups
-                    entry["p_holm"] = g["mcnemar_p_drop_holm"]
+        for name, threshold in thresholds.items():
+            limit = _limit(name, threshold)
+            if name in SCOPE_GATES:
+                field_ = SCOPE_GATES[name]
+                harms = {scope: [_normal(d.get(f"{field_}_growth"), d.get(f"{field_}_growth_ci"), d.get(f"{field_}_growth_se"), limit, None)
+                                 if d.get(f"{field_}_growth") is not None else Harm(None, None, reason="fewer than two groups with data")]
+                         for scope, d in step.get("disparity", {}).items()}
+            else:
+                harms = {key: (GROUP_HARMS[name](g, limit, rule, positive_label) if g.get("status") == "ok"
+                               else [Harm(None, None, n=g.get("n"), reason=g.get("reason", "insufficient data"))])
+                         for key, g in step["groups"].items()}
+            for entry in _family(name, harms, limit, threshold, rule):
+                if entry["group"] in step["groups"]:
+                    step["groups"][entry["group"]].setdefault("min_detectable", {})[name] = entry["min_detectable"]
                 yield entry
-        if gates.max_accuracy_gap_growth is not None:
-            for scope, d in step.get("disparity", {}).items():
-                growth = d.get("accuracy_gap_growth")
-                ci = d.get("accuracy_gap_growth_ci")
-                harm = Harm(growth, tuple(ci) if ci else None)
-                yield _gate("max_accuracy_gap_growth", scope, harm, gates.max_accuracy_gap_growth, *decide(harm, gates.max_accuracy_gap_growth, **rule))
     lat = step.get("latency") or {}
-    if gates.max_latency_p95_ms is not None and lat.get("p95_ms") is not None:
-        harm = Harm(lat["p95_ms"], None)
-        ok = harm.value <= gates.max_latency_p95_ms
-        yield _gate("max_latency_p95_ms", None, harm, gates.max_latency_p95_ms, PASS if ok else FAIL, f"measured p95 ({lat.get('source', 'local')})")
-    if gates.max_size_mb is not None:
-        harm = Harm(step["size_bytes"] / 1e6, None)
-        ok = harm.value <= gates.max_size_mb
-        yield _gate("max_size_mb", None, harm, gates.max_size_mb, PASS if ok else FAIL, "model file size")
+    if latency_gate is not None:
+        if lat.get("p95_ms") is None:
+            yield _entry("max_latency_p95_ms", None, Harm(None, None), latency_gate,
+                         *_undecided(Harm(None, None), latency_gate, rule, "no latency measured for this model"))
+        else:
+            ok = lat["p95_ms"] <= latency_gate
+            yield _entry("max_latency_p95_ms", None, Harm(lat["p95_ms"], None), latency_gate, PASS if ok else FAIL,
+                         PASS if ok else FAIL, f"measured p95 ({lat.get('source', 'local')})")
+    if size_gate is not None:
+        ok = step["size_bytes"] / 1e6 <= size_gate
+        yield _entry("max_size_mb", None, Harm(step["size_bytes"] / 1e6, None), size_gate, PASS if ok else FAIL,
+                     PASS if ok else FAIL, "model file size")
 
 
-def apply_gates(report: dict[str, Any], gates: Any, *, confidence: float, select: str = "last") -> None:
-    """Fill each step's `gates` and `passed`, and the report's `verdict` and `selected` (in place).
+def apply_gates(report: dict[str, Any], gates: Any, *, confidence: float, min_group_size: int = 50,
+                positive_label: int = 1, output: str = "logits", select: Any = None, tune: bool = False) -> None:
+    """Fill each step's `gates` and `passed`, and the report's `verdict`, `selected`, `gates_applied`
+    and `gate_summary` (in place).
 
-    The verdict is "pass" when every compressed step passes every gate (warnings allowed); the
-    selected model is the last compressed step that passes. With no steps, the baseline is the
-    candidate. The baseline's own gates are informational when there are steps.
+    A step *passes* when no gate fails and at least one gate looked at it. The model to ship is the
+    passing compressed step chosen by ``select.by`` (fastest, smallest or last); with no steps, the
+    baseline is the candidate. The verdict is "pass" when a model to ship was found and, with
+    ``select.require = "all"``, every compressed step passed too. ``tune``: the steps are
+    alternatives and the baseline is kept when no passing candidate is faster.
     """
     steps = report["steps"]
+    labelled = bool(report.get("data", {}).get("eval", {}).get("labelled", True))
+    thresholds = effective_thresholds(gates, labelled=labelled, output=output)
+    rule = Rule(decision=gates.decision, on_undecided=gates.on_undecided, confidence=confidence, min_support=min_group_size)
     for step in steps:
-        step["gates"] = list(step_gates(step, gates, confidence=confidence))
-        step["passed"] = all(g["status"] != FAIL for g in step["gates"])
+        step["gates"] = list(step_gates(step, thresholds, rule, positive_label=positive_label,
+                                        latency_gate=gates.max_latency_p95_ms, size_gate=gates.max_size_mb))
+        looked = [g for g in step["gates"] if g["gate"] != "finite_outputs"]
+        step["passed"] = bool(looked) and all(g["status"] != FAIL for g in step["gates"])
+        if not looked:
+            step["gates"].append(_entry("no_gate", None, Harm(None, None), 0.0, FAIL, "fail",
+                                        "no gate looked at this model ([gates] defaults = false and no gate set)"))
+    by = getattr(select, "by", "fastest")
+    require = getattr(select, "require", "selected")
     compressed = steps[1:]
     candidates = compressed or steps[:1]  # with no steps, the baseline itself is what would ship
     passing = [s for s in candidates if s["passed"]]
-    if select == "fastest":  # `edgefair tune`: candidates are alternatives; one passing is enough
-        report["verdict"] = "pass" if passing else "fail"
-        chosen = min(passing, key=_speed) if passing else None
-        if chosen is not None and steps[0]["passed"] and _speed(steps[0]) <= _speed(chosen):
-            chosen = steps[0]  # no compression made it faster: recommend none rather than a slower model
-    else:
-        report["verdict"] = "pass" if all(s["passed"] for s in candidates) else "fail"
-        chosen = passing[-1] if passing else None
-    report["selected"] = None if chosen is None else {"step": chosen["index"], "name": chosen["name"], "model": chosen["model"]}
+    chosen, why = _choose(passing, "fastest" if tune else by)
+    if tune and chosen is not None and steps[0]["passed"] and _speed(steps[0]) <= _speed(chosen):
+        chosen, why = steps[0], "no passing candidate is faster than the uncompressed model"
+    ok = chosen is not None and (require != "all" or all(s["passed"] for s in candidates))
+    report["verdict"] = "pass" if ok else "fail"
+    report["selected"] = None if chosen is None else {"step": chosen["index"], "name": chosen["name"], "model": chosen["model"], "reason": why}
+    report["gates_applied"] = {"thresholds": thresholds, "defaults": bool(gates.defaults), "decision": gates.decision,
+                               "on_undecided": gates.on_undecided, "confidence": confidence, "min_group_size": min_group_size,
+                               "select": by if not tune else "fastest", "require": require}
+    every = [(s, g) for s in steps for g in s["gates"]]
     report["gate_summary"] = {
-        "failed": [_where(s, g) for s in steps for g in s["gates"] if g["status"] == FAIL],
-        "warned": [_where(s, g) for s in steps for g in s["gates"] if g["status"] == WARN],
+        "failed": [_where(s, g) for s, g in every if g["status"] == FAIL],
+        "warned": [_where(s, g) for s, g in every if g["status"] == WARN],
+        # observed beyond the limit, whatever the status: every report names these on its first screen
+        "exceeded": [_where(s, g) for s, g in every if g.get("exceeds") and s["index"] > 0],
+        "failed_steps": [s["index"] for s in candidates if not s["passed"]],
     }
+
+
+def _choose(passing: list[dict[str, Any]], by: str) -> tuple[dict[str, Any] | None, str]:
+    if not passing:
+        return None, "no step passed every gate"
+    if by == "last":
+        return passing[-1], "the last step that passed every gate"
+    if by == "smallest":
+        return min(passing, key=lambda s: (s["size_bytes"], _speed(s))), "the smallest step that passed every gate"
+    chosen = min(passing, key=_speed)
+    if (chosen.get("latency") or {}).get("p50_ms") is None:
+        return chosen, "the smallest step that passed every gate (no latency measured)"
+    return chosen, "the fastest step (p50) that passed every gate"
 
 
 def _speed(step: dict[str, Any]) -> tuple[float, int]:
@@ -170,4 +389,9 @@ def _speed(step: dict[str, Any]) -> tuple[float, int]:
 
 
 def _where(step: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
-    return {"step": step["index"], "name": step["name"], "gate": gate["gate"], "group": gate["group"], "value": gate["value"], "threshold": gate["threshold"]}
+    out = {"step": step["index"], "name": step["name"], "gate": gate["gate"], "group": gate["group"], "value": gate["value"],
+           "ci": gate.get("ci"), "threshold": gate["threshold"], "status": gate["status"], "decision": gate.get("decision"),
+           "min_detectable": gate.get("min_detectable"), "n": gate.get("n")}
+    if gate.get("where"):
+        out["where"] = gate["where"]
+    return out

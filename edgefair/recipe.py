@@ -26,13 +26,17 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+MAX_BOOTSTRAP = 100_000
+RENAMED = {"gates.on_insufficient": "gates.on_undecided", "gates.max_ci_width_ratio": None}
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     source: str  # .pt2, .onnx, or pkg.module:factory
     weights: str | None = None  # with a factory: .safetensors, or a state dict read weights_only
-    output: Literal["auto", "logits", "probabilities"] = "auto"  # how to read the first model output
+    # how to read the first model output: class scores (auto tells logits from probabilities) or an
+    # embedding, judged by cosine and relative error only (an argmax over its dimensions means nothing)
+    output: Literal["auto", "logits", "probabilities", "embedding"] = "auto"
     opset: int | None = check(lambda v: 7 <= v <= 30, "must be in [7, 30]", default=None)
     parity_atol: float = check(positive, "must be > 0", default=1e-4)  # export parity tolerance
     parity_rtol: float = check(lambda v: v >= 0, "must be >= 0", default=1e-4)
@@ -51,11 +55,15 @@ class DataConfig:
     intersections: bool = True
     min_group_size: int = check(lambda v: v >= 1, "must be >= 1", default=50)
     features: tuple[str, ...] | None = None  # csv only; default: every non-label, non-group column
+    positive_label: int = check(lambda v: v >= 0, "must be >= 0", default=1)  # the favourable class: TPR, FPR, selection rate
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    bootstrap: int = check(lambda v: v >= 100, "must be >= 100", default=1000)
+    # replicates: 1000 makes the 2.5%/97.5% percentiles stable to ~0.1 point. Memory grows with
+    # replicates x (finest cells x ~20 + groups x ~15) x 8 bytes: 10**5 is ~1 GB for the Adult recipe
+    bootstrap: int = check(lambda v: 100 <= v <= MAX_BOOTSTRAP, f"must be in [100, {MAX_BOOTSTRAP}] (memory grows "
+                           "linearly with it: about 8 bytes x (finest cells x 20 + groups x 15) per replicate)", default=1000)
     confidence: float = check(*in_range(0.5, 1.0, hi_open=True), default=0.95)
     seed: int = check(lambda v: v >= 0, "must be >= 0", default=0)
     # rows per inference call. None: 1024, except for models whose outputs depend on the batch
@@ -80,19 +88,38 @@ class LatencyConfig:
     from_files: tuple[str, ...] = ()  # device measurements (`edgefair probe --out`) used instead of local ones
 
 
+def _fraction(default=None):
+    return check(*in_range(0.0, 1.0), default=default)
+
+
 @dataclass(frozen=True)
 class GatesConfig:
-    max_group_accuracy_drop: float | None = check(*in_range(0.0, 1.0), default=None)
-    max_accuracy_gap_growth: float | None = check(*in_range(0.0, 1.0), default=None)
-    max_group_ece_increase: float | None = check(*in_range(0.0, 1.0), default=None)
-    max_group_flip_rate: float | None = check(*in_range(0.0, 1.0), default=None)
+    # per group, each a limit on a harm vs the baseline (fractions: 0.01 = 1 point)
+    max_group_accuracy_drop: float | None = _fraction()
+    max_group_tpr_drop: float | None = _fraction()  # recall of the positive class (multiclass: of every class)
+    max_group_fpr_increase: float | None = _fraction()  # false positive rate (multiclass: of every class)
+    max_group_selection_rate_change: float | None = _fraction()  # |change| of the share predicted positive
+    max_group_ece_increase: float | None = _fraction()
+    max_group_flip_rate: float | None = _fraction()
+    min_group_agreement: float | None = _fraction()  # share of predictions equal to the baseline's
+    min_group_cosine: float | None = check(*in_range(-1.0, 1.0), default=None)  # mean cosine of outputs to the baseline's
+    # per attribute: growth of the best-to-worst gap vs the baseline's
+    max_accuracy_gap_growth: float | None = _fraction()
+    max_equalized_odds_growth: float | None = _fraction()
+    max_demographic_parity_growth: float | None = _fraction()
     max_latency_p95_ms: float | None = check(positive, "must be > 0", default=None)
     max_size_mb: float | None = check(positive, "must be > 0", default=None)
-    decision: Literal["ci", "point"] = "ci"  # ci: the upper confidence bound of the harm must pass
-    on_insufficient: Literal["warn", "fail"] = "warn"
-    # a group whose interval is wider than this many thresholds cannot be decided (insufficient data):
-    # the gate's resolution must be finer than the limit it enforces, or noise decides
-    max_ci_width_ratio: float = check(positive, "must be > 0", default=1.0)
+    defaults: bool = True  # gates the recipe does not set get the documented defaults (README, "How the gates decide")
+    decision: Literal["ci", "point"] = "ci"  # ci: fail on evidence beyond the limit, pass on an upper bound within it
+    # a group whose data can tell neither (too small, or too close to the limit)
+    on_undecided: Literal["warn", "fail", "fail_if_observed"] = "warn"
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    by: Literal["fastest", "smallest", "last"] = "fastest"  # which passing step becomes selected.onnx
+    # selected: exit 0 when the selected model passed every gate; all: only when every step did
+    require: Literal["selected", "all"] = "selected"
 
 
 @dataclass(frozen=True)
@@ -114,6 +141,7 @@ class Recipe:
     latency: LatencyConfig
     steps: tuple[StepSpec, ...]
     gates: GatesConfig
+    select: SelectConfig = SelectConfig()
 
     @property
     def base(self) -> Path:
@@ -131,10 +159,11 @@ class Recipe:
             "latency": as_dict(self.latency),
             "steps": [{"name": s.name, "kind": s.kind, "input": s.input, **as_dict(s.config)} for s in self.steps],
             "gates": as_dict(self.gates),
+            "select": as_dict(self.select),
         }
 
 
-TOP_LEVEL = {"model", "data", "evaluate", "latency", "steps", "gates"}
+TOP_LEVEL = {"model", "data", "evaluate", "latency", "steps", "gates", "select"}
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -174,10 +203,25 @@ def parse_recipe(raw: dict[str, Any], *, path: Path, sha256: str = "") -> Recipe
         raise RecipeError("data.groups: attributes must be unique")
     if data.label is not None and data.label in data.groups:
         raise RecipeError(f"data.groups: {data.label!r} is the label column")
+    for i, name in enumerate(data.groups):
+        if "=" in name or "&" in name:  # group keys are attribute=value joined by &
+            raise RecipeError(f"data.groups[{i}]: {name!r} contains '=' or '&', which group keys reserve; rename the column")
+    for old, new in RENAMED.items():
+        table, key = old.split(".")
+        if isinstance(raw.get(table), dict) and key in raw[table]:
+            hint = f"renamed to {new} in edgefair 0.2" if new else "removed in edgefair 0.2 (the gates test the limit itself; see README)"
+            raise RecipeError(f"{old}: {hint}")
     steps = _parse_steps(raw.get("steps", []), data, torch_source=not model.source.endswith(".onnx"))
     latency = build(LatencyConfig, raw.get("latency", {}), "latency")
     for i, rel in enumerate(latency.from_files):
         _check_file(base, rel, f"latency.from_files[{i}]")
+    gates = build(GatesConfig, raw.get("gates", {}), "gates")
+    if gates.max_latency_p95_ms is not None and not latency.enabled and not latency.from_files:
+        raise RecipeError("gates.max_latency_p95_ms: needs latency measurements, but latency.enabled = false "
+                          "and latency.from_files is empty")
+    if model.output == "embedding" and any(getattr(gates, n) is not None for n in ("max_group_flip_rate", "min_group_agreement")):
+        raise RecipeError("gates: flip-rate and agreement gates compare argmax predictions, which an embedding "
+                          "(model.output = \"embedding\") does not have; use min_group_cosine")
     return Recipe(
         path=path,
         sha256=sha256,
@@ -186,7 +230,8 @@ def parse_recipe(raw: dict[str, Any], *, path: Path, sha256: str = "") -> Recipe
         evaluate=build(EvaluateConfig, raw.get("evaluate", {}), "evaluate"),
         latency=latency,
         steps=steps,
-        gates=build(GatesConfig, raw.get("gates", {}), "gates"),
+        gates=gates,
+        select=build(SelectConfig, raw.get("select", {}), "select"),
     )
 
 

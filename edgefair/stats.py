@@ -12,7 +12,7 @@ feature columns (correct, flipped, per-bin ``confidence - correct``...), so ever
 replicates come from one (B, n_cell) count matrix times a (n_cell, F) feature matrix per cell,
 then a sum over the cells that make up each group: no Python loop over replicates. Confidence
 intervals are percentile intervals of those replicates; ``accuracy_delta_ci`` and
-``flip_rate_ci`` are then widened to at least Newcombe's paired score / Clopper-Pearson's exact
+``flip_rate_ci`` are then widened to at least Tango's paired score / Clopper-Pearson's exact
 interval (``intervals``), because a percentile bootstrap of a group without flips is [0, 0]; the
 raw ones are kept as ``*_ci_bootstrap``.
 
@@ -44,14 +44,12 @@ CONFIDENCE_ERROR = "confidence: must be a number in (0, 1), got {value!r}"
 SEED_ERROR = "seed: must be an integer >= 0, got {value!r}"
 MIN_GROUP_SIZE_ERROR = "min_group_size: must be an integer >= 1, got {value!r}"
 N_BINS_ERROR = "n_bins: must be an integer >= 1, got {value!r}"
-MAX_CI_WIDTH_ERROR = "max_ci_width: must be a number > 0 or None, got {value!r}"
 POSITIVE_LABEL_ERROR = "positive_label: must be an integer >= 0, got {value!r}"
 SHAPE_MISMATCH_ERROR = "{what} has shape {got}, expected {expected} like the step's probabilities"
 ALTERNATIVE_ERROR = "alternative must be 'two-sided' or 'drop', got {value!r}"
 BASE_OUTPUTS_ERROR = "base_outputs is required when base_probs is given"
 
 REASON_TOO_SMALL = "n < min_group_size ({min_group_size})"
-REASON_CI_TOO_WIDE = "{field} width {width:.4f} > max_ci_width ({max_ci_width:g})"
 
 CLASSIFICATION_KEYS = ("accuracy", "balanced_accuracy", "tpr", "fpr", "precision", "f1",
                        "selection_rate", "ece", "ece_equal_mass", "mce", "brier", "nll")
@@ -75,11 +73,8 @@ class StatsConfig:
     seed: int = 0  # same seed + same masks -> same resamples at every step (common random numbers)
     min_group_size: int = 50  # below this, per-group rates are too noisy to report as numbers
     n_bins: int = 15  # calibration bins: the customary 15 of Guo et al. (2017)
-    # A group whose decision interval is wider than this reports insufficient_data. The decision
-    # interval is accuracy_delta_ci (labels and baseline), accuracy_ci (labels, baseline step) or
-    # flip_rate_ci (no labels). None: only min_group_size decides.
-    max_ci_width: float | None = None
     positive_label: int = 1  # the favourable class: selection rate, equalized odds, binary TPR/FPR
+    embedding: bool = False  # outputs are embeddings: fidelity by cosine and relative error only, no argmax flips
 
     def __post_init__(self) -> None:
         if not _is_int(self.n_boot) or self.n_boot < 0:
@@ -93,10 +88,6 @@ class StatsConfig:
             raise RecipeError(MIN_GROUP_SIZE_ERROR.format(value=self.min_group_size))
         if not _is_int(self.n_bins) or self.n_bins < 1:
             raise RecipeError(N_BINS_ERROR.format(value=self.n_bins))
-        if self.max_ci_width is not None and (
-                isinstance(self.max_ci_width, bool) or not isinstance(self.max_ci_width, (int, float))
-                or not self.max_ci_width > 0):
-            raise RecipeError(MAX_CI_WIDTH_ERROR.format(value=self.max_ci_width))
         if not _is_int(self.positive_label) or self.positive_label < 0:
             raise RecipeError(POSITIVE_LABEL_ERROR.format(value=self.positive_label))
 
@@ -231,7 +222,6 @@ def _ci(replicates: np.ndarray, confidence: float) -> np.ndarray:
 
 NO_ROWS_ERROR = "no evaluation rows"
 FOREIGN_MODEL_ERROR = "compare: both models must come from this Evaluator's model() (its groups and resamples)"
-CI_WIDTH_NEEDS_BOOT_ERROR = "max_ci_width: needs n_boot > 0 (the interval comes from the bootstrap)"
 
 
 @dataclass
@@ -260,8 +250,6 @@ class Evaluator:
     def __init__(self, masks: Mapping[str, np.ndarray], y_true: np.ndarray | None, n: int, config: StatsConfig) -> None:
         if n == 0:
             raise DataError(NO_ROWS_ERROR)
-        if config.max_ci_width is not None and config.n_boot == 0:
-            raise RecipeError(CI_WIDTH_NEEDS_BOOT_ERROR)
         self.config, self.n = config, n
         self.masks = grp.validate_masks(masks, n)
         self.keys = list(self.masks)
@@ -346,7 +334,7 @@ class Evaluator:
                 raise DataError(SHAPE_MISMATCH_ERROR.format(
                     what="outputs", got=(len(step.outputs), len(base.outputs)), expected=(self.n, self.n)))
         sizes = self.groups.sizes
-        flip = None if not paired else (step.pred != base.pred).astype(np.float64)
+        flip = None if not paired or cfg.embedding else (step.pred != base.pred).astype(np.float64)
         columns = self._fields(step, base, flip, labels)
         table = {name: {k: v[i] for k, v in columns.items()} for i, name in enumerate(["overall", *self.keys])}
 
@@ -372,7 +360,7 @@ class Evaluator:
         boot_col = {key: i + 1 for i, key in enumerate(sized)}
         reps = self._bootstrap(step, base, flip, sized) if cfg.n_boot > 0 and (labels or paired) else {}
         ci_names = [name for name, wanted in (("accuracy", labels), ("ece", labels), ("accuracy_delta", labels and paired),
-                                              ("ece_delta", labels and paired), ("flip_rate", paired)) if wanted]
+                                              ("ece_delta", labels and paired), ("flip_rate", flip is not None)) if wanted]
         cis = _ci(np.stack([reps[name] for name in ci_names], axis=1), cfg.confidence) if reps and ci_names else None
         for j, name in enumerate(ci_names):
             overall[f"{name}_ci"] = None if cis is None else [float(cis[0, j, 0]), float(cis[1, j, 0])]
@@ -385,19 +373,11 @@ class Evaluator:
                 target["ece_delta_se"] = None if se is None else float(se[col])
 
         # the percentile bootstrap collapses to [0, 0] for a group without flips: widen the accuracy-change
-        # and flip-rate intervals to at least Newcombe's / Clopper-Pearson's (raw kept as *_ci_bootstrap)
+        # and flip-rate intervals to at least Tango's / Clopper-Pearson's (raw kept as *_ci_bootstrap)
         if cis is not None:
             overall = widen_intervals(overall, cfg.confidence)
             groups.update({key: widen_intervals(groups[key], cfg.confidence) for key in sized})
 
-        # 3. groups whose decision interval is too wide to decide join the insufficient ones
-        decision = "accuracy_delta_ci" if labels and paired else "accuracy_ci" if labels else "flip_rate_ci"
-        if cfg.max_ci_width is not None and (labels or paired):
-            for key in sized:
-                lo, hi = groups[key][decision]
-                if hi - lo > cfg.max_ci_width:
-                    reason = REASON_CI_TOO_WIDE.format(field=decision, width=hi - lo, max_ci_width=cfg.max_ci_width)
-                    groups[key] = {"n": groups[key]["n"], "status": "insufficient_data", "reason": reason}
         ok = [k for k in self.keys if groups[k]["status"] == "ok"]
 
         if labels and paired:  # family-wise intervals over the ok groups, for gates that fail builds
@@ -410,7 +390,7 @@ class Evaluator:
                     groups[key][f"{name}_ci_simultaneous"] = None if band is None else [float(v) for v in band[i]]
 
         # 4. family-wide quantities over the final ok groups
-        if paired:
+        if flip is not None:
             total_flips = float(flip.sum())
             flips = self.groups.sums(flip)
             index = {key: i for i, key in enumerate(self.keys, start=1)}
@@ -450,13 +430,14 @@ class Evaluator:
                 cols["paired_counts"] = self._paired_counts(step, base)
         if paired:
             cosine, rel = mt.row_fidelity(step.outputs, base.outputs)
-            sums = self.groups.sums(np.stack([flip, cosine, rel, cosine * cosine], axis=1))
+            flips = np.zeros(len(cosine)) if flip is None else flip  # an embedding has no argmax to flip
+            sums = self.groups.sums(np.stack([flips, cosine, rel, cosine * cosine], axis=1))
             with np.errstate(divide="ignore", invalid="ignore"):
                 mean = sums / sizes[:, None]
             low = self.groups.minimum(cosine)
             empty = sizes == 0
-            cols["agreement"] = [None if e else float(1.0 - v) for e, v in zip(empty, mean[:, 0])]
-            cols["flip_rate"] = [None if e else float(v) for e, v in zip(empty, mean[:, 0])]
+            cols["agreement"] = [None if e or flip is None else float(1.0 - v) for e, v in zip(empty, mean[:, 0])]
+            cols["flip_rate"] = [None if e or flip is None else float(v) for e, v in zip(empty, mean[:, 0])]
             cols["cosine_mean"] = [None if e else float(v) for e, v in zip(empty, mean[:, 1])]
             cols["cosine_min"] = [None if e else float(v) for e, v in zip(empty, low)]
             cols["rel_error_mean"] = [None if e else float(v) for e, v in zip(empty, mean[:, 2])]
@@ -629,7 +610,7 @@ def evaluate_step(
 
     Returns:
         ``{"overall": {...}, "groups": {key: {...}}, "disparity": {scope: {...}}}``. Groups with
-        fewer than ``min_group_size`` rows (or, with ``max_ci_width``, too wide an interval) carry
+        fewer than ``min_group_size`` rows carry
         only ``n``, ``status = "insufficient_data"`` and ``reason``, and are left out of the
         disparity summaries (listed under ``excluded``) and of the Holm family.
 
