@@ -103,7 +103,15 @@ class Compressor:
 
 def stats_config(recipe: Recipe) -> StatsConfig:
     ev = recipe.evaluate
-    return StatsConfig(n_boot=ev.bootstrap, confidence=ev.confidence, seed=ev.seed, min_group_size=recipe.data.min_group_size, n_bins=ev.ece_bins)
+    return StatsConfig(n_boot=ev.bootstrap, confidence=ev.confidence, seed=ev.seed, min_group_size=recipe.data.min_group_size,
+                       n_bins=ev.ece_bins, positive_label=recipe.data.positive_label, embedding=recipe.model.output == "embedding")
+
+
+def _probs(outputs: np.ndarray, kind: str, model: StepModel) -> np.ndarray:
+    """Class probabilities, or for an embedding a placeholder that no statistic reads as classes."""
+    if kind == "embedding":
+        return np.full((len(outputs), 2), 0.5)
+    return _probabilities(outputs, kind, model)
 
 
 def _probabilities(outputs: np.ndarray, kind: str, model: StepModel) -> np.ndarray:
@@ -116,16 +124,30 @@ def _probabilities(outputs: np.ndarray, kind: str, model: StepModel) -> np.ndarr
         raise DataError(f"model.output: step {model.index} ({model.name}): {e}") from e
 
 
-def _neutralize_nonfinite(outputs: np.ndarray) -> np.ndarray:
-    """Rows with NaN/inf become uniform (1/K): read as logits or probabilities, no class wins."""
-    flat = outputs.reshape(len(outputs), -1).astype(np.float64)
-    bad = ~np.isfinite(flat).all(axis=1)
-    flat[bad] = 1.0 / flat.shape[1]
-    return flat.reshape(outputs.shape)
+def _nonfinite_mask(outputs: np.ndarray) -> np.ndarray:
+    return ~np.isfinite(outputs.reshape(len(outputs), -1)).all(axis=1)
 
 
-def _nonfinite_rows(outputs: np.ndarray) -> int:
-    return int((~np.isfinite(outputs.reshape(len(outputs), -1))).any(axis=1).sum())
+def _zero_nonfinite(outputs: np.ndarray) -> np.ndarray:
+    """Rows with NaN/inf become zeros: as raw outputs their cosine to the baseline is 0."""
+    out = outputs.astype(np.float64, copy=True)
+    out[_nonfinite_mask(outputs)] = 0.0
+    return out
+
+
+def _wrong_where(probs: np.ndarray, bad: np.ndarray, avoid: np.ndarray) -> np.ndarray:
+    """Rows whose outputs were NaN/inf predict no usable class: give them all their mass on a class
+    other than ``avoid`` (the label, or without labels the baseline's prediction), so they count as
+    wrong (and as flipped) instead of as whatever argmax makes of a uniform row."""
+    if not bad.any():
+        return probs
+    out = probs.copy()
+    k = probs.shape[1]
+    out[bad] = 0.0
+    out[np.flatnonzero(bad), (np.asarray(avoid)[bad] + 1) % k] = 1.0
+    return out
+
+
 
 
 def measure_latency(
@@ -179,16 +201,20 @@ def evaluate(
         masks = group_masks(inputs.eval.attributes, intersections=d.intersections)
         need = sorted(set(missing) | ({0} if any(i > 0 for i in missing) else set()))
         outputs = {i: predict(models[i].path, inputs.eval, batch_size=batch[i]) for i in need}
-        nonfinite = {i: _nonfinite_rows(o) for i, o in outputs.items()}
+        bad = {i: _nonfinite_mask(o) for i, o in outputs.items()}
+        nonfinite = {i: int(b.sum()) for i, b in bad.items()}
         if nonfinite.get(0):
             raise DataError(f"model.source: the baseline gives non-finite outputs for {nonfinite[0]} of {inputs.eval.n} eval rows")
         # a compressed model that overflows (fp16, bad ranges) is a failed step, not bad input:
-        # its non-finite rows count as wrong predictions and a gate fails it
-        outputs = {i: _neutralize_nonfinite(o) if nonfinite[i] else o for i, o in outputs.items()}
+        # its non-finite rows count as wrong (and flipped) predictions and a gate fails it
+        outputs = {i: _zero_nonfinite(o) if nonfinite[i] else o for i, o in outputs.items()}
         kind = recipe.model.output if recipe.model.output != "auto" else output_kind(outputs[0])
-        probs = {i: _probabilities(o, kind, models[i]) for i, o in outputs.items()}
+        probs = {i: _probs(o, kind, models[i]) for i, o in outputs.items()}
+        avoid = inputs.eval.labels if inputs.eval.labels is not None else probs[0].argmax(axis=1)
+        probs = {i: _wrong_where(p, bad[i], avoid) for i, p in probs.items()}
         progress("statistics: groups, bootstrap, tests")
-        evaluator = Evaluator(masks, inputs.eval.labels, inputs.eval.n, config)
+        labels = None if config.embedding else inputs.eval.labels  # an embedding is judged by fidelity alone
+        evaluator = Evaluator(masks, labels, inputs.eval.n, config)
         base = evaluator.model(probs[0], outputs[0])  # its metrics and resamples serve every step
         for i in missing:
             step = evaluator.model(probs[i], outputs[i]) if i else base
@@ -251,6 +277,8 @@ def run(
         timings["evaluate"] = time.perf_counter() - t0
         report = build_report(recipe=recipe, inputs=inputs, models=models, results=results, environment=environment(), timings=timings)
         report["mode"] = "tune" if select == "fastest" else "run"
-        apply_gates(report, recipe.gates, confidence=recipe.evaluate.confidence, select=select)
+        apply_gates(report, recipe.gates, confidence=recipe.evaluate.confidence, min_group_size=recipe.data.min_group_size,
+                    positive_label=recipe.data.positive_label, output=recipe.model.output,
+                    select=recipe.select, tune=select == "fastest")
         publish(out_dir, report, {m.index: m.path for m in models})
     return report
