@@ -1,9 +1,13 @@
 """Latency measurement: bootstrap intervals against a plain loop, paired ratios under drift,
-time budgets, multiple batch sizes, speed warnings on real tiny ONNX models built with onnx.helper."""
+intervals over fresh sessions (A/A), time budgets, multiple batch sizes, memory, speed warnings on
+real tiny ONNX models built with onnx.helper."""
 
 from __future__ import annotations
 
+import math
+import shutil
 import time
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -16,7 +20,10 @@ from edgefair.latency import (
     bootstrap_latency,
     measure_interleaved,
     model_facts,
+    session_budgets,
+    session_t_interval,
     speed_warnings,
+    t_quantile,
 )
 
 
@@ -141,8 +148,20 @@ def test_measure_interleaved_fields_and_batch_sizes(tmp_path):
     assert first["parameters"] == 8 * 16 + 16 and second["parameters"] == 8 * 64 + 64
     assert first["size_bytes"] == (tmp_path / "a.onnx").stat().st_size
     assert first["conv_integer_nodes"] == 0
-    if first["memory_method"] is not None:
-        assert first["memory_peak_kb"] >= 0
+    assert first["sessions"] == 3 and len(first["p50_ms_by_session"]) == 3 and sum(first["runs_by_session"]) == 30
+    assert first["ci_method"] == "session_t+round_bootstrap"
+
+
+def test_memory_peak_covers_the_weights(tmp_path):
+    # 4 MB of weights must be resident at some point while a session is built, for the first model
+    # too (its memory used to be hidden by heap pages an earlier session had freed: 0 kB measured)
+    a, b = mlp(tmp_path / "a.onnx", d=1024, h=1024), mlp(tmp_path / "b.onnx", d=1024, h=1024, seed=1)
+    inputs = {"x": np.random.default_rng(0).standard_normal((4, 1024)).astype(np.float32)}
+    res = measure_interleaved([a, b], inputs, LatencySettings(runs=10, warmup=0, n_boot=0, sessions=1))
+    if res[0]["memory_method"] is None:
+        pytest.skip("no /proc/self/status: memory is not measured here")
+    for r in res:
+        assert r["memory_peak_kb"] >= r["size_bytes"] / 1024, r
 
 
 def test_single_model_spins_and_one_batch_size_has_no_breakdown(tmp_path):
@@ -177,6 +196,65 @@ def test_min_time_keeps_timing_past_the_run_count(tmp_path):
     assert r["min_time_s"] is None and r["mean_ms"] * r["runs"] / 1e3 <= 0.05 + 0.05  # the budget decides
 
 
+def test_t_quantile_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 3, 4, 5, 9, 30):
+        for c in (0.8, 0.95, 0.99):
+            assert t_quantile(c, df) == pytest.approx(stats.t.ppf((1 + c) / 2, df), rel=1e-9)
+
+
+def test_session_t_interval_on_logs():
+    values = np.exp(np.array([[0.0, 1.0], [0.1, 1.0], [-0.1, 1.0]]))  # 3 sessions, 2 statistics
+    ci = session_t_interval(values, 0.95)
+    half = 4.302652729749464 * 0.1 / math.sqrt(3)
+    np.testing.assert_allclose(ci[0], [math.exp(-half), math.exp(half)])
+    np.testing.assert_allclose(ci[1], [math.e, math.e])  # no spread between sessions: a point
+    assert session_t_interval(values[:1], 0.95) is None  # one session: no spread to measure
+
+
+def test_stratified_bootstrap_keeps_each_session_share():
+    # session 1 rounds all take 1 ms, session 2 rounds 2 ms: resampling within sessions always
+    # draws 100 of each, so the pooled median never moves; resampling across sessions does
+    times = np.concatenate([np.ones(100), 2 * np.ones(101)])[None, :]
+    pct, _ = bootstrap_latency(times, n_boot=200, confidence=0.95, seed=0, strata=[100, 101])
+    assert pct[0, 0].tolist() == [2.0, 2.0]
+    pct, _ = bootstrap_latency(times, n_boot=200, confidence=0.95, seed=0)
+    assert pct[0, 0].tolist() == [1.0, 2.0]
+    one = bootstrap_latency(times, n_boot=50, confidence=0.9, seed=3, strata=[201])
+    for x, y in zip(one, bootstrap_latency(times, n_boot=50, confidence=0.9, seed=3)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_budget_is_split_between_sessions():
+    budgets = session_budgets(LatencySettings(runs=20, warmup=5, min_time_s=0.6, sessions=3))
+    assert [b.runs for b in budgets] == [7, 7, 6] and {b.warmup for b in budgets} == {5}
+    assert all(b.min_time_s == pytest.approx(0.2) for b in budgets)
+    (b,) = session_budgets(LatencySettings(budget_s=1.0, sessions=1))
+    assert b.budget_s == 1.0 and b.min_runs == 10
+
+
+def test_a_a_ratio_interval_holds_across_sessions(tmp_path):
+    """The same model as two files: its p50 ratio interval must contain 1 and be at least as wide
+    as the spread of the per-session ratios says (one session's rounds gave +-0.1% and missed 1)."""
+    a = mlp(tmp_path / "a.onnx", d=64, h=256)
+    b = shutil.copy(a, tmp_path / "b.onnx")
+    inputs = {"x": np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)}
+    settings = LatencySettings(runs=300, warmup=20, min_time_s=0.15, n_boot=200, memory=False, confidence=0.99)
+    for attempt in range(2):  # a 99% interval misses 1 in 100 A/A runs; two misses in a row: 1 in 10,000
+        first, second = measure_interleaved([a, b], inputs, replace(settings, seed=attempt))
+        assert second["sessions"] == 3 and sum(second["runs_by_session"]) == second["runs"] >= 300
+        per_session = np.array(second["ratio_p50_by_session"])
+        assert len(per_session) == 3 and len(second["p50_ms_by_session"]) == 3
+        lo, hi = second["ratio_p50_ci"]
+        t_lo, t_hi = session_t_interval(per_session, 0.99)
+        assert lo <= t_lo and hi >= t_hi  # the session spread is in the reported interval
+        assert lo <= second["ratio_p50_vs_first"] <= hi
+        if lo <= 1.0 <= hi:
+            break
+    else:
+        pytest.fail(f"A/A ratio interval [{lo:.4f}, {hi:.4f}] excludes 1 twice; per session {per_session}")
+
+
 def test_settings_are_validated():
     with pytest.raises(ValueError, match=r"latency.runs: must be >= 10"):
         LatencySettings(runs=3)
@@ -186,6 +264,11 @@ def test_settings_are_validated():
         LatencySettings(budget_s=0)
     with pytest.raises(ValueError, match=r"latency.min_time_s: must be >= 0"):
         LatencySettings(min_time_s=-1)
+    with pytest.raises(ValueError, match=r"latency.sessions: must be >= 1"):
+        LatencySettings(sessions=0)
+    with pytest.raises(ValueError, match=r"latency.sessions: must be at most runs / 3 \(3\): each session needs 3 timed rounds"):
+        LatencySettings(runs=10, sessions=4)
+    assert LatencySettings(budget_s=1.0, runs=10, sessions=8).sessions == 8  # runs do not count with a budget
 
 
 def test_conv_integer_is_found_and_warned(tmp_path):
