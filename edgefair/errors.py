@@ -1,4 +1,5 @@
-"""The error hierarchy. The CLI turns every EdgefairError into a one-line message and exit code 2."""
+"""The error hierarchy. The CLI turns every EdgefairError into a one-line message and exit code 2;
+any other exception (GeneratedModelError included) is a bug: a traceback and exit code 3."""
 
 
 class EdgefairError(Exception):
@@ -27,3 +28,9 @@ class StepError(EdgefairError):
 
 class ModelLoadError(EdgefairError, ValueError):
     """onnxruntime cannot load a model file (also a ValueError for the torch-free probe)."""
+
+
+class GeneratedModelError(RuntimeError):
+    """A model edgefair generated (a compressed step) fails to load or run on the data the baseline
+    ran on: a bug in edgefair or its libraries, never bad input. Deliberately not an EdgefairError,
+    so the CLI prints the traceback and exits 3 instead of blaming the user's data."""

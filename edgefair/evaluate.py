@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from .data import Dataset
-from .errors import DataError
+from .errors import DataError, GeneratedModelError, ModelLoadError
 from .runtime import fixed_batch, make_session, run_batched
 
 
 BATCH_DEPENDENT_OPS = {"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"}
 DEFAULT_EVAL_BATCH = 1024
+BASELINE_FILE = "00-baseline.onnx"  # the user's model as given or exported, in the scratch folder
 
 
 def batch_dependent(path: Path) -> bool:
@@ -29,14 +30,31 @@ def eval_batch_size(path: Path, *, configured: int | None, deployed: int) -> int
     return deployed if batch_dependent(path) else DEFAULT_EVAL_BATCH
 
 
-def predict(path: Path, data: Dataset, *, batch_size: int) -> np.ndarray:
-    """Raw first output of the model on every eval row, in order. Uses all cores."""
-    session = make_session(path, threads=0)
+def predict(path: Path, data: Dataset, *, batch_size: int, generated: bool | None = None) -> np.ndarray:
+    """Raw first output of the model on every eval row, in order. Uses all cores.
+
+    `generated`: the model was made by edgefair (a compressed step), not the user's baseline
+    (default: every file but BASELINE_FILE). The baseline is checked against the data first and
+    runs on every row before any step does, so a step that cannot load or run on the same rows is
+    a bug in edgefair or its libraries (GeneratedModelError, exit 3), not data that does not fit.
+    """
+    if generated is None:
+        generated = path.name != BASELINE_FILE
+    try:
+        session = make_session(path, threads=0)
+    except ModelLoadError as e:
+        if generated:
+            raise GeneratedModelError(f"{path.name}, a model edgefair generated, cannot be loaded: {e}") from e
+        raise
     fixed = fixed_batch(session)
     try:
         return run_batched(session, data.batches(fixed or batch_size))
     except Exception as e:  # onnxruntime raises InvalidArgument/Fail for shape or dtype mismatches
-        first = str(e).strip().splitlines()[0]
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        if generated:
+            raise GeneratedModelError(
+                f"{path.name}, a model edgefair generated, fails on data.eval ({data.path.name}), which the baseline runs on: {first}"
+            ) from e
         raise DataError(f"data.eval: {data.path.name} does not fit model {path.name}: {first}") from e
 
 

@@ -330,3 +330,131 @@ def test_one_based_labels_get_a_hint(recipe_dir):
     arrays["label"] = arrays["label"] + 1
     np.savez(recipe_dir / "onebased.npz", **arrays)
     run_bad(recipe_dir, with_eval("onebased.npz"), "they look 1-based: class ids must be 0 to 2")
+
+
+# -- exit codes: edgefair's own failures are 3 (a traceback), Ctrl-C is 130 -----------------------
+
+
+def _break_step(monkeypatch, edit):
+    """quantize_dynamic writes its input model altered by `edit(model)`: a generated model that
+    edgefair itself got wrong, on the data the baseline runs on."""
+    import dataclasses
+
+    import onnx
+
+    from edgefair.steps import REGISTRY, StepOutcome
+
+    def apply(config, src, dst, ctx):
+        model = onnx.load(str(src))
+        edit(model)
+        onnx.save(model, str(dst))
+        return StepOutcome()
+
+    monkeypatch.setitem(REGISTRY, "quantize_dynamic", dataclasses.replace(REGISTRY["quantize_dynamic"], apply=apply))
+
+
+def _reshape_output(model, shape):
+    """Route the first output through a Reshape to a fixed `shape`: runs only on batches of that size."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    out = model.graph.output[0]
+    producer = next(n for n in model.graph.node if out.name in n.output)
+    producer.output[list(producer.output).index(out.name)] = "pre_reshape"
+    model.graph.initializer.append(numpy_helper.from_array(np.array(shape, dtype=np.int64), "fixed_shape"))
+    model.graph.node.append(helper.make_node("Reshape", ["pre_reshape", "fixed_shape"], [out.name]))
+    out.type.tensor_type.shape.Clear()
+    for d in shape:
+        out.type.tensor_type.shape.dim.add().dim_value = d
+    onnx.checker.check_model(model)
+
+
+def _undefined_input(model):
+    model.graph.node[0].input[0] = "no_such_tensor"  # onnx.load reads it; onnxruntime refuses the graph
+
+
+def _run_generated(recipe_dir):
+    recipe = write_recipe(recipe_dir / "r.toml", BASE_RECIPE + "\n[[steps]]\nkind = 'quantize_dynamic'\n")
+    out = recipe_dir / "out"
+    from click.testing import CliRunner
+
+    from edgefair.cli import main
+
+    # --no-cache: the broken model must neither come from nor go into the shared cache
+    result = CliRunner().invoke(main, ["run", str(recipe), "--out", str(out), "--no-cache"])
+    assert not out.exists() or not any(out.iterdir())
+    return result
+
+
+@pytest.mark.parametrize("edit", [lambda m: _reshape_output(m, (7, 3)), _undefined_input], ids=["fails-to-run", "fails-to-load"])
+def test_generated_model_that_fails_in_onnxruntime_is_a_bug_not_bad_data(recipe_dir, monkeypatch, edit):
+    _break_step(monkeypatch, edit)
+    result = _run_generated(recipe_dir)
+    assert result.exit_code == 3, result.output
+    assert "Traceback" in result.output and "GeneratedModelError" in result.output
+    assert "01-quantize_dynamic.onnx, a model edgefair generated" in result.output
+    assert "Error: data.eval" not in result.output
+
+
+def test_user_baseline_that_fails_on_the_eval_rows_stays_bad_input(recipe_dir, tmp_path):
+    """The user's own ONNX model runs on the 256 rows prepare checks, then fails on the full eval
+    batch: that is the user's model and data, exit 2 with one line."""
+    import onnx
+
+    first = tmp_path / "first"
+    r = run_cli(["run", str(write_recipe(recipe_dir / "ok.toml", BASE_RECIPE)), "--out", str(first)])
+    assert r.exit_code in (0, 1), r.output  # the verdict does not matter here, only the exported model
+    model = onnx.load(str(first / "00-baseline.onnx"))
+    _reshape_output(model, (256, 3))
+    onnx.save(model, str(recipe_dir / "fixed256.onnx"))
+    line = run_bad(recipe_dir, BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "fixed256.onnx"'), "data.eval: eval.npz does not fit model 00-baseline.onnx")
+    assert "reshape" in line.lower()
+
+
+def test_keyboard_interrupt_is_exit_130_with_one_line(recipe_dir, monkeypatch):
+    import edgefair.pipeline
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(edgefair.pipeline, "evaluate", interrupted)
+    recipe = write_recipe(recipe_dir / "r.toml", BASE_RECIPE)
+    result = run_cli(["run", str(recipe), "--out", str(recipe_dir / "o"), "--no-cache", "-q"])
+    assert result.exit_code == 130, result.output
+    assert result.output.strip().splitlines()[-1] == "Interrupted"
+    assert "Traceback" not in result.output and "Aborted" not in result.output
+
+
+def test_ctrl_c_on_a_real_run_exits_130(recipe_dir, tmp_path):
+    """SIGINT to a real `edgefair run` process while it measures latency (a long min_time_s keeps it
+    there): exit code 130, the one line `Interrupted`, no traceback and no outputs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    text = BASE_RECIPE.replace("min_time_s = 0", "min_time_s = 120")
+    recipe = write_recipe(recipe_dir / "slow.toml", text)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-c", "from edgefair.cli import main; main()", "run", str(recipe), "--out", str(out), "--no-cache"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    killer = threading.Timer(60, proc.kill)  # never hang the suite
+    killer.start()
+    try:
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith("· latency"):
+                break
+        assert seen and seen[-1].startswith("· latency"), "".join(seen)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        killer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (proc.returncode, stderr)
+    assert stderr.strip().splitlines()[-1] == "Interrupted"
+    assert "Traceback" not in stderr and "Aborted" not in stderr
+    assert not out.exists() or not any(out.iterdir())
