@@ -160,7 +160,8 @@ def _selection(g, limit, rule, positive):
     lo, hi = iv.paired_score_interval(up, down, n, rule.confidence)  # signed change of the selection rate
     change = (up - down) / n
     ci = (lo, hi) if lo > 0 else (-hi, -lo) if hi < 0 else (0.0, max(-lo, hi))
-    p = min(1.0, iv.paired_p_above(up, down, n, limit) + iv.paired_p_above(down, up, n, limit))
+    # |change| > limit: either one-sided test, so twice the smaller p-value (Bonferroni over the two sides)
+    p = min(1.0, 2.0 * min(iv.paired_p_above(up, down, n, limit), iv.paired_p_above(down, up, n, limit)))
     return [Harm(abs(change), ci, p, n)]
 
 
@@ -338,18 +339,18 @@ def apply_gates(report: dict[str, Any], gates: Any, *, confidence: float, min_gr
     labelled = bool(report.get("data", {}).get("eval", {}).get("labelled", True))
     thresholds = effective_thresholds(gates, labelled=labelled, output=output)
     rule = Rule(decision=gates.decision, on_undecided=gates.on_undecided, confidence=confidence, min_support=min_group_size)
+    compressed = steps[1:]
+    candidates = compressed or steps[:1]  # with no steps, the baseline itself is what would ship
     for step in steps:
         step["gates"] = list(step_gates(step, thresholds, rule, positive_label=positive_label,
                                         latency_gate=gates.max_latency_p95_ms, size_gate=gates.max_size_mb))
-        looked = [g for g in step["gates"] if g["gate"] != "finite_outputs"]
-        step["passed"] = bool(looked) and all(g["status"] != FAIL for g in step["gates"])
-        if not looked:
+        # a compressed model must have been looked at; the user's own model alone (no steps) changed nothing
+        if step in compressed and not [g for g in step["gates"] if g["gate"] != "finite_outputs"]:
             step["gates"].append(_entry("no_gate", None, Harm(None, None), 0.0, FAIL, "fail",
                                         "no gate looked at this model ([gates] defaults = false and no gate set)"))
+        step["passed"] = all(g["status"] != FAIL for g in step["gates"])
     by = getattr(select, "by", "fastest")
     require = getattr(select, "require", "selected")
-    compressed = steps[1:]
-    candidates = compressed or steps[:1]  # with no steps, the baseline itself is what would ship
     passing = [s for s in candidates if s["passed"]]
     chosen, why = _choose(passing, "fastest" if tune else by)
     if tune and chosen is not None and steps[0]["passed"] and _speed(steps[0]) <= _speed(chosen):

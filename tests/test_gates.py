@@ -1,5 +1,5 @@
-"""Release gates: the decision rule on its own, the intervals against independent references, and a
-real case where static quantization harms one group only."""
+"""Release gates: the decision rule on its own and through the real statistics, and real runs
+where compression harms one group only."""
 
 from __future__ import annotations
 
@@ -8,62 +8,221 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-from statsmodels.stats.proportion import proportion_confint
 
-from conftest import run_cli, write_recipe
-from edgefair.gates import Harm, decide
-from edgefair.intervals import paired_difference_ci, proportion_ci
+from conftest import BASE_RECIPE, run_cli, write_recipe
+from edgefair.gates import Harm, Rule, apply_gates, decide, effective_thresholds
+from edgefair.intervals import smallest_failing_loss
+from edgefair.recipe import GatesConfig, SelectConfig
+from edgefair.stats import Evaluator, StatsConfig
 
-RULE = {"decision": "ci", "on_insufficient": "warn", "max_width": 2.0}
+RULE = Rule()
 
 
 @pytest.mark.parametrize(
-    "harm, status",
+    "harm, status, decision",
     [
-        (Harm(0.002, (0.000, 0.008)), "pass"),  # upper bound within
-        (Harm(0.030, (0.020, 0.040)), "fail"),  # even the lower bound beyond
-        (Harm(0.006, (0.001, 0.012)), "fail"),  # non-inferiority not shown, interval narrow enough
-        (Harm(0.000, (-0.03, 0.03)), "warn"),  # too wide to decide
-        (Harm(0.015, (-0.01, 0.04)), "warn"),  # beyond the limit, but no evidence of any harm
-        (Harm(0.015, (-0.01, 0.04), significant=True), "fail"),  # Holm-significant harm beyond the limit
-        (Harm(0.015, (0.001, 0.04)), "fail"),  # interval excludes no harm (no test given)
-        (Harm(0.005, (0.001, 0.04), significant=True), "warn"),  # real but within the limit; undecided
-        (Harm(None, None), "warn"),
+        (Harm(0.002, (0.000, 0.008), 0.9, 500, p_holm=0.9), "pass", "pass"),  # upper bound within
+        (Harm(0.030, (0.020, 0.040), 1e-4, 500, p_holm=1e-3), "fail", "fail"),  # evidence beyond the limit
+        (Harm(0.030, (0.020, 0.040), 1e-3, 500, p_holm=0.2), "warn", "undecided"),  # beyond, but not after Holm
+        (Harm(0.006, (0.001, 0.012), 0.3, 500, p_holm=0.9), "warn", "undecided"),  # within, not shown
+        (Harm(None, None, reason="n < min_group_size (50)"), "warn", "undecided"),
     ],
 )
-def test_decide(harm, status):
-    assert decide(harm, 0.01, **RULE)[0] == status
+def test_decide(harm, status, decision):
+    assert decide(harm, 0.01, RULE)[:2] == (status, decision)
+
+
+@pytest.mark.parametrize("policy, observed, status", [
+    ("warn", 0.02, "warn"), ("fail", 0.0, "fail"), ("fail_if_observed", 0.02, "fail"), ("fail_if_observed", 0.005, "warn")])
+def test_on_undecided(policy, observed, status):
+    harm = Harm(observed, (-0.03, 0.05), 0.4, 80, p_holm=0.9)
+    assert decide(harm, 0.01, Rule(on_undecided=policy))[:2] == (status, "undecided")
 
 
 def test_point_decision_ignores_interval():
-    assert decide(Harm(0.006, (0.001, 0.012)), 0.01, decision="point", on_insufficient="warn", max_width=2.0)[0] == "pass"
-    assert decide(Harm(0.011, (0.0, 0.02)), 0.01, decision="point", on_insufficient="warn", max_width=2.0)[0] == "fail"
+    assert decide(Harm(0.006, (0.001, 0.012), 0.3, 100), 0.01, Rule(decision="point"))[0] == "pass"
+    assert decide(Harm(0.011, (0.0, 0.02), 0.3, 100), 0.01, Rule(decision="point"))[0] == "fail"
 
 
-def test_insufficient_can_fail():
-    assert decide(Harm(None, None), 0.01, decision="ci", on_insufficient="fail", max_width=2.0)[0] == "fail"
+# ---- the rule through the real statistics ------------------------------------------------------
 
 
-@pytest.mark.parametrize("k, n", [(0, 70), (3, 70), (35, 70), (70, 70), (12, 5000)])
-def test_clopper_pearson_matches_statsmodels(k, n):
-    lo, hi = proportion_confint(k, n, alpha=0.05, method="beta")
-    assert proportion_ci(k, n, 0.95) == pytest.approx((lo, hi), abs=1e-9)
+def judge(y, base, step, groups, *, probs_k=2, select=None, **gates):
+    """Gate a step that predicts `step` against a baseline predicting `base` (class ids), through
+    the real Evaluator and apply_gates."""
+    n = len(y)
+    masks = {f"g={v}": groups == v for v in np.unique(groups)}
+    ev = Evaluator(masks, y, n, StatsConfig(n_boot=200))
+    onehot = lambda p: np.eye(probs_k)[p] * 0.9 + 0.1 / probs_k  # noqa: E731
+    b, s = ev.model(onehot(base)), ev.model(onehot(step))
+    entry = lambda i, r: {"index": i, "name": f"s{i}", "model": f"{i:02d}.onnx", "size_bytes": 1000 - i,  # noqa: E731
+                          "latency": None, **r}
+    report = {"steps": [entry(0, ev.compare(b)), entry(1, ev.compare(s, b))], "data": {"eval": {"labelled": True}}}
+    apply_gates(report, GatesConfig(**{"defaults": False, **gates}), confidence=0.95, select=select)
+    return report
 
 
-def test_newcombe_paired_interval_covers_and_never_collapses():
-    # no discordant pairs: the bootstrap says [0, 0]; the score interval still has width
-    lo, hi = paired_difference_ci(60, 0, 0, 10, 0.95)
-    assert lo < 0 < hi and hi - lo > 0.02
-    # coverage by simulation: true difference -0.03 (lost 5%, gained 2%), n = 400
-    rng = np.random.default_rng(1)
-    probs = [0.80, 0.05, 0.02, 0.13]  # both, lost, gained, neither
-    true = probs[2] - probs[1]
-    hits = 0
-    for _ in range(2000):
-        c = rng.multinomial(400, probs)
-        lo, hi = paired_difference_ci(*c, 0.95)
-        hits += lo <= true <= hi
-    assert 0.93 <= hits / 2000 <= 0.975
+def flip(pred, rows):
+    out = pred.copy()
+    out[rows] = 1 - out[rows]
+    return out
+
+
+def sized(n_groups: dict[str, int], acc=0.85, seed=0):
+    rng = np.random.default_rng(seed)
+    groups = np.concatenate([[k] * n for k, n in n_groups.items()])
+    y = rng.integers(0, 2, len(groups))
+    base = np.where(rng.random(len(groups)) < acc, y, 1 - y)
+    return y, base, groups
+
+
+def gate(report, group):
+    return next(g for g in report["steps"][1]["gates"] if g["group"] == group)
+
+
+def test_a_drop_below_the_limit_never_fails_however_significant():
+    """The old rule failed real drops below the limit (Holm tested "drop > 0"); the limit is what is tested."""
+    y, base, groups = sized({"a": 10_000})
+    right = np.flatnonzero(base == y)
+    step = flip(base, right[:80])  # 80 of 10,000 rows lost: a certain drop of 0.8 points
+    g = gate(judge(y, base, step, groups, max_group_accuracy_drop=0.01), "g=a")
+    assert g["value"] == pytest.approx(0.008) and g["status"] == "pass"
+    g = gate(judge(y, base, step, groups, max_group_accuracy_drop=0.005), "g=a")
+    assert g["status"] == "fail" and g["decision"] == "fail"
+
+
+def test_identical_model_passes_where_the_rows_can_show_it():
+    """No changed prediction: the interval is +-z^2/(n + z^2), within 1 point from 381 rows on."""
+    y, base, groups = sized({"a": 390, "b": 300})
+    report = judge(y, base, base.copy(), groups, max_group_accuracy_drop=0.01)
+    assert gate(report, "g=a")["status"] == "pass"
+    b = gate(report, "g=b")
+    assert b["decision"] == "undecided" and b["status"] == "warn"
+    assert b["ci"][1] == pytest.approx(1.96 ** 2 / (300 + 1.96 ** 2), abs=1e-4)
+    assert report["verdict"] == "pass"  # undecided warns by default
+
+
+def test_clear_harm_to_a_group_fails_and_names_it():
+    y, base, groups = sized({"a": 1000, "b": 2000})
+    right = np.flatnonzero((base == y) & (groups == "a"))
+    report = judge(y, base, flip(base, right[:60]), groups, max_group_accuracy_drop=0.01)  # -6 points in a
+    a = gate(report, "g=a")
+    assert a["status"] == "fail" and a["value"] == pytest.approx(0.06) and a["p_holm"] < 0.05
+    assert gate(report, "g=b")["status"] == "pass"
+    assert report["verdict"] == "fail" and report["selected"] is None
+    assert [(e["group"], e["gate"]) for e in report["gate_summary"]["exceeded"]] == [("g=a", "max_group_accuracy_drop")]
+
+
+def test_tpr_drop_hidden_by_accuracy_fails():
+    """Positives lose what negatives gain: accuracy is flat, equal opportunity is broken."""
+    y, base, groups = sized({"a": 2000})
+    tp = np.flatnonzero((y == 1) & (base == 1))[:60]
+    tn_err = np.flatnonzero((y == 0) & (base == 1))[:60]  # false positives that become right
+    step = flip(flip(base, tp), tn_err)
+    report = judge(y, base, step, groups, max_group_accuracy_drop=0.01, max_group_tpr_drop=0.02)
+    gates = {g["gate"]: g for g in report["steps"][1]["gates"]}
+    assert gates["max_group_accuracy_drop"]["value"] == pytest.approx(0.0)
+    pos = int(((y == 1)).sum())
+    assert gates["max_group_tpr_drop"]["value"] == pytest.approx(60 / pos)
+    assert gates["max_group_tpr_drop"]["status"] == "fail"
+    assert report["verdict"] == "fail"
+
+
+def test_fpr_rise_and_selection_rate_change():
+    y, base, groups = sized({"a": 2000})
+    tn = np.flatnonzero((y == 0) & (base == 0))[:80]  # 80 negatives become false positives
+    report = judge(y, base, flip(base, tn), groups, max_group_fpr_increase=0.02, max_group_selection_rate_change=0.02)
+    gates = {g["gate"]: g for g in report["steps"][1]["gates"]}
+    neg = int((y == 0).sum())
+    assert gates["max_group_fpr_increase"]["value"] == pytest.approx(80 / neg)
+    assert gates["max_group_fpr_increase"]["status"] == "fail"
+    assert gates["max_group_selection_rate_change"]["value"] == pytest.approx(80 / 2000)
+    assert gates["max_group_selection_rate_change"]["status"] == "fail"
+
+
+def test_multiclass_reports_the_worst_class():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 3000)
+    base = np.where(rng.random(3000) < 0.9, y, (y + 1) % 3)
+    step = base.copy()
+    hit2 = np.flatnonzero((y == 2) & (base == 2))[:80]
+    step[hit2] = 0  # class 2 loses 80 rows of recall to class 0
+    report = judge(y, base, step, np.array(["a"] * 3000), probs_k=3, max_group_tpr_drop=0.02, max_group_fpr_increase=0.02)
+    gates = {g["gate"]: g for g in report["steps"][1]["gates"]}
+    assert gates["max_group_tpr_drop"]["where"] == "class 2" and gates["max_group_tpr_drop"]["status"] == "fail"
+    assert gates["max_group_tpr_drop"]["value"] == pytest.approx(80 / int((y == 2).sum()))
+    assert gates["max_group_fpr_increase"]["where"] == "class 0"
+    assert gates["max_group_fpr_increase"]["value"] == pytest.approx(80 / int((y != 0).sum()))
+
+
+def test_min_detectable_is_what_fails_on_evidence():
+    """A 68-row group under a 1-point limit can only fail on evidence from ~12 points on: the README says so."""
+    md = smallest_failing_loss(68, 0.01, 0.05)
+    assert md == pytest.approx(4 / 68)  # 4 rows lost of 68: one-sided p < 0.05 against a 1-point limit
+    y, base, groups = sized({"small": 68, "big": 3000})
+    report = judge(y, base, base.copy(), groups, max_group_accuracy_drop=0.01)
+    small = report["steps"][1]["groups"]["g=small"]["min_detectable"]["max_group_accuracy_drop"]
+    big = report["steps"][1]["groups"]["g=big"]["min_detectable"]["max_group_accuracy_drop"]
+    assert small == pytest.approx(smallest_failing_loss(68, 0.01, 0.05 / 2))  # Bonferroni over the 2 groups
+    assert big < 0.02 < small
+    # and it is exact: k rows lost fail, k - 1 do not
+    k = round(small * 68)
+    right = np.flatnonzero((base == y) & (groups == "small"))
+    for lost, status in ((k, "fail"), (k - 1, "warn")):
+        assert gate(judge(y, base, flip(base, right[:lost]), groups, max_group_accuracy_drop=0.01), "g=small")["status"] == status
+
+
+def test_cosine_floor_fails_an_embedding_step_at_089():
+    g = {"n": 120, "status": "ok", "cosine_mean": 0.89, "cosine_sd": 0.05}
+    report = {"steps": [{"index": 0, "name": "b", "model": "0", "size_bytes": 1, "overall": {}, "groups": {"g=a": dict(g, cosine_mean=1.0, cosine_sd=0.0)}},
+                        {"index": 1, "name": "s", "model": "1", "size_bytes": 1, "overall": {}, "groups": {"g=a": g}}],
+              "data": {"eval": {"labelled": False}}}
+    apply_gates(report, GatesConfig(), confidence=0.95, output="embedding")
+    entry = report["steps"][1]["gates"][0]
+    assert (entry["gate"], entry["threshold"], entry["status"]) == ("min_group_cosine", 0.95, "fail")
+    assert entry["value"] == pytest.approx(0.89) and entry["ci"][1] < 0.95
+    assert report["verdict"] == "fail"
+
+
+def test_defaults_cover_every_kind_of_model():
+    labelled = effective_thresholds(GatesConfig(), labelled=True, output="logits")
+    assert {"max_group_accuracy_drop", "max_group_tpr_drop", "max_group_fpr_increase", "max_group_ece_increase"} <= set(labelled)
+    assert effective_thresholds(GatesConfig(), labelled=False, output="logits") == {"min_group_agreement": 0.95}
+    assert effective_thresholds(GatesConfig(), labelled=True, output="embedding") == {"min_group_cosine": 0.95}
+    assert effective_thresholds(GatesConfig(max_group_tpr_drop=0.05), labelled=True, output="auto")["max_group_tpr_drop"] == 0.05
+    assert effective_thresholds(GatesConfig(defaults=False), labelled=True, output="auto") == {}
+
+
+def test_a_model_no_gate_looked_at_is_never_selected():
+    y, base, groups = sized({"a": 500})
+    report = judge(y, base, base.copy(), groups)  # defaults = false and no gate
+    assert report["selected"] is None and report["verdict"] == "fail"
+    assert report["steps"][1]["gates"][-1]["gate"] == "no_gate"
+
+
+@pytest.mark.parametrize("by, require, chosen, verdict", [
+    ("fastest", "selected", 2, "pass"), ("smallest", "selected", 3, "pass"), ("last", "selected", 3, "pass"),
+    ("fastest", "all", 2, "fail")])
+def test_selection_among_passing_steps(by, require, chosen, verdict):
+    def step(i, p50, size, passed_size=True):
+        return {"index": i, "name": f"s{i}", "model": f"0{i}.onnx", "size_bytes": size, "overall": {}, "groups": {},
+                "latency": {"p50_ms": p50, "p95_ms": p50}}
+
+    report = {"steps": [step(0, 1.0, 900), step(1, 0.5, 2000), step(2, 0.6, 500), step(3, 0.8, 400)]}
+    apply_gates(report, GatesConfig(max_size_mb=0.001), confidence=0.95, select=SelectConfig(by=by, require=require))
+    assert not report["steps"][1]["passed"]  # too big
+    assert report["selected"]["step"] == chosen and report["verdict"] == verdict
+    assert report["selected"]["reason"]
+
+
+def test_latency_gate_without_a_measurement_is_not_silent():
+    report = {"steps": [{"index": 0, "name": "b", "model": "0", "size_bytes": 1, "overall": {}, "groups": {}, "latency": None},
+                        {"index": 1, "name": "s", "model": "1", "size_bytes": 1, "overall": {}, "groups": {}, "latency": None}]}
+    apply_gates(report, GatesConfig(max_latency_p95_ms=1.0), confidence=0.95)
+    entry = report["steps"][1]["gates"][0]
+    assert entry["decision"] == "undecided" and "no latency" in entry["reason"]
+    apply_gates(report, GatesConfig(max_latency_p95_ms=1.0, on_undecided="fail"), confidence=0.95)
+    assert report["steps"][1]["gates"][0]["status"] == "fail" and report["verdict"] == "fail"
 
 
 # ---- a real case: calibration data that misses a group -------------------------------------------
@@ -125,28 +284,30 @@ kind = "quantize_static"
 input = "baseline"
 
 [gates]
+defaults = false
 max_group_accuracy_drop = {drop}
+{extra}
 """
 
 
-def run_harm(harmed, tmp_path, *, drop: float, exit_code: int):
+def run_harm(harmed, tmp_path, *, drop: float, exit_code: int, extra: str = ""):
     """Run HARM_RECIPE with the given accuracy-drop limit; return (recipe, out folder, report)."""
-    recipe = write_recipe(harmed / f"drop-{drop}.toml", HARM_RECIPE.format(drop=drop))
+    recipe = write_recipe(harmed / f"drop-{drop}-{len(extra)}.toml", HARM_RECIPE.format(drop=drop, extra=extra))
     out = tmp_path / "out"
     result = run_cli(["run", str(recipe), "--out", str(out)])
     assert result.exit_code == exit_code, result.output
     return recipe, out, json.loads((out / "report.json").read_text())
 
 
-def test_harm_to_one_group_fails_the_build(harmed, tmp_path):
-    recipe, out, report = run_harm(harmed, tmp_path, drop=0.04, exit_code=1)
+def test_harm_to_one_group_fails_its_step_and_ships_the_other(harmed, tmp_path):
+    recipe, out, report = run_harm(harmed, tmp_path, drop=0.04, exit_code=0)
     static = report["steps"][2]
     assert static["groups"]["g=z"]["accuracy_delta"] < -0.05  # real harm, to group z only
     assert static["groups"]["g=a"]["accuracy_delta"] > -0.01
     failed = [g for g in static["gates"] if g["status"] == "fail"]
     assert {(g["gate"], g["group"]) for g in failed} == {("max_group_accuracy_drop", "g=z")}
-    assert report["verdict"] == "fail"
-    # the last passing step is the one to ship
+    # the verdict is about what ships: the passing step is selected, the failing one named
+    assert report["verdict"] == "pass" and report["gate_summary"]["failed_steps"] == [2]
     assert report["selected"]["name"] == "quantize_dynamic"
     assert (out / "selected.onnx").read_bytes() == (out / "01-quantize_dynamic.onnx").read_bytes()
     # report.md names gate and group, failing gates before the step table
@@ -167,8 +328,14 @@ def test_harm_to_one_group_fails_the_build(harmed, tmp_path):
     assert manifest["inputs"]["recipe"]["sha256"] == hashlib.sha256(recipe.read_bytes()).hexdigest()
 
 
+def test_require_all_fails_the_build_when_any_step_fails(harmed, tmp_path):
+    _, out, report = run_harm(harmed, tmp_path, drop=0.04, exit_code=1, extra="[select]\nrequire = \"all\"")
+    assert report["verdict"] == "fail" and report["selected"]["name"] == "quantize_dynamic"
+    assert (out / "selected.onnx").read_bytes() == (out / "01-quantize_dynamic.onnx").read_bytes()
+
+
 def test_lenient_gates_pass_and_select_last_step(harmed, tmp_path):
-    _, out, report = run_harm(harmed, tmp_path, drop=0.9, exit_code=0)
+    _, out, report = run_harm(harmed, tmp_path, drop=0.9, exit_code=0, extra="[select]\nby = \"last\"")
     assert report["verdict"] == "pass" and report["selected"]["name"] == "quantize_static"
     assert (out / "selected.onnx").read_bytes() == (out / "02-quantize_static.onnx").read_bytes()
 
@@ -186,9 +353,9 @@ def test_no_steps_failing_baseline_fails(recipe_dir, tmp_path):
 
 def test_failing_run_removes_an_earlier_selected_model(harmed, tmp_path):
     out = tmp_path / "out"
-    assert run_cli(["run", str(write_recipe(harmed / "ok.toml", HARM_RECIPE.format(drop=0.9))), "--out", str(out)]).exit_code == 0
+    assert run_cli(["run", str(write_recipe(harmed / "ok.toml", HARM_RECIPE.format(drop=0.9, extra=""))), "--out", str(out)]).exit_code == 0
     assert (out / "selected.onnx").exists()
-    text = HARM_RECIPE.format(drop=0.9).replace("[[steps]]\nkind = \"quantize_dynamic\"\n", "") + "max_size_mb = 0.000001\n"
+    text = HARM_RECIPE.format(drop=0.9, extra="").replace("[[steps]]\nkind = \"quantize_dynamic\"\n", "") + "max_size_mb = 0.000001\n"
     assert run_cli(["run", str(write_recipe(harmed / "bad.toml", text)), "--out", str(out)]).exit_code == 1
     assert not (out / "selected.onnx").exists()
     assert not (out / "01-quantize_dynamic.onnx").exists()  # listed in the earlier manifest, not in this run
@@ -196,6 +363,8 @@ def test_failing_run_removes_an_earlier_selected_model(harmed, tmp_path):
 
 
 def test_widened_intervals_never_collapse_and_keep_the_bootstrap():
+    from statsmodels.stats.proportion import proportion_confint
+
     from edgefair.intervals import widen_intervals
 
     g = {"n": 70, "status": "ok", "accuracy": 0.9, "accuracy_delta": 0.0, "accuracy_delta_ci": [0.0, 0.0],
@@ -240,6 +409,17 @@ def test_step_with_nonfinite_outputs_fails_its_gate(recipe_dir, tmp_path):
     step = report["steps"][1]
     assert step["overall"]["nonfinite_rows"] > 0 and report["steps"][0]["overall"]["nonfinite_rows"] == 0
     assert [g["gate"] for g in step["gates"] if g["status"] == "fail"][:1] == ["finite_outputs"]
+    # NaN rows count as wrong, not as whatever argmax makes of them (class 0 before): recompute with onnxruntime
+    import onnxruntime as ort
+
+    data = np.load(recipe_dir / "eval.npz")
+    sess = ort.InferenceSession(str(out / "01-test_nan.onnx"), providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {"features": data["features"]})[0]
+    finite = np.isfinite(logits).all(axis=1)
+    expected = float(np.mean(finite & (np.where(finite[:, None], logits, 0).argmax(1) == data["label"])))
+    assert (~finite).sum() == step["overall"]["nonfinite_rows"]
+    assert step["overall"]["accuracy"] == pytest.approx(expected, abs=1e-12)
+    assert step["overall"]["flip_rate"] >= (~finite).mean()  # a NaN row never agrees with the baseline
 
 
 def test_baseline_with_nonfinite_outputs_is_bad_input(recipe_dir, tmp_path):
