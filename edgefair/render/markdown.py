@@ -1,192 +1,285 @@
-"""report.md: short enough for a pull-request comment. Verdict first, then what failed, then what
-could not be checked, then the numbers. The full tables live in report.html."""
+"""report.md: a pull-request comment. The first screen says everything a reviewer must know: the
+verdict, the model to ship and why, the thresholds in force, every check whose observed harm is
+beyond its limit, the steps that failed and why, and how many checks were undecided. Then the
+steps, then every step's per-group numbers and gate checks (the selected step open, the others
+folded). Every user-supplied string is a code span (`md_code`) or escaped text (`md_text`)."""
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 from . import (
     DASH,
+    STATUS_ICON,
+    UNITS_NOTE,
     baseline_step,
     confidence_label,
-    describe_gate,
-    extreme,
-    failing_gates,
-    fmt_ci,
+    exceeded,
+    failed_steps,
+    fmt_detectable,
+    fmt_gate,
+    fmt_gate_ci,
+    fmt_limit,
     fmt_mb,
+    fmt_observed,
     fmt_ms,
     fmt_num,
-    fmt_pct,
-    fmt_pp,
-    focus_step,
+    fmt_ratio,
+    gate_short,
+    gate_unit,
+    gate_words,
+    gated_names,
     gates_cell,
+    group_gates,
     insufficient_summary,
     is_labelled,
-    fmt_ratio,
+    md_code,
+    md_table,
+    md_text,
+    metric_cell,
+    metric_columns,
     no_failure_note,
+    rule_text,
+    scope_gates,
+    selected_step,
+    step_result,
     steps,
-    warning_gates,
+    thresholds,
+    undecided_note,
+    who,
+    why_failed,
+    worst_gate,
 )
-
-MAX_GATE_LINES = 15  # a PR comment stays readable; the rest is in report.html and junit.xml
 
 
 def render_markdown(report: dict[str, Any]) -> str:
     """The pull-request summary (report.md) of one edgefair run."""
     ci_label = confidence_label(report)
-    lines = [_verdict_line(report), ""]
+    lines = first_screen(report, ci_label)
     lines += _context(report)
-    lines += _failing(report, ci_label)
-    lines += _warnings(report, ci_label)
+    lines += _warnings(report)
     lines += _step_table(report)
-    lines += _group_table(report, ci_label)
-    lines.append("_Full per-step, per-group tables and charts: `report.html`; "
-                 "every number: `report.json`; CI results: `junit.xml`._")
+    lines += _per_step(report, ci_label)
+    lines.append("_Charts: `report.html`; every number: `report.json`; CI results: `junit.xml`._")
     return "\n".join(lines) + "\n"
 
 
-def _verdict_line(report: dict[str, Any]) -> str:
+# ---- the first screen ------------------------------------------------------------------------------
+
+def first_screen(report: dict[str, Any], ci_label: str, *, heading: str = "##") -> list[str]:
+    """Verdict, model to ship and why, thresholds, every exceeded check, failed steps, undecided count.
+    Shared with the model card (which passes its own heading level)."""
+    out = [_verdict_line(report, heading), ""]
+    sel = report.get("selected")
+    if sel and sel.get("reason"):
+        out += [f"**Why this model:** {md_text(sel['reason'])}.", ""]
+    elif not sel:
+        out += ["**No model to ship:** no candidate passed every gate.", ""]
+    out += _thresholds(report)
+    out += _exceeded(report, ci_label, heading)
+    out += _failed_steps(report, heading)
+    note = undecided_note(report)
+    if note:
+        out += [f"⚠️ **{md_text(note)}**", ""]
+    return out
+
+
+def _verdict_line(report: dict[str, Any], heading: str) -> str:
     verdict = str(report.get("verdict") or "unknown").upper()
     sel = report.get("selected")
     if sel:
-        what = f"selected step {sel.get('step')} `{_code(sel.get('name'))}` (`{_code(sel.get('model'))}`)"
+        what = f"ship step {md_text(sel.get('step'))} {md_code(sel.get('name'))} ({md_code(sel.get('model'))})"
     else:
         what = "no model selected"
-    return f"## edgefair: **{verdict}** — {what}"
+    return f"{heading} edgefair: **{md_text(verdict)}** — {what}"
 
+
+def _thresholds(report: dict[str, Any]) -> list[str]:
+    limits = thresholds(report)
+    if not limits:
+        note = no_failure_note(report)
+        return [f"⚠️ **{md_text(note)}**" if note != "No gate failed." else "No thresholds in force.", ""]
+    items = " · ".join(f"{gate_words(n)} {fmt_limit(n, t)}" for n, t in limits)
+    return [f"**Thresholds in force** ({UNITS_NOTE}): {md_text(items)}.", "",
+            f"**Decision rule:** {md_text(rule_text(report))}.", ""]
+
+
+def _exceeded(report: dict[str, Any], ci_label: str, heading: str) -> list[str]:
+    rows = exceeded(report)
+    sub = heading + "#"
+    if not rows:
+        if thresholds(report):
+            return [f"{sub} Observed harm beyond a limit: none", "",
+                    "No check of any compressed step observed a value beyond its limit.", ""]
+        return []
+    sel = (report.get("selected") or {}).get("step")
+    at_sel = sum(1 for e in rows if e.get("step") == sel)
+    out = [f"{sub} Observed harm beyond a limit ({len(rows)} check{'s' if len(rows) != 1 else ''}"
+           f"{f', {at_sel} at the selected model' if sel is not None else ''})", "",
+           "Every check whose observed value is beyond its limit, whatever the evidence decided. "
+           "_det._ = min_detectable: the smallest harm that fails on evidence at that n.", ""]
+    body = []
+    for e in rows:
+        mark = " ✅" if e.get("step") == sel else ""
+        body.append([f"{md_text(e.get('step'))} {md_code(e.get('name'))}{mark}", md_code(who(e)), md_text(gate_words(e.get("gate"))),
+                     f"**{fmt_observed(e)}**", fmt_limit(e), fmt_gate_ci(e.get("gate"), e.get("ci")),
+                     f"{STATUS_ICON.get(str(e.get('status')), '')} {md_text(e.get('status'))} / {md_text(e.get('decision') or DASH)}",
+                     fmt_num(e.get("n"), "d"), fmt_detectable(e), fmt_num(e.get("p_holm"), ".2g")])
+    out += md_table(["step", "group", "gate", "observed", "limit", ci_label, "status / decision", "n", "det.",
+                     "p (Holm)"], body)
+    return out + [""]
+
+
+def _failed_steps(report: dict[str, Any], heading: str) -> list[str]:
+    failed = failed_steps(report)
+    if not failed:
+        return []
+    out = [f"{heading}# Failed steps ({len(failed)})", ""]
+    for s, gates in failed:
+        out.append(f"- ❌ step {md_text(s.get('index'))} {md_code(s.get('name'))}: {why_failed(gates, md_code)}.")
+    return out + [""]
+
+
+# ---- context, warnings, steps ----------------------------------------------------------------------
 
 def _context(report: dict[str, Any]) -> list[str]:
     ev = (report.get("data") or {}).get("eval") or {}
     src = report.get("source") or {}
     bits = []
     if src.get("spec"):
-        bits.append(f"model `{_code(src['spec'])}`")
+        bits.append(f"model {md_code(src['spec'])}")
     if ev.get("n") is not None:
-        bits.append(f"{ev['n']} eval rows" + ("" if is_labelled(report) else " (no labels: fidelity only)"))
+        bits.append(f"{md_text(ev['n'])} eval rows" + ("" if is_labelled(report) else " (no labels: fidelity only)"))
     bits.append(f"{len(steps(report))} steps")
-    return [", ".join(bits) + ".", ""]
+    return ["---", "", ", ".join(bits) + ".", ""]
 
 
-def _failing(report: dict[str, Any], ci_label: str) -> list[str]:
-    failed = failing_gates(report)
-    if not failed:
-        note = no_failure_note(report)
-        return [note if note == "No gate failed." else f"⚠️ **{note}**", ""]
-    out = [f"### Failing gates ({len(failed)})", ""]
-    # the same failure, word for word, at several steps (a step and the int8 model built on it) is said once
-    said: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for step, gate in failed:
-        said.setdefault((str(gate.get("gate")), str(gate.get("group") or ""), describe_gate(gate, ci_label)), []).append(step)
-    for (name, group, words), where in list(said.items())[:MAX_GATE_LINES]:
-        steps_s = ", ".join(f"{s.get('index')} `{_code(s.get('name'))}`" for s in where)
-        group_s = f" [{_code(group)}]" if group else ""
-        out.append(f"- ❌ step {steps_s} · `{name}`{group_s}: {_text(words)}")
-    if len(said) > MAX_GATE_LINES:
-        out.append(f"- … and {len(said) - MAX_GATE_LINES} more failing gates (see `report.html`).")
-    return out + [""]
-
-
-def n_compressed(report: dict[str, Any]) -> int:
-    return max(0, len(steps(report)) - 1)
-
-
-def _warnings(report: dict[str, Any], ci_label: str) -> list[str]:
+def _warnings(report: dict[str, Any]) -> list[str]:
     out: list[str] = []
-    texts: dict[str, list[int]] = {}
+    texts: dict[str, list[Any]] = {}
     for s in steps(report):
         for w in s.get("warnings") or []:
             texts.setdefault(str(w), []).append(s.get("index"))
     for w, idx in texts.items():
-        out.append(f"- ⚠️ step {_indices(idx)}: {_text(w)}")
-    # undecided gates, one line per gate: which groups no gate could decide, at which steps
-    undecided: dict[str, dict[str, list[int]]] = {}
-    for step, gate in warning_gates(report):
-        where = str(gate.get("group") or "model")
-        undecided.setdefault(str(gate.get("gate")), {}).setdefault(where, []).append(step.get("index"))
-    for name, groups in undecided.items():
-        listed = ", ".join(f"`{_code(g)}` ({'all steps' if len(idx) == n_compressed(report) else 'step ' + _indices(idx)})" for g, idx in groups.items())
-        out.append(f"- ⚠️ `{name}` undecided (interval wider than the limit, or too few rows) for: {listed}. See `report.html` for each interval.")
+        out.append(f"- ⚠️ step {_indices(idx)}: {md_text(w)}")
     n_steps = len(steps(report))
-    by_reason: dict[str, list[str]] = {}  # one loud line per reason (too few rows, CI too wide, ...)
+    by_reason: dict[str, list[str]] = {}  # one loud line per reason (too few rows, ...)
     for k, n, idx, reason in insufficient_summary(report):
         where = "" if len(idx) == n_steps else ", step " + _indices(idx)
-        by_reason.setdefault(reason or "", []).append(f"`{_code(k)}` (n={n}{where})")
+        by_reason.setdefault(reason or "", []).append(f"{md_code(k)} (n={md_text(n)}{where})")
     for reason, groups in by_reason.items():
-        why = f" ({_text(reason)})" if reason else ""
+        why = f" ({md_text(reason)})" if reason else ""
         out.append(f"- ⚠️ **Not evaluated — too little data{why}:** {', '.join(groups)}. No gate protects these groups.")
     return (["### Warnings", ""] + out + [""]) if out else []
 
 
 def _step_table(report: dict[str, Any]) -> list[str]:
     base = baseline_step(report)
-    labelled = is_labelled(report)
     sel = (report.get("selected") or {}).get("step")
-    head = ["#", "step", "size MB", "p50 ms", "p95 ms", "p50 vs base"]
-    head += ["accuracy", "worst group Δacc (pp)"] if labelled else []
-    head += ["max flip", "gates"]
-    out = ["### Steps", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    names = gated_names(report)
+    head = ["#", "step", "size MB", "p50 ms", "p50 vs base"]
+    head += [f"worst {gate_short(n)}" for n in names]
+    head += ["gate checks", "result"]
+    rows = []
     for s in steps(report):
         lat = s.get("latency") or {}
-        key, worst = extreme(s, "accuracy_delta", lowest=True) if labelled else (None, None)
-        fkey, flip = extreme(s, "flip_rate", lowest=False)
-        mark = " ✅" if s.get("index") == sel else ""
-        cells = [
-            f"{s.get('index')}{mark}",
-            f"`{_code(s.get('name'))}`",
-            fmt_mb(s.get("size_bytes")),
-            fmt_ms(lat.get("p50_ms")),
-            fmt_ms(lat.get("p95_ms")),
-            fmt_ratio(s, base),
-        ]
-        if labelled:
-            cells += [fmt_pct((s.get("overall") or {}).get("accuracy")),
-                      DASH if worst is None else f"{fmt_pp(worst)} ({_text(key)})"]
-        cells += [
-            DASH if flip is None else f"{fmt_pct(flip)} ({_text(fkey)})",
-            gates_cell(s),
-        ]
-        out.append("| " + " | ".join(cells) + " |")
-    return out + [""]
+        cells = [f"{md_text(s.get('index'))}{' ✅' if s.get('index') == sel else ''}", md_code(s.get("name")),
+                 fmt_mb(s.get("size_bytes")), fmt_ms(lat.get("p50_ms")), fmt_ratio(s, base)]
+        for n in names:
+            g = worst_gate(s, n) if s.get("index", 0) > 0 else None
+            if g is None:
+                cells.append(DASH)
+                continue
+            value = fmt_observed(g, unit=False)
+            cells.append((f"**{value}** ❗" if g.get("exceeds") else value) + f" ({md_code(who(g))})")
+        result = step_result(s)
+        cells += [gates_cell(s), f"{STATUS_ICON.get(result, '')} {result}".strip()]
+        rows.append(cells)
+    units = ", ".join(f"{gate_short(n)} in {gate_unit(n)}" for n in names if gate_unit(n))
+    out = ["### Steps", ""]
+    if names:
+        out += [f"Worst group per gate ({md_text(units)}); ❗ = beyond the limit; ✅ = the model to ship.", ""]
+    return out + md_table(head, rows) + [""]
 
 
-def _group_table(report: dict[str, Any], ci_label: str) -> list[str]:
-    step, title = focus_step(report)
-    if step is None or not step.get("groups"):
+# ---- per step, per group -----------------------------------------------------------------------------
+
+def _per_step(report: dict[str, Any], ci_label: str) -> list[str]:
+    if not steps(report):
         return []
-    labelled = is_labelled(report)
-    out = [f"### Groups at {_text(title)}", ""]
-    if labelled:
-        out += [f"| group | n | accuracy | Δacc pp ({ci_label}) | ECE | flip |", "|---|---|---|---|---|---|"]
-    else:
-        out += [f"| group | n | agreement | flip ({ci_label}) | cosine mean |", "|---|---|---|---|---|"]
-    for key, g in step["groups"].items():
-        n = fmt_num(g.get("n"), "d")
-        if g.get("status") != "ok":
-            gap = " | ".join(["⚠️ insufficient data"] + [""] * (3 if labelled else 2))
-            out.append(f"| `{_code(key)}` | {n} | {gap} |")
-            continue
-        if labelled:
-            delta = fmt_pp(g.get("accuracy_delta"))
-            ci = g.get("accuracy_delta_ci")
-            cells = [fmt_pct(g.get("accuracy")), delta + (f" ({fmt_ci(ci, signed=True)})" if ci else ""),
-                     fmt_num(g.get("ece"), ".3f"), fmt_pct(g.get("flip_rate"), 2)]
+    sel = selected_step(report)
+    out = ["### Per-group results", "",
+           f"Rates in percent, changes from the baseline in brackets ({UNITS_NOTE}). Gate cells: status "
+           "(✅ pass, ❌ fail, ⚠️ undecided), the observed harm (**bold** when beyond the limit), its "
+           f"{md_text(ci_label)}, and _det._ = min_detectable, the smallest harm that fails on evidence "
+           "at the group's size (– : none can at this size). Groups with too little data are not tested.", ""]
+    ordered = ([sel] if sel is not None else []) + [s for s in steps(report) if s is not sel]
+    for s in ordered:
+        body = _step_groups(report, s, ci_label)
+        title = f"step {s.get('index')} <code>{html.escape(str(s.get('name')))}</code> — {html.escape(step_result(s))}"
+        if s is sel:
+            out += [f"#### Step {md_text(s.get('index'))} {md_code(s.get('name'))} (selected) — {md_text(step_result(s))}", ""]
+            out += body
         else:
-            ci = g.get("flip_rate_ci")
-            cells = [fmt_pct(g.get("agreement"), 2), fmt_pct(g.get("flip_rate"), 2) + (f" ({fmt_ci(ci, digits=2)})" if ci else ""),
-                     fmt_num(g.get("cosine_mean"), ".4f")]
-        out.append(f"| `{_code(key)}` | {n} | " + " | ".join(cells) + " |")
-    return out + [""]
+            out += ["<details>", f"<summary>{title}, gate checks: {html.escape(gates_cell(s))}</summary>", ""]
+            out += body + ["</details>", ""]
+    return out
 
 
-def _indices(idx: list[int]) -> str:
-    return ", ".join(str(i) for i in idx)
+def _step_groups(report: dict[str, Any], step: dict[str, Any], ci_label: str) -> list[str]:
+    base_compressed = step.get("index", 0) > 0
+    cols = metric_columns(report, step)
+    out: list[str] = []
+    groups = step.get("groups") or {}
+    if cols and groups:
+        rows = []
+        for key, g in groups.items():
+            if g.get("status") != "ok":
+                reason = f": {md_text(g['reason'])}" if g.get("reason") else ""
+                rows.append([md_code(key), fmt_num(g.get("n"), "d"), f"⚠️ insufficient data{reason}"] + [""] * (len(cols) - 1))
+                continue
+            rows.append([md_code(key), fmt_num(g.get("n"), "d")]
+                        + [metric_cell(g, f, kind, with_delta=base_compressed) for f, _, kind in cols])
+        out += md_table(["group", "n"] + [t for _, t, _ in cols], rows) + [""]
+    names = [n for n in gated_names(report, group_level=True)]
+    per_group = group_gates(step)
+    if base_compressed and names and per_group:
+        rows = []
+        for key in list(groups) + [k for k in per_group if k not in groups]:
+            entries = per_group.get(key, {})
+            rows.append([md_code(key), fmt_num((groups.get(key) or {}).get("n"), "d")]
+                        + [_gate_cell(entries.get(n)) for n in names])
+        limits = dict(thresholds(report))
+        head = ["group", "n"] + [f"{gate_words(n)} ({fmt_limit(n, limits.get(n))})" for n in names]
+        out += md_table(head, rows) + [""]
+    scoped = scope_gates(step)
+    if base_compressed and scoped:
+        rows = [[md_code(g.get("group")), md_text(gate_words(g.get("gate"))), _observed(g), fmt_gate_ci(g.get("gate"), g.get("ci")),
+                 fmt_limit(g), fmt_detectable(g), f"{STATUS_ICON.get(str(g.get('status')), '')} {md_text(g.get('decision') or g.get('status'))}"]
+                for g in scoped]
+        out += md_table(["attribute", "between-group gate", "observed", ci_label, "limit", "det.", "decision"], rows) + [""]
+    return out
 
 
-def _code(s: Any) -> str:
-    """Text for inside backticks: a backtick or newline would end the span and let markup through."""
-    return str(s).replace("`", "'").replace("\n", " ").replace("|", "\\|")
+def _observed(g: dict[str, Any]) -> str:
+    v = fmt_observed(g)
+    return f"**{v}**" if g.get("exceeds") else v
 
 
-def _text(s: Any) -> str:
-    """Plain table/list text: pipes would split a table cell, newlines would end the row."""
-    return str(s).replace("|", "\\|").replace("\n", " ")
+def _gate_cell(g: dict[str, Any] | None) -> str:
+    """'✅ 0.1 (-0.1 to +0.3) · det. ≥ 1.5' for one group and gate."""
+    if g is None:
+        return DASH
+    icon = STATUS_ICON.get(str(g.get("status")), "")
+    where = f"{md_text(g['where'])}: " if g.get("where") else ""
+    if g.get("value") is None:
+        return f"{icon} {DASH}"
+    value = fmt_observed(g, unit=False)
+    value = f"**{value}**" if g.get("exceeds") else value
+    ci = fmt_gate_ci(g.get("gate"), g.get("ci"))
+    return f"{icon} {where}{value}" + (f" ({ci})" if ci != DASH else "") + f" · det. {fmt_detectable(g, unit=False)}"
+
+
+def _indices(idx: list[Any]) -> str:
+    return ", ".join(md_text(i) for i in idx)
