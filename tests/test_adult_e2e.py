@@ -35,6 +35,43 @@ def test_default_recipe_reports_every_group_of_every_step(adult_run):
         assert step["latency"]["p95_ms"] > 0 and step["latency"]["runs"] >= 200 and step["latency"]["min_time_s"] == 0.5
 
 
+def test_no_step_that_breaks_equal_opportunity_passes_or_ships(adult_run):
+    """The bundled run's structured steps keep accuracy but take 6-8 points of women's TPR: they
+    fail, the reports name the group on their first screen, and a step that harms no one ships.
+    Checked against TPR/FPR recomputed from the ONNX files with fairlearn."""
+    from fairlearn.metrics import false_positive_rate, true_positive_rate
+
+    out, report = adult_run
+    with np.load(REPO / "calibration_data" / "adult_eval.npz") as z:
+        x, y, sex, race = z["features"], z["label"], z["sex"], z["race"]
+    preds = {}
+    for step in report["steps"]:
+        sess = ort.InferenceSession(str(out / step["model"]), providers=["CPUExecutionProvider"])
+        b = step["eval_batch_size"]
+        preds[step["index"]] = np.concatenate([sess.run(None, {"features": x[i:i + b]})[0] for i in range(0, len(x), b)]).argmax(1)
+    harmful = set()
+    for step in report["steps"][1:]:
+        for attr, col in (("sex", sex), ("race", race)):
+            metrics = {"tpr": true_positive_rate, "fpr": false_positive_rate}
+            now = MetricFrame(metrics=metrics, y_true=y, y_pred=preds[step["index"]], sensitive_features=col).by_group
+            then = MetricFrame(metrics=metrics, y_true=y, y_pred=preds[0], sensitive_features=col).by_group
+            for value in np.unique(col):
+                pos, neg = int(((col == value) & (y == 1)).sum()), int(((col == value) & (y == 0)).sum())
+                tpr_drop = then.loc[value, "tpr"] - now.loc[value, "tpr"]
+                fpr_rise = now.loc[value, "fpr"] - then.loc[value, "fpr"]
+                if (pos >= 200 and tpr_drop >= 0.03) or (neg >= 200 and fpr_rise >= 0.03):
+                    harmful.add((step["index"], f"{attr}={value}"))
+    assert {s for s, _ in harmful} >= {5, 6}, harmful  # the structured steps do harm women
+    for index, group in harmful:
+        step = report["steps"][index]
+        assert not step["passed"], (step["name"], group)
+        assert report["selected"]["step"] != index
+    assert report["verdict"] == "pass" and report["steps"][report["selected"]["step"]]["passed"]
+    first_screen = (out / "report.md").read_text().split("| # |")[0]
+    for index, group in harmful:
+        assert group in first_screen, group
+
+
 def test_dynamic_quantization_is_evaluated_at_the_deployed_batch(adult_run):
     _, report = adult_run
     sizes = {s["kind"]: s["eval_batch_size"] for s in report["steps"]}
