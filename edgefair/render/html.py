@@ -6,30 +6,50 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from typing import Any, Iterable
 
 from . import (
     DASH,
+    UNITS_NOTE,
     baseline_step,
     confidence_label,
     describe_gate,
-    extreme,
-    failing_gates,
-    gate_counts,
+    exceeded,
+    failed_steps,
     fmt_ci,
+    fmt_detectable,
+    fmt_gate_ci,
+    fmt_limit,
     fmt_mb,
     fmt_ms,
     fmt_num,
+    fmt_observed,
     fmt_pct,
     fmt_pp,
+    fmt_ratio,
     focus_step,
+    gate_counts,
+    gate_short,
+    gate_sort_key,
+    gate_unit,
+    gate_words,
+    gated_names,
     gates_cell,
     insufficient_summary,
     is_labelled,
-    fmt_ratio,
+    metric_cell,
+    metric_columns,
     no_failure_note,
+    rule_text,
+    status_text,
+    step_result,
     steps,
-    warning_gates,
+    thresholds,
+    undecided_note,
+    who,
+    why_failed,
+    worst_gate,
 )
 
 CSS = """
@@ -54,6 +74,15 @@ p.warnnote{color:#7d4e00;font-weight:600;margin-bottom:.3em}
 details{margin:.5em 0} summary{cursor:pointer;font-weight:600}
 details>:not(summary){margin-left:.6em}
 svg{max-width:100%;height:auto}
+b.over{color:#a40e26} ul.limits{columns:2 22em;margin:.2em 0} ul.fail li{color:#a40e26}
+td code{white-space:nowrap}
+@media (max-width:600px){body{margin:1em auto;padding:0 .5em} .banner{font-size:1em} ul.limits{columns:1}
+ table.cards thead{display:none} table.cards,table.cards tbody,table.cards tr{display:block;width:100%}
+ table.cards tr{border:1px solid #d0d7de;border-radius:6px;margin:0 0 .6em;overflow:hidden}
+ table.cards td{display:flex;justify-content:space-between;gap:1em;border:none;border-bottom:1px solid #eaeef2;
+  text-align:right;white-space:normal}
+ table.cards td::before{content:attr(data-label);font-weight:600;text-align:left;color:#57606a}
+ table.cards td code{white-space:normal;word-break:break-all}}
 svg text{font:12px system-ui,sans-serif;fill:#1b1f24} svg text.m{fill:#57606a} svg text.b{font-weight:600}
 """
 
@@ -67,18 +96,16 @@ def render_html(report: dict[str, Any]) -> str:
     """The self-contained report page (report.html)."""
     ci_label = confidence_label(report)
     verdict = str(report.get("verdict") or "unknown")
-    sel = report.get("selected")
-    what = (f"selected step {esc(sel.get('step'))} <code>{esc(sel.get('name'))}</code> "
-            f"(<code>{esc(sel.get('model'))}</code>)") if sel else "no model selected"
-    cls = "pass" if verdict == "pass" else "fail"
     body = [
-        f'<h1>edgefair report</h1><div class="banner {cls}">{esc(verdict.upper())} — {what}</div>',
+        "<h1>edgefair report</h1>",
+        _first_screen(report, ci_label),
         _context(report),
-        _failing(report, ci_label),
-        _warnings(report, ci_label),
+        _warnings(report),
         "<h2>Steps</h2>", _step_table(report),
         _charts(report, ci_label),
         "<h2>Per-step details</h2>",
+        f"<p class=\"muted\">Rates in percent; changes from the baseline in brackets ({esc(UNITS_NOTE)}). "
+        "<i>det.</i> = min_detectable: the smallest harm that fails on evidence at the group's size.</p>",
         *(_step_details(report, s, ci_label) for s in steps(report)),
         _environment(report),
     ]
@@ -88,18 +115,75 @@ def render_html(report: dict[str, Any]) -> str:
             + "\n".join(b for b in body if b) + "\n</body></html>\n")
 
 
+def _first_screen(report: dict[str, Any], ci_label: str) -> str:
+    """Verdict, model to ship and why, thresholds, every exceeded check, failed steps, undecided count."""
+    verdict = str(report.get("verdict") or "unknown")
+    sel = report.get("selected")
+    what = (f"ship step {esc(sel.get('step'))} <code>{esc(sel.get('name'))}</code> "
+            f"(<code>{esc(sel.get('model'))}</code>)") if sel else "no model selected"
+    out = [f'<div class="banner {"pass" if verdict == "pass" else "fail"}">{esc(verdict.upper())} — {what}</div>']
+    if sel and sel.get("reason"):
+        out.append(f"<p><b>Why this model:</b> {esc(sel['reason'])}.</p>")
+    elif not sel:
+        out.append("<p><b>No model to ship:</b> no candidate passed every gate.</p>")
+    limits = thresholds(report)
+    if limits:
+        items = "".join(f"<li>{esc(gate_words(n))} <span class=\"n\">{esc(fmt_limit(n, t))}</span> "
+                        f"<span class=\"muted\"><code>{esc(n)}</code></span></li>" for n, t in limits)
+        out.append(f"<p><b>Thresholds in force</b> <span class=\"muted\">({esc(UNITS_NOTE)})</span>:</p>"
+                   f"<ul class=\"limits\">{items}</ul><p class=\"muted\"><b>Decision rule:</b> {esc(rule_text(report))}.</p>")
+    else:
+        note = no_failure_note(report)
+        out.append(f'<p class="{"" if note == "No gate failed." else "banner warn"}">{esc(note)}</p>')
+    rows = exceeded(report)
+    sel_i = (sel or {}).get("step")
+    if rows:
+        at_sel = sum(1 for e in rows if e.get("step") == sel_i)
+        trs = [(str(e.get("status") or ""), [
+            esc(e.get("step")) + (' <span class="badge">selected</span>' if e.get("step") == sel_i else ""),
+            f"<code>{esc(e.get('name'))}</code>", f"<code>{esc(who(e))}</code>", esc(gate_words(e.get("gate"))),
+            f"<b>{esc(fmt_observed(e))}</b>", esc(fmt_limit(e)), esc(fmt_gate_ci(e.get("gate"), e.get("ci"))),
+            esc(status_text(e)), esc(fmt_num(e.get("n"), "d")), esc(fmt_detectable(e)), esc(fmt_num(e.get("p_holm"), ".2g"))])
+            for e in rows]
+        out.append(f"<h2>Observed harm beyond a limit ({len(rows)} check{'s' if len(rows) != 1 else ''}"
+                   f"{f', {at_sel} at the selected model' if sel_i is not None else ''})</h2>"
+                   "<p class=\"muted\">Every check whose observed value is beyond its limit, whatever the evidence "
+                   "decided.</p>"
+                   + _table(["#", "step", "group", "gate", "observed", "limit", ci_label, "status", "n", "det.", "p (Holm)"],
+                            trs, left=4, nowrap=(0, 4, 5, 6, 7, 8, 9, 10), cards=True))
+    elif limits:
+        out.append("<h2>Observed harm beyond a limit: none</h2><p>No check of any compressed step observed a value "
+                   "beyond its limit.</p>")
+    failed = failed_steps(report)
+    if failed:
+        items = "".join(f"<li>step {esc(s.get('index'))} <code>{esc(s.get('name'))}</code>: "
+                        f"{why_failed(gates, lambda k: '<code>' + esc(k) + '</code>') if gates else esc(why_failed(gates))}</li>"
+                        for s, gates in failed)
+        out.append(f"<h2>Failed steps ({len(failed)})</h2><ul class=\"loud fail\">{items}</ul>")
+    note = undecided_note(report)
+    if note:
+        out.append(f"<p class=\"warnnote\">⚠ {esc(note)}</p>")
+    return "".join(out)
+
+
 def _table(head: Iterable[str], rows: Iterable[tuple[str, list[Any]]], left: int = 1, *,
-           nowrap: Iterable[int] = ()) -> str:
+           nowrap: Iterable[int] = (), cards: bool = False, also_left: Iterable[int] = ()) -> str:
     """A table from already-escaped cells; `rows` are (tr class, cells); the first `left` columns align left.
 
     A cell may be `(html, colspan)`. Columns in `nowrap` (numbers, intervals) do not break across lines;
-    the table scrolls sideways inside its own box instead of overflowing the page.
+    the table scrolls sideways inside its own box instead of overflowing the page. `cards`: on a
+    narrow screen each row becomes a card of "column: value" lines instead of scrolling.
     """
-    keep = set(nowrap)
+    keep, lefts = set(nowrap), set(also_left)
+    head = list(head)
+    labels = [esc(html.unescape(re.sub(r"<[^>]+>", " ", h)).split("  ")[0].strip()) for h in head]
 
     def cls(i: int, header: bool = False) -> str:
-        c = ("l " if i < left else "") + ("n" if i in keep and not header else "")
+        c = ("l " if i < left or i in lefts else "") + ("n" if i in keep and not header else "")
         return f' class="{c.strip()}"' if c.strip() else ""
+
+    def label(i: int) -> str:
+        return f' data-label="{labels[i]}"' if cards and i < len(labels) else ""
 
     th = "".join(f"<th{cls(i, True)}>{h}</th>" for i, h in enumerate(head))
     trs = []
@@ -110,10 +194,12 @@ def _table(head: Iterable[str], rows: Iterable[tuple[str, list[Any]]], left: int
                 tds.append(f'<td class="note" colspan="{int(c[1])}">{c[0]}</td>')
                 col += int(c[1])
             else:
-                tds.append(f"<td{cls(col)}>{c}</td>")
+                tds.append(f"<td{cls(col)}{label(col)}>{c}</td>")
                 col += 1
         trs.append(f'<tr class="{esc(rcls)}">{"".join(tds)}</tr>')
-    return f'<div class="scroll"><table><thead><tr>{th}</tr></thead><tbody>{"".join(trs)}</tbody></table></div>'
+    table_cls = ' class="cards"' if cards else ""
+    return (f'<div class="scroll"><table{table_cls}><thead><tr>{th}</tr></thead>'
+            f'<tbody>{"".join(trs)}</tbody></table></div>')
 
 
 def _context(report: dict[str, Any]) -> str:
@@ -131,24 +217,9 @@ def _context(report: dict[str, Any]) -> str:
     return f"<table>{rows}</table>" if rows else ""
 
 
-def _failing(report: dict[str, Any], ci_label: str) -> str:
-    failed = failing_gates(report)
-    if not failed:
-        note = no_failure_note(report)
-        cls = "" if note == "No gate failed." else "banner warn"
-        return f'<p class="{cls}">{esc(note)}</p>'
-    rows = [("fail", [esc(s.get("index")), esc(s.get("name")), esc(g.get("gate")), esc(g.get("group") or DASH),
-                      esc(fmt_num(g.get("value"), ".4g")), esc(fmt_ci(g.get("ci"), scale=1, digits=4)),
-                      esc(fmt_num(g.get("threshold"), ".4g")), esc(describe_gate(g, ci_label))])
-            for s, g in failed]
-    return (f"<h2>Failing gates ({len(failed)})</h2>"
-            + _table(["#", "step", "gate", "group", "value", ci_label, "threshold", "in words"], rows, left=8,
-                   nowrap=(0, 1, 4, 5, 6)))
-
-
-def _warnings(report: dict[str, Any], ci_label: str) -> str:
-    """Step warnings and groups nobody checked, in full; gate results with status `warn` (undecided or
-    not measured) counted per step, each step's list folded away: on a real run there are dozens."""
+def _warnings(report: dict[str, Any]) -> str:
+    """Step warnings and groups nobody checked, in full (undecided checks: the first screen's count
+    and each step's gate table)."""
     items = []
     for s in steps(report):
         for w in s.get("warnings") or []:
@@ -158,65 +229,64 @@ def _warnings(report: dict[str, Any], ci_label: str) -> str:
         where = "" if len(idx) == n_steps else f", step {esc(', '.join(map(str, idx)))}"
         items.append(f"Not evaluated — too little data: <code>{esc(key)}</code> (n={esc(n)}{where})"
                      f"{': ' + esc(reason) if reason else ''}. No gate protects this group.")
-    warned = warning_gates(report)
-    if not items and not warned:
+    if not items:
         return ""
-    out = ["<h2>Warnings</h2>"]
-    if items:
-        out.append("<ul class=\"loud\">" + "".join(f"<li>⚠ {i}</li>" for i in items) + "</ul>")
-    if warned:
-        sel = (report.get("selected") or {}).get("step")
-        by_step: dict[Any, list[dict[str, Any]]] = {}
-        step_of: dict[Any, dict[str, Any]] = {}
-        for s, g in warned:
-            by_step.setdefault(s.get("index"), []).append(g)
-            step_of[s.get("index")] = s
-        order = sorted(by_step, key=lambda i: (i != sel, str(i) if not isinstance(i, int) else f"{i:09d}"))
-        out.append(f"<p class=\"warnnote\">⚠ {len(warned)} gate result{'s' if len(warned) != 1 else ''} "
-                   f"in {len(by_step)} step{'s' if len(by_step) != 1 else ''} neither passed nor failed "
-                   "(status <code>warn</code>: the interval was too wide to decide, or the group was not "
-                   "measured). Open a step to see them:</p>")
-        for i in order:
-            s, gates = step_of[i], by_step[i]
-            per_gate: dict[str, int] = {}
-            for g in gates:
-                per_gate[str(g.get("gate"))] = per_gate.get(str(g.get("gate")), 0) + 1
-            counts = ", ".join(f"{esc(k)} ×{v}" for k, v in per_gate.items())
-            rows = [("warn", [esc(g.get("gate")), esc(g.get("group") or DASH), esc(describe_gate(g, ci_label))])
-                    for g in gates]
-            badge = ' <span class="badge">selected</span>' if i == sel else ""
-            out.append(f"<details><summary>step {esc(i)} <code>{esc(s.get('name'))}</code>{badge}: "
-                       f"{len(gates)} warn <span class=\"muted\">({counts})</span></summary>"
-                       + _table(["gate", "group", "in words"], rows, left=3) + "</details>")
-    return "".join(out)
+    return "<h2>Warnings</h2><ul class=\"loud\">" + "".join(f"<li>⚠ {i}</li>" for i in items) + "</ul>"
 
 
 def _step_table(report: dict[str, Any]) -> str:
     base = baseline_step(report)
     labelled = is_labelled(report)
     sel = (report.get("selected") or {}).get("step")
+    names = gated_names(report)
     rows = []
     for s in steps(report):
         lat = s.get("latency") or {}
-        key, worst = extreme(s, "accuracy_delta", lowest=True) if labelled else (None, None)
-        fkey, flip = extreme(s, "flip_rate", lowest=False)
-        counts = gates_cell(s)
-        cls = "fail" if s.get("gates") and not s.get("passed", True) else ("selected" if s.get("index") == sel else "")
-        rows.append((cls, [
+        result = step_result(s)
+        cls = "fail" if result == "fail" else ("selected" if s.get("index") == sel else "")
+        cells = [
             esc(s.get("index")) + (' <span class="badge">✓ selected</span>' if s.get("index") == sel else ""),
             f"<code>{esc(s.get('name'))}</code> <span class=\"grp\">{esc(s.get('kind'))}</span>",
             esc(fmt_mb(s.get("size_bytes"))),
             esc(fmt_ms(lat.get("p50_ms"))), esc(fmt_ms(lat.get("p95_ms"))),
             _ratio_cell(s, base),
-            esc(fmt_pct((s.get("overall") or {}).get("accuracy"))),
-            esc(fmt_num((s.get("overall") or {}).get("ece"), ".4f")),
-            DASH if worst is None else f"{esc(fmt_pp(worst))}&nbsp;pp <span class=\"grp\">{esc(key)}</span>",
-            DASH if flip is None else f"{esc(fmt_pct(flip))} <span class=\"grp\">{esc(fkey)}</span>",
-            esc(counts),
-        ]))
-    return _table(["#", "step <span class=\"grp\">kind</span>", "size MB", "p50 ms", "p95 ms", "p50 vs base",
-                   "accuracy", "ECE", "worst group Δacc", "max flip", "gates"], rows, left=2,
-                  nowrap=(0, 2, 3, 4, 5, 6, 7, 10))
+        ]
+        if labelled:
+            cells.append(esc(fmt_pct((s.get("overall") or {}).get("accuracy"))))
+        for n in names:
+            g = worst_gate(s, n) if s.get("index", 0) > 0 else None
+            if g is None:
+                cells.append(DASH)
+                continue
+            value = esc(fmt_observed(g, unit=False))
+            if g.get("exceeds"):  # the group is named where it matters; elsewhere on hover
+                cells.append(f'<b class="over">{value}</b> <span class="grp">{_breakable(who(g))}</span>')
+            else:
+                cells.append(f'<span title="{esc(who(g))}">{value}</span>')
+        cells += [esc(gates_cell(s)), f"<b>{esc(result)}</b>"]
+        rows.append((cls, cells))
+    head = ["#", "step <span class=\"grp\">kind</span>", "size MB", "p50 ms", "p95 ms", "p50 vs base"]
+    head += ["accuracy"] if labelled else []
+    head += [f"worst {esc(gate_short(n))}" + (f" <span class=\"grp\">{esc(gate_unit(n))}</span>" if gate_unit(n) else "")
+             for n in names]
+    head += ["gate checks", "result"]
+    note = ("<p class=\"muted\">worst …: the largest harm (lowest score) of any group per gate; "
+            "<b class=\"over\">bold red</b> = beyond the limit, with its group (hover a value for the others' "
+            "group).</p>") if names else ""
+    first_gate = len(head) - len(names) - 2
+    return note + _table(head, rows, left=2, nowrap=(0, 2, 3, 4, 5, 6, *range(first_gate, len(head) - 2), len(head) - 1),
+                         cards=True)
+
+
+def _breakable(key: Any) -> str:
+    """An escaped group key that may wrap after '&' (intersections are long)."""
+    return esc(key).replace("&amp;", "&amp;<wbr>")
+
+
+def _two_line(text: str) -> str:
+    """'93.4% (-0.1)' as the value with its bracketed change on a second, smaller line."""
+    value, sep, rest = text.partition(" (")
+    return esc(value) + (f' <span class="grp">({esc(rest)}</span>' if sep else "")
 
 
 def _ratio_cell(step: dict[str, Any], base: dict[str, Any] | None) -> str:
@@ -226,51 +296,41 @@ def _ratio_cell(step: dict[str, Any], base: dict[str, Any] | None) -> str:
     return esc(ratio) + (f' <span class="grp">({esc(ci)}</span>' if sep else "")
 
 
-def _group_rows(step: dict[str, Any], labelled: bool) -> tuple[list[str], list[tuple[str, list[str]]]]:
-    if labelled:
-        head = ["group", "n", "accuracy", "accuracy CI", "Δacc pp", "Δacc CI", "ECE", "ΔECE pp", "ΔECE CI",
-                "flip", "flip CI", "McNemar p (Holm)"]
-    else:
-        head = ["group", "n", "agreement", "flip", "flip CI", "cosine mean", "cosine min", "rel. error"]
+def _group_rows(report: dict[str, Any], step: dict[str, Any]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    cols = metric_columns(report, step)
+    compressed = step.get("index", 0) > 0
+    head = ["group", "n"] + [t for _, t, _ in cols]
     rows = []
     for key, g in (step.get("groups") or {}).items():
         if g.get("status") != "ok":
             note = f"⚠ insufficient data{': ' + esc(g['reason']) if g.get('reason') else ''}"
             rows.append(("insufficient", [f"<code>{esc(key)}</code>", esc(fmt_num(g.get("n"), "d")),
-                                          (note, len(head) - 2)]))
+                                          (note, max(len(head) - 2, 1))]))
             continue
-        if labelled:
-            cells = [fmt_pct(g.get("accuracy")), fmt_ci(g.get("accuracy_ci")), fmt_pp(g.get("accuracy_delta")),
-                     fmt_ci(g.get("accuracy_delta_ci"), signed=True), fmt_num(g.get("ece"), ".4f"),
-                     fmt_pp(g.get("ece_delta"), 2), fmt_ci(g.get("ece_delta_ci"), digits=2, signed=True),
-                     fmt_pct(g.get("flip_rate"), 2), fmt_ci(g.get("flip_rate_ci"), digits=2),
-                     fmt_num(g.get("mcnemar_p_holm"), ".3g")]
-        else:
-            cells = [fmt_pct(g.get("agreement"), 2), fmt_pct(g.get("flip_rate"), 2), fmt_ci(g.get("flip_rate_ci"), digits=2),
-                     fmt_num(g.get("cosine_mean"), ".4f"), fmt_num(g.get("cosine_min"), ".4f"),
-                     fmt_num(g.get("rel_error_mean"), ".4f")]
-        rows.append(("", [f"<code>{esc(key)}</code>", esc(fmt_num(g.get("n"), "d"))] + [esc(c) for c in cells]))
+        cells = [_two_line(metric_cell(g, f, kind, with_delta=compressed)) for f, _, kind in cols]
+        rows.append(("", [f"<code>{esc(key)}</code>", esc(fmt_num(g.get("n"), "d"))] + cells))
     return head, rows
 
 
 def _step_details(report: dict[str, Any], step: dict[str, Any], ci_label: str) -> str:
     labelled = is_labelled(report)
     sel = (report.get("selected") or {}).get("step")
-    head, rows = _group_rows(step, labelled)
+    head, rows = _group_rows(report, step)
     parts = [f"<details{' open' if step.get('index') == sel else ''}><summary>step {esc(step.get('index'))} "
              f"<code>{esc(step.get('name'))}</code> ({esc(step.get('kind'))}"
-             f"{', input ' + esc(step['input']) if step.get('input') else ''}) — gates: {esc(gates_cell(step))}"
-             f"</summary>",
+             f"{', input ' + esc(step['input']) if step.get('input') else ''}) — {esc(step_result(step))}; "
+             f"gate checks: {esc(gates_cell(step))}</summary>",
              f"<p class=\"muted\">model <code>{esc(step.get('model'))}</code>, sha256 "
-             f"<code>{esc(step.get('sha256'))}</code></p>",
-             "<h3>Groups</h3>", _table(head, rows, left=1, nowrap=range(1, len(head)))]
+             f"<code>{esc(step.get('sha256'))}</code></p>"]
+    if len(head) > 2:
+        parts += ["<h3>Groups</h3>", _table(head, rows, left=1, nowrap=range(1, len(head)))]
     disp = step.get("disparity") or {}
     if disp and labelled:
         drows = []
         for scope, d in disp.items():
             acc = d.get("accuracy") or {}
             drows.append(("", [f"<code>{esc(scope)}</code>", esc(fmt_pp(acc.get("gap"), signed=False)),
-                               f"{esc(acc.get('worst_group') or DASH)}", esc(fmt_pp(d.get("accuracy_gap_growth"))),
+                               f"<code>{esc(acc.get('worst_group') or DASH)}</code>", esc(fmt_pp(d.get("accuracy_gap_growth"))),
                                esc(fmt_ci(d.get("accuracy_gap_growth_ci"), signed=True)),
                                esc(fmt_pp(d.get("demographic_parity_difference"), signed=False)),
                                esc(fmt_pp(d.get("equalized_odds_difference"), signed=False))]))
@@ -280,14 +340,18 @@ def _step_details(report: dict[str, Any], step: dict[str, Any], ci_label: str) -
                             nowrap=(1, 3, 4, 5, 6)))
     gates = step.get("gates") or []
     if gates:
-        rank = {"fail": 0, "warn": 1, "pass": 2}  # failures first; stable within a status
-        ordered = sorted(gates, key=lambda g: rank.get(str(g.get("status")), 1))
-        grows = [(g.get("status", ""), [esc(g.get("status")), esc(g.get("gate")), esc(g.get("group") or DASH),
-                                        esc(describe_gate(g, ci_label))]) for g in ordered]
+        ordered = sorted(gates, key=gate_sort_key)
+        grows = [(str(g.get("status") or ""), [
+            esc(status_text(g)), esc(gate_words(g.get("gate"))), f"<code>{esc(who(g))}</code>",
+            (f'<b class="over">{esc(fmt_observed(g))}</b>' if g.get("exceeds") else esc(fmt_observed(g))),
+            esc(fmt_gate_ci(g.get("gate"), g.get("ci"))), esc(fmt_limit(g)), esc(fmt_detectable(g)),
+            esc(fmt_num(g.get("n"), "d")), esc(fmt_num(g.get("p_holm"), ".2g")), esc(g.get("reason") or "")])
+            for g in ordered]
         c = gate_counts(step)
-        parts.append(f"<h3>Gates <span class=\"muted\">({esc(gates_cell(step))}; failures first)</span></h3>"
-                     if c.get("fail") else f"<h3>Gates <span class=\"muted\">({esc(gates_cell(step))})</span></h3>")
-        parts.append(_table(["status", "gate", "group", "in words"], grows, left=4, nowrap=(0, 1)))
+        order = "; failures, then checks beyond the limit, first" if c.get("fail") or any(g.get("exceeds") for g in gates) else ""
+        parts.append(f"<h3>Gate checks <span class=\"muted\">({esc(gates_cell(step))}{order})</span></h3>")
+        parts.append(_table(["status", "gate", "group", "observed", ci_label, "limit", "det.", "n", "p (Holm)", "reason"],
+                            grows, left=3, nowrap=(0, 3, 4, 5, 6, 7, 8), also_left=(9,)))
     parts.append("</details>")
     return "".join(parts)
 
@@ -300,7 +364,7 @@ def _charts(report: dict[str, Any], ci_label: str) -> str:
     if is_labelled(report) and step.get("index") != 0:
         out.append(f"<h2>Accuracy change per group, {esc(title)}</h2>"
                    f"<p class=\"muted\">Points: step minus baseline, in percentage points (left of 0: accuracy fell); "
-                   f"bars: {esc(ci_label)}; colour: the step's gate on that group.</p>")
+                   f"bars: {esc(ci_label)}; colour: the step's gate on that group, as decided by the gate.</p>")
         out.append(interval_chart(step, "accuracy_delta", "accuracy_delta_ci", signed=True))
     elif step.get("index") != 0:
         out.append(f"<h2>Flip rate per group, {esc(title)}</h2>"
@@ -345,8 +409,8 @@ def interval_chart(step: dict[str, Any], field: str, ci_field: str, *, signed: b
 
     Every group of the step gets a row, in the report's order, with a rule between attributes (sex,
     race, sex&race); groups with too little data say so instead of silently missing. A point is
-    coloured by the step's gate on that group (pass / warn / fail) when there is one; without gates,
-    a signed change whose whole interval is below zero is red. The gate's limit is a dashed red line.
+    coloured by the step's gate on that group (pass / undecided / fail) as the gate decided it, blue
+    without a gate: the chart never judges significance itself. The gate's limit is a dashed red line.
     """
     groups = list((step.get("groups") or {}).items())
     items = [(k, g.get(field), g.get(ci_field), g) for k, g in groups]
@@ -419,10 +483,7 @@ def interval_chart(step: dict[str, Any], field: str, ci_field: str, *, signed: b
             parts.append(f'<text x="{x(0) + 8:.1f}" y="{y + 4:.1f}" class="m">not measured: too little data '
                          f'(n={esc(fmt_num(g.get("n"), "d"))})</text>')
             continue
-        if key in status:
-            color = _STATUS_COLOUR.get(status[key], _NEUTRAL)
-        else:
-            color = _DROP if signed and ok_ci(ci) and ci[1] < 0 else _NEUTRAL
+        color = _STATUS_COLOUR.get(status.get(key, ""), _NEUTRAL)  # the gate's decision, never recomputed
         if ok_ci(ci):
             parts.append(f'<line x1="{x(ci[0] * 100):.1f}" y1="{y:.1f}" x2="{x(ci[1] * 100):.1f}" y2="{y:.1f}" '
                          f'stroke="{color}" stroke-width="2"/>')
@@ -439,10 +500,10 @@ def interval_chart(step: dict[str, Any], field: str, ci_field: str, *, signed: b
     legend: list[tuple[str, str]] = []
     if status:
         used = set(status.values())
-        legend += [(_STATUS_COLOUR[s], f"gate {s}" + {"pass": "ed", "warn": " (undecided)", "fail": "ed"}[s])
+        legend += [(_STATUS_COLOUR[s], {"pass": "gate passed", "warn": "gate undecided", "fail": "gate failed"}[s])
                    for s in ("pass", "warn", "fail") if s in used]
-    elif signed:
-        legend += [(_DROP, "whole interval below 0 (accuracy dropped)"), (_NEUTRAL, "interval includes 0 or above")]
+    else:
+        legend += [(_NEUTRAL, "no gate on this measurement")]
     lx = 10.0
     for color, label in legend:
         parts.append(f'<circle cx="{lx + 5:.1f}" cy="{legend_y - 4}" r="4.5" fill="{color}"/>'
