@@ -216,7 +216,7 @@ def _per_step(report: dict[str, Any], ci_label: str) -> list[str]:
            "at the group's size (– : none can at this size). Groups with too little data are not tested.", ""]
     ordered = ([sel] if sel is not None else []) + [s for s in steps(report) if s is not sel]
     for s in ordered:
-        body = _step_groups(report, s, ci_label)
+        body = step_groups(report, s, ci_label)
         title = f"step {s.get('index')} <code>{html.escape(str(s.get('name')))}</code> — {html.escape(step_result(s))}"
         if s is sel:
             out += [f"#### Step {md_text(s.get('index'))} {md_code(s.get('name'))} (selected) — {md_text(step_result(s))}", ""]
@@ -227,7 +227,7 @@ def _per_step(report: dict[str, Any], ci_label: str) -> list[str]:
     return out
 
 
-def _step_groups(report: dict[str, Any], step: dict[str, Any], ci_label: str) -> list[str]:
+def step_groups(report: dict[str, Any], step: dict[str, Any], ci_label: str) -> list[str]:
     base_compressed = step.get("index", 0) > 0
     cols = metric_columns(report, step)
     out: list[str] = []

@@ -1,8 +1,11 @@
 """model-card.md: a model card for the selected model, in the sections of Mitchell et al. (2019),
 "Model Cards for Model Reporting" (FAT* '19, arXiv:1810.03993).
 
-Every number comes from report.json. What edgefair cannot know (intended use, training data) is
-said to be unknown, with a pointer to where it belongs, never guessed.
+Every number comes from report.json; every pass/fail/undecided from the gate entries (the card
+computes no significance of its own). What edgefair cannot know (intended use, training data) is
+said to be unknown, with a pointer to where it belongs, never guessed. The card leaves the machine
+it was made on: paths are relative to the recipe (or file names), never absolute; user-supplied
+names are Markdown code spans.
 """
 
 from __future__ import annotations
@@ -11,27 +14,41 @@ from typing import Any
 
 from . import (
     DASH,
-    dig,
     baseline_step,
     confidence_label,
-    describe_gate,
-    failing_gates,
+    dig,
     fmt_ci,
+    fmt_detectable,
+    fmt_gate_ci,
+    fmt_limit,
     fmt_mb,
     fmt_ms,
     fmt_num,
+    fmt_observed,
     fmt_pct,
     fmt_pp,
     fmt_ratio,
+    gate_words,
+    gates_cell,
     insufficient_groups,
+    is_embedding,
     is_labelled,
+    local_prefixes,
+    md_code,
+    md_table,
+    md_text,
     ok_groups,
+    portable_path,
+    rule_text,
     selected_step,
     steps,
     steps_applied,
+    thresholds,
+    who,
 )
+from .markdown import first_screen, step_groups
 
-DATE_KEYS = ("created", "created_at", "date", "timestamp")  # report.json has no date field yet
+DATE_KEYS = ("created_at", "created", "date", "timestamp")
 UNKNOWN = "_Not recorded by edgefair; take it from the original model's own documentation._"
 
 
@@ -43,16 +60,14 @@ def render_model_card(report: dict[str, Any]) -> str:
     if fallback:
         step = base
     ci_label = confidence_label(report)
-    title = f"`{_c(step.get('name'))}`" if step else "(no model)"
+    title = md_code(step.get("name")) if step else "(no model)"
     out = [f"# Model card: {title}", ""]
     if fallback:
         out += ["> **No compressed model was selected: no step passed every gate.** This card describes the "
                 "uncompressed baseline for reference; do not ship a compressed step from this run.", ""]
-        for s, g in failing_gates(report)[:10]:
-            out.append(f"> - step {s.get('index')} `{_c(s.get('name'))}`: {describe_gate(g, ci_label)}")
-        out.append("")
+    out += first_screen(report, ci_label, heading="##")
     if step is None:
-        return "\n".join(out + ["The report has no steps."]) + "\n"
+        return _scrub(report, "\n".join(out + ["The report has no steps."]) + "\n")
     out += _details(report, step)
     out += _intended_use()
     out += _factors(report)
@@ -62,20 +77,29 @@ def render_model_card(report: dict[str, Any]) -> str:
     out += _quantitative(report, step, base, ci_label)
     out += _ethics(report, step, ci_label)
     out += _caveats(report, step)
-    return "\n".join(out).rstrip() + "\n"
+    return _scrub(report, "\n".join(out).rstrip() + "\n")
+
+
+def _scrub(report: dict[str, Any], text: str) -> str:
+    """A last guard: no absolute folder of this machine (recipe, data, home) survives in the card,
+    e.g. inside a step warning; paths under the recipe's folder become relative to it."""
+    for prefix in local_prefixes(report):
+        text = text.replace(prefix.rstrip("/\\") + "/", "").replace(prefix.rstrip("/\\") + "\\", "")
+    return text
 
 
 def _details(report: dict[str, Any], step: dict[str, Any]) -> list[str]:
     src = report.get("source") or {}
     env = report.get("environment") or {}
     out = ["## Model Details", "",
-           f"- **Model file:** `{_c(step.get('model'))}` (sha256 `{step.get('sha256', DASH)}`, "
+           f"- **Model file:** {md_code(step.get('model'))} (sha256 {md_code(step.get('sha256', DASH))}, "
            f"{fmt_mb(step.get('size_bytes'))} MB), ONNX."]
     if src:
-        out.append(f"- **Source:** `{_c(src.get('spec'))}` ({src.get('kind', DASH)}, sha256 `{src.get('sha256', DASH)}`).")
+        out.append(f"- **Source:** {md_code(portable_path(report, src.get('spec')))} ({md_text(src.get('kind', DASH))}, "
+                   f"sha256 {md_code(src.get('sha256', DASH))}).")
     parity = src.get("parity") or {}
     if parity:
-        out.append(f"- **Export check:** on {parity.get('rows')} rows the ONNX baseline matched the source model "
+        out.append(f"- **Export check:** on {md_text(parity.get('rows'))} rows the ONNX baseline matched the source model "
                    f"with max abs. difference {fmt_num(parity.get('max_abs_diff'), '.3g')} and top-class agreement "
                    f"{fmt_pct(parity.get('argmax_agreement'), 2)}.")
     chain = steps_applied(report, step)
@@ -85,18 +109,20 @@ def _details(report: dict[str, Any], step: dict[str, Any]) -> list[str]:
         for s in chain:
             cfg = settings.get(s.get("name")) or {}
             shown = ", ".join(f"{k}={v}" for k, v in cfg.items() if k not in ("name", "kind", "input") and v not in (None, [], {}))
-            out.append(f"  - step {s.get('index')} `{_c(s.get('name'))}` ({s.get('kind')}){': ' + shown if shown else ''}")
+            out.append(f"  - step {md_text(s.get('index'))} {md_code(s.get('name'))} ({md_text(s.get('kind'))})"
+                       f"{': ' + md_code(shown) if shown else ''}")
     else:
         out.append("- **Compression applied:** none (the uncompressed ONNX export).")
     versions = ", ".join(f"{k} {env[k]}" for k in ("edgefair", "python", "torch", "onnx", "onnxruntime") if env.get(k))
     if versions:
-        out.append(f"- **Software:** {versions}.")
+        out.append(f"- **Software:** {md_text(versions)}.")
     date = next((report[k] for k in DATE_KEYS if report.get(k)), None)
-    out.append(f"- **Date:** {date}." if date else "- **Date:** not recorded in report.json.")
+    out.append(f"- **Date:** {md_text(date)}." if date else "- **Date:** not recorded in report.json.")
     out.append(f"- **Developers, license, citation:** {UNKNOWN}")
     recipe = report.get("recipe") or {}
     if recipe.get("path"):
-        out.append(f"- **Produced by:** `edgefair run` with recipe `{_c(recipe['path'])}` (sha256 `{recipe.get('sha256', DASH)}`).")
+        out.append(f"- **Produced by:** `edgefair run` with recipe {md_code(portable_path(report, recipe['path']))} "
+                   f"(sha256 {md_code(recipe.get('sha256', DASH))}); the paths below are relative to its folder.")
     return out + [""]
 
 
@@ -118,11 +144,14 @@ def _factors(report: dict[str, Any]) -> list[str]:
         return out + ["No sensitive attributes were given (`[data] groups`): results are not disaggregated.", ""]
     for a in attrs:
         vals = values.get(a)
-        out.append(f"- **{_c(a)}**: " + (", ".join(f"`{_c(v)}`" for v in vals) if vals else DASH))
-    out.append(f"- **Intersections** ({' & '.join(map(str, attrs))}): "
+        out.append(f"- {md_code(a)}: " + (", ".join(md_code(v) for v in vals) if vals else DASH))
+    out.append(f"- **Intersections** ({' & '.join(md_code(a) for a in attrs)}): "
                + ("evaluated." if data.get("intersections") else "not evaluated."))
-    if data.get("min_group_size") is not None:
-        out.append(f"- **Minimum group size:** {data['min_group_size']} rows; smaller groups are reported as "
+    min_size = dig(report, "gates_applied", "min_group_size")
+    if min_size is None:
+        min_size = data.get("min_group_size")
+    if min_size is not None:
+        out.append(f"- **Minimum group size:** {md_text(min_size)} rows; smaller groups are reported as "
                    "insufficient data and are not checked by any gate.")
     s0 = (steps(report) or [{}])[0]
     groups = s0.get("groups") or {}
@@ -130,37 +159,40 @@ def _factors(report: dict[str, Any]) -> list[str]:
         out.append(f"- **Groups evaluated:** {len(ok_groups(s0))} of {len(groups)} had enough data.")
     env = report.get("environment") or {}
     if env.get("cpu"):
-        out.append(f"- **Instrumentation:** latency was measured on {env['cpu']} ({env.get('machine', DASH)}, "
-                   f"{env.get('execution_provider', 'onnxruntime')}); a target device may differ.")
+        out.append(f"- **Instrumentation:** latency was measured on {md_text(env['cpu'])} ({md_text(env.get('machine', DASH))}, "
+                   f"{md_text(env.get('execution_provider', 'onnxruntime'))}); a target device may differ.")
     return out + [""]
 
 
 def _metrics(report: dict[str, Any]) -> list[str]:
     ci_label = confidence_label(report)
     ev = dig(report, "recipe", "resolved", "evaluate") or {}
-    gates = {k: v for k, v in (dig(report, "recipe", "resolved", "gates") or {}).items()
-             if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    out = ["## Metrics", ""]
-    if is_labelled(report):
-        out += ["- **Accuracy** overall and per group, and its change from the uncompressed baseline "
-                "(step minus baseline; negative = the group lost accuracy).",
-                f"- **Expected calibration error (ECE)** with {ev.get('ece_bins', DASH)} equal-width confidence bins.",
-                "- **McNemar's exact test** per group on the rows the baseline and the compressed model got right "
-                "or wrong, with Holm's correction across groups."]
+    out = ["## Metrics", "", "Units: rates in percent; their changes, and every limit on them, in percentage points (pp).", ""]
+    if is_embedding(report):
+        out.append("- The model outputs embeddings: quality is its **fidelity** to the uncompressed model, the "
+                   "cosine similarity of each row's output vectors (mean and minimum per group).")
+    elif is_labelled(report):
+        out += ["- **Accuracy**, **true positive rate (TPR)**, **false positive rate (FPR)** and **selection rate** "
+                "(share of rows predicted positive) overall and per group, and their change from the uncompressed "
+                "baseline (step minus baseline). Binary tasks: of the positive class; multiclass: TPR and FPR are "
+                "averaged over classes in the tables and gated per class.",
+                f"- **Calibration:** expected calibration error (ECE, {md_text(ev.get('ece_bins', DASH))} equal-width "
+                "confidence bins), Brier score and negative log-likelihood (NLL).",
+                "- **Flip rate:** share of rows whose predicted class differs from the baseline's."]
     else:
         out += ["- The evaluation data has no labels: accuracy and calibration were **not measured**. Only fidelity "
-                "to the baseline: agreement (share of rows with the same predicted class) and cosine similarity "
-                "of output vectors."]
-    out.append("- **Flip rate:** share of rows whose predicted class differs from the baseline's.")
+                "to the baseline: agreement (share of rows with the same predicted class), flip rate (its complement) "
+                "and cosine similarity of output vectors."]
     if ev.get("bootstrap"):
-        out.append(f"- **Uncertainty:** {ci_label}s (percentile) from "
-                   f"{ev['bootstrap']} paired bootstrap resamples (seed {ev.get('seed', DASH)}), stratified by group; "
-                   "accuracy-change and flip-rate intervals are widened to at least Newcombe's paired score and "
-                   "Clopper-Pearson intervals, so a group with no flipped predictions does not get a zero-width interval.")
-    if gates:
-        out.append("- **Release thresholds (gates):** " + ", ".join(f"`{k}` = {v}" for k, v in gates.items())
-                   + (f" (decision rule: {dig(report, 'recipe', 'resolved', 'gates', 'decision')})"
-                      if dig(report, "recipe", "resolved", "gates", "decision") else "") + ".")
+        out.append(f"- **Uncertainty:** {md_text(ci_label)}s. Paired rate changes use Tango's score interval, flip rates "
+                   f"Clopper-Pearson's, ECE change and between-group gap growth the percentile interval of "
+                   f"{md_text(ev['bootstrap'])} paired bootstrap resamples (seed {md_text(ev.get('seed', DASH))}).")
+    limits = thresholds(report)
+    if limits:
+        out.append("- **Release gates (thresholds in force, defaults included):** "
+                   + "; ".join(f"{md_text(gate_words(n))} {fmt_limit(n, t)}" for n, t in limits) + ".")
+        out.append(f"- **How a gate decides:** {md_text(rule_text(report))}. _min_detectable_ is the smallest harm "
+                   "that fails on evidence at a group's size: what the gate can see for that group.")
     return out + [""]
 
 
@@ -170,8 +202,8 @@ def _eval_data(report: dict[str, Any]) -> list[str]:
     for role, what in (("eval", "Evaluation"), ("calibration", "Calibration (inputs for static quantization)")):
         d = data.get(role)
         if d:
-            out.append(f"- **{what}:** `{_c(d.get('path'))}`, sha256 `{d.get('sha256', DASH)}`, n = {d.get('n', DASH)}"
-                       f"{', labelled' if d.get('labelled') else ', no labels'}.")
+            out.append(f"- **{what}:** {md_code(portable_path(report, d.get('path')))}, sha256 {md_code(d.get('sha256', DASH))}, "
+                       f"n = {md_text(d.get('n', DASH))}{', labelled' if d.get('labelled') else ', no labels'}.")
     if len(out) == 2:
         out.append("Not recorded in report.json.")
     return out + [""]
@@ -183,70 +215,48 @@ def _training_data(report: dict[str, Any]) -> list[str]:
            "edgefair does not describe the original model's training data. " + UNKNOWN.strip("_")]
     if train:
         tuned = [s for s in steps_applied(report, selected_step(report) or {}) if dig(s, "details", "finetune")]
-        what = ("Recovery fine-tuning after structured pruning (" + ", ".join(f"step {s['index']} `{_c(s['name'])}`" for s in tuned)
+        what = ("Recovery fine-tuning after structured pruning ("
+                + ", ".join(f"step {md_text(s['index'])} {md_code(s['name'])}" for s in tuned)
                 + ") trained on") if tuned else "A training file was given to edgefair but not used by the selected model's steps:"
-        out.append(f"{what} `{_c(train.get('path'))}` (sha256 `{train.get('sha256', DASH)}`, n = {train.get('n', DASH)}).")
+        out.append(f"{what} {md_code(portable_path(report, train.get('path')))} (sha256 {md_code(train.get('sha256', DASH))}, "
+                   f"n = {md_text(train.get('n', DASH))}).")
     return out + [""]
 
 
 def _quantitative(report: dict[str, Any], step: dict[str, Any], base: dict[str, Any] | None,
                   ci_label: str) -> list[str]:
-    labelled = is_labelled(report)
+    labelled = is_labelled(report) and not is_embedding(report)
     ov, bov = step.get("overall") or {}, (base or {}).get("overall") or {}
     out = ["## Quantitative Analyses", ""]
     lat, blat = step.get("latency") or {}, (base or {}).get("latency") or {}
-    out += ["| | baseline | this model | change |", "|---|---|---|---|"]
+    rows = []
     if labelled:
-        out.append(f"| accuracy ({ci_label}) | {fmt_pct(bov.get('accuracy'))} ({fmt_ci(bov.get('accuracy_ci'))}) | "
-                   f"{fmt_pct(ov.get('accuracy'))} ({fmt_ci(ov.get('accuracy_ci'))}) | "
-                   f"{fmt_pp(ov.get('accuracy_delta'))} pp ({fmt_ci(ov.get('accuracy_delta_ci'), signed=True)}) |")
-        out.append(f"| ECE | {fmt_num(bov.get('ece'), '.4f')} | {fmt_num(ov.get('ece'), '.4f')} | "
-                   f"{fmt_num(ov.get('ece_delta'), '+.4f')} |")
-    out.append(f"| flip rate vs baseline | {DASH} | {fmt_pct(ov.get('flip_rate'), 2)} | |")
-    out.append(f"| size MB | {fmt_mb((base or {}).get('size_bytes'))} | {fmt_mb(step.get('size_bytes'))} | |")
-    out.append(f"| latency p50 / p95 ms | {fmt_ms(blat.get('p50_ms'))} / {fmt_ms(blat.get('p95_ms'))} | "
-               f"{fmt_ms(lat.get('p50_ms'))} / {fmt_ms(lat.get('p95_ms'))} | "
-               f"{fmt_ratio(step, base)} p50 |")
-    out.append("")
-    out += [f"Disaggregated by group (change = this model minus the uncompressed baseline; {ci_label} in brackets):", ""]
-    bgroups = (base or {}).get("groups") or {}
-    if labelled:
-        out += ["| group | n | baseline accuracy | accuracy | Δ accuracy pp | ECE | Δ ECE pp | flip rate | McNemar p (Holm) |",
-                "|---|---|---|---|---|---|---|---|---|"]
+        rows.append([f"accuracy ({md_text(ci_label)})", f"{fmt_pct(bov.get('accuracy'))} ({fmt_ci(bov.get('accuracy_ci'))})",
+                     f"{fmt_pct(ov.get('accuracy'))} ({fmt_ci(ov.get('accuracy_ci'))})",
+                     f"{fmt_pp(ov.get('accuracy_delta'))} pp ({fmt_ci(ov.get('accuracy_delta_ci'), signed=True)})"])
+        for field, title in (("tpr", "TPR"), ("fpr", "FPR"), ("selection_rate", "selection rate"), ("ece", "ECE")):
+            rows.append([title, fmt_pct(bov.get(field)), fmt_pct(ov.get(field)), f"{fmt_pp(ov.get(f'{field}_delta'))} pp"])
+        for field, title in (("brier", "Brier score"), ("nll", "NLL")):
+            rows.append([title, fmt_num(bov.get(field), ".4f"), fmt_num(ov.get(field), ".4f"), fmt_num(ov.get(f"{field}_delta"), "+.4f")])
+    elif ov.get("cosine_mean") is not None:
+        rows.append(["cosine to the baseline (mean / min)", DASH, f"{fmt_num(ov.get('cosine_mean'), '.4f')} / "
+                     f"{fmt_num(ov.get('cosine_min'), '.4f')}", ""])
+    if not is_embedding(report):
+        rows.append(["flip rate vs baseline", DASH, fmt_pct(ov.get("flip_rate"), 2), ""])
+    rows.append(["size MB", fmt_mb((base or {}).get("size_bytes")), fmt_mb(step.get("size_bytes")), ""])
+    rows.append(["latency p50 / p95 ms", f"{fmt_ms(blat.get('p50_ms'))} / {fmt_ms(blat.get('p95_ms'))}",
+                 f"{fmt_ms(lat.get('p50_ms'))} / {fmt_ms(lat.get('p95_ms'))}", f"{fmt_ratio(step, base)} p50"])
+    out += md_table(["", "baseline", "this model", "change"], rows) + [""]
+    if step.get("index", 0) > 0:
+        out += [f"Disaggregated by group: each rate with its change from the uncompressed baseline in brackets, then "
+                f"every gate check on the group (✅ pass, ❌ fail, ⚠️ undecided): observed harm, {md_text(ci_label)}, and "
+                "_det._ = min_detectable, the smallest harm that fails on evidence at the group's size (– : none can).", ""]
     else:
-        out += ["| group | n | agreement | flip rate | cosine mean |", "|---|---|---|---|---|"]
-    for key, g in (step.get("groups") or {}).items():
-        n = fmt_num(g.get("n"), "d")
-        if g.get("status") != "ok":
-            out.append(f"| `{_c(key)}` | {n} | insufficient data | | | | | | |" if labelled
-                       else f"| `{_c(key)}` | {n} | insufficient data | | |")
-            continue
-        if labelled:
-            b = bgroups.get(key) or {}
-            out.append(
-                f"| `{_c(key)}` | {n} | {fmt_pct(b.get('accuracy'))} | {fmt_pct(g.get('accuracy'))} ({fmt_ci(g.get('accuracy_ci'))}) | "
-                f"{fmt_pp(g.get('accuracy_delta'))} ({fmt_ci(g.get('accuracy_delta_ci'), signed=True)}) | "
-                f"{fmt_num(g.get('ece'), '.3f')} | {fmt_pp(g.get('ece_delta'), 2)} | "
-                f"{fmt_pct(g.get('flip_rate'), 2)} | {fmt_num(g.get('mcnemar_p_holm'), '.3g')} |")
-        else:
-            out.append(f"| `{_c(key)}` | {n} | {fmt_pct(g.get('agreement'), 2)} | "
-                       f"{fmt_pct(g.get('flip_rate'), 2)} ({fmt_ci(g.get('flip_rate_ci'), digits=2)}) | "
-                       f"{fmt_num(g.get('cosine_mean'), '.4f')} |")
-    out.append("")
-    disp = step.get("disparity") or {}
-    if labelled and any((d.get("accuracy") or {}).get("gap") is not None for d in disp.values()):
-        out += ["Accuracy gap between the best and worst group:", "",
-                f"| attribute | gap (this model) pp | worst group | growth vs baseline pp ({ci_label}) |", "|---|---|---|---|"]
-        for scope, d in disp.items():
-            acc = d.get("accuracy") or {}
-            out.append(f"| `{_c(scope)}` | {fmt_pp(acc.get('gap'), signed=False)} | `{_c(acc.get('worst_group'))}` | "
-                       f"{fmt_pp(d.get('accuracy_gap_growth'))} ({fmt_ci(d.get('accuracy_gap_growth_ci'), signed=True)}) |")
-        out.append("")
+        out += ["Disaggregated by group:", ""]
+    out += step_groups(report, step, ci_label)
     gates = step.get("gates") or []
     if gates:
-        c = {k: sum(1 for g in gates if g.get("status") == k) for k in ("pass", "fail", "warn")}
-        out.append(f"Release gates on this model: {c['pass']} passed, {c['fail']} failed, {c['warn']} warned.")
-        out += [f"- {g.get('status')}: {describe_gate(g, ci_label)}" for g in gates if g.get("status") != "pass"]
+        out.append(f"Release gates on this model: {md_text(gates_cell(step))}.")
         out.append("")
     return out
 
@@ -257,21 +267,26 @@ def _ethics(report: dict[str, Any], step: dict[str, Any], ci_label: str) -> list
     if short:
         out.append("**Groups with too little data to evaluate** (no claim is made about them; the model may "
                    "behave worse for them than for anyone measured):")
-        out += [f"- `{_c(k)}`: n = {g.get('n', DASH)}{' — ' + str(g['reason']) if g.get('reason') else ''}"
+        out += [f"- {md_code(k)}: n = {md_text(g.get('n', DASH))}{' — ' + md_text(g['reason']) if g.get('reason') else ''}"
                 for k, g in short.items()]
         out.append("")
-    alpha = _alpha(report)
-    if is_labelled(report) and alpha is not None:
-        hurt = [(k, g) for k, g in ok_groups(step).items()
-                if isinstance(g.get("mcnemar_p_holm"), (int, float)) and g["mcnemar_p_holm"] < alpha
-                and isinstance(g.get("accuracy_delta"), (int, float)) and g["accuracy_delta"] < 0]
-        if hurt:
-            out.append(f"**Groups that lost accuracy significantly** (Holm-corrected McNemar p < {alpha:g}):")
-            out += [f"- `{_c(k)}`: {fmt_pp(g['accuracy_delta'])} points ({ci_label} "
-                    f"{fmt_ci(g.get('accuracy_delta_ci'), signed=True)}), p = {fmt_num(g['mcnemar_p_holm'], '.3g')}"
-                    for k, g in hurt]
+    gates = [g for g in step.get("gates") or [] if g.get("group") not in (None, "")]
+    if gates and step.get("index", 0) > 0:
+        failed = [g for g in gates if g.get("status") == "fail"]
+        beyond = [g for g in gates if g.get("exceeds") and g.get("status") != "fail"]
+        if failed:
+            out.append("**Groups this model harms beyond a limit, as the gates decided:**")
+            out += [f"- {md_code(who(g))}: {md_text(gate_words(g.get('gate')))} {fmt_observed(g)} "
+                    f"({md_text(ci_label)} {fmt_gate_ci(g.get('gate'), g.get('ci'))}), limit "
+                    f"{fmt_limit(g)}; n = {md_text(g.get('n'))}, det. {fmt_detectable(g)}" for g in failed]
         else:
-            out.append(f"No group lost accuracy significantly (Holm-corrected McNemar p < {alpha:g}) against the baseline.")
+            out.append("No gate found a group harmed beyond its limit by this model.")
+        if beyond:
+            out.append("")
+            out.append("**Observed beyond a limit, but too few rows to tell** (undecided; a larger evaluation set "
+                       "would settle them):")
+            out += [f"- {md_code(who(g))}: {md_text(gate_words(g.get('gate')))} {fmt_observed(g)}, limit {fmt_limit(g)}; "
+                    f"n = {md_text(g.get('n'))}, fails on evidence only from {fmt_detectable(g)}" for g in beyond]
         out.append("")
     out += ["Compression can harm small and underrepresented groups more than overall accuracy shows "
             "(Hooker et al. 2020, \"Characterising Bias in Compressed Models\", arXiv:2010.03058). That is why the "
@@ -289,8 +304,8 @@ def _caveats(report: dict[str, Any], step: dict[str, Any]) -> list[str]:
            "not shifts in the population the model will meet."]
     if lat:
         out.append(f"- Latency was measured with onnxruntime on the machine that ran edgefair "
-                   f"({lat.get('threads', DASH)} thread(s), batch {lat.get('batch_size', DASH)}, {lat.get('runs', DASH)} runs); "
-                   "measure on the target device with `edgefair probe`.")
+                   f"({md_text(lat.get('threads', DASH))} thread(s), batch {md_text(lat.get('batch_size', DASH))}, "
+                   f"{md_text(lat.get('runs', DASH))} runs); measure on the target device with `edgefair probe`.")
     if not is_labelled(report):
         out.append("- Without labels, agreement with the baseline is the only quality evidence: a model that "
                    "agrees with a biased baseline inherits its bias.")
@@ -298,15 +313,5 @@ def _caveats(report: dict[str, Any], step: dict[str, Any]) -> list[str]:
         out.append("- Collect more evaluation data for the groups listed as insufficient before relying on this "
                    "model for them.")
     for s in steps_applied(report, step):
-        out += [f"- Step `{_c(s.get('name'))}`: {w}" for w in s.get("warnings") or []]
+        out += [f"- Step {md_code(s.get('name'))}: {md_text(w)}" for w in s.get("warnings") or []]
     return out + [""]
-
-
-def _alpha(report: dict[str, Any]) -> float | None:
-    conf = dig(report, "recipe", "resolved", "evaluate", "confidence")
-    return 1 - conf if isinstance(conf, (int, float)) else None
-
-
-def _c(s: Any) -> str:
-    """Text for inside backticks / table cells."""
-    return str(s).replace("`", "'").replace("\n", " ").replace("|", "\\|")
