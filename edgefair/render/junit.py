@@ -37,6 +37,7 @@ def _suite(step: dict[str, Any], ci_label: str) -> ET.Element:
             ET.SubElement(props, "property", name=key, value=str(step[key]))
     counts = {"tests": 0, "failures": 0, "skipped": 0}
     for gate in step.get("gates") or []:
+        # a stable name per gate and group (the class in `where` is the worst one of this run: it is in the message)
         case_name = f"{gate.get('gate')}[{gate['group']}]" if gate.get("group") else str(gate.get("gate"))
         case = ET.SubElement(suite, "testcase", classname=f"edgefair.{name}", name=case_name, time="0")
         counts["tests"] += 1
@@ -46,7 +47,7 @@ def _suite(step: dict[str, Any], ci_label: str) -> ET.Element:
             counts["failures"] += 1
             fail = ET.SubElement(case, "failure", message=words, type=str(gate.get("gate")))
             fail.text = _detail(gate)
-        elif status == "warn":
+        elif status == "warn":  # undecided: the data could not tell (see min_detectable in the message)
             counts["skipped"] += 1
             ET.SubElement(case, "skipped", message=words)
         elif status != "pass":
@@ -70,5 +71,6 @@ def _suite(step: dict[str, Any], ci_label: str) -> ET.Element:
 
 
 def _detail(gate: dict[str, Any]) -> str:
-    return "\n".join(f"{k}: {gate.get(k)}" for k in ("gate", "group", "value", "ci", "threshold", "status", "reason")
-                     if k in gate)
+    keys = ("gate", "group", "where", "value", "ci", "threshold", "status", "decision", "reason", "n", "p_holm",
+            "min_detectable", "exceeds")
+    return "\n".join(f"{k}: {gate.get(k)}" for k in keys if k in gate)
