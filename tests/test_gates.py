@@ -47,12 +47,12 @@ def test_point_decision_ignores_interval():
 # ---- the rule through the real statistics ------------------------------------------------------
 
 
-def judge(y, base, step, groups, *, probs_k=2, select=None, **gates):
+def judge(y, base, step, groups, *, probs_k=2, select=None, n_boot=200, **gates):
     """Gate a step that predicts `step` against a baseline predicting `base` (class ids), through
     the real Evaluator and apply_gates."""
     n = len(y)
     masks = {f"g={v}": groups == v for v in np.unique(groups)}
-    ev = Evaluator(masks, y, n, StatsConfig(n_boot=200))
+    ev = Evaluator(masks, y, n, StatsConfig(n_boot=n_boot))
     onehot = lambda p: np.eye(probs_k)[p] * 0.9 + 0.1 / probs_k  # noqa: E731
     b, s = ev.model(onehot(base)), ev.model(onehot(step))
     entry = lambda i, r: {"index": i, "name": f"s{i}", "model": f"{i:02d}.onnx", "size_bytes": 1000 - i,  # noqa: E731
@@ -78,6 +78,22 @@ def sized(n_groups: dict[str, int], acc=0.85, seed=0):
 
 def gate(report, group):
     return next(g for g in report["steps"][1]["gates"] if g["group"] == group)
+
+
+def test_null_churn_rarely_fails_a_build_however_many_groups():
+    """README: testing many groups does not raise the chance of a false failure. 2% balanced churn in
+    17 groups of 60 to 3,000 rows, 100 builds: the share of builds with any failing group stays low."""
+    rng = np.random.default_rng(11)
+    sizes = {f"s{i}": n for i, n in enumerate([60, 68, 80, 100, 150, 200, 264, 300, 400, 500, 600, 839, 1000, 1500, 2000, 2961, 3000])}
+    y, base, groups = sized(sizes, seed=5)
+    failed = 0
+    for _ in range(100):
+        right = base == y  # balanced churn: as many right rows turn wrong as wrong rows turn right, 2% in all
+        rate = np.where(right, 0.01, 0.01 * right.sum() / (~right).sum())
+        step = flip(base, rng.random(len(y)) < rate)
+        report = judge(y, base, step, groups, max_group_accuracy_drop=0.01, max_group_tpr_drop=0.02, n_boot=0)
+        failed += report["verdict"] == "fail"
+    assert failed / 100 <= 0.05
 
 
 def test_a_drop_below_the_limit_never_fails_however_significant():
@@ -159,6 +175,7 @@ def test_min_detectable_is_what_fails_on_evidence():
     """A 68-row group under a 1-point limit can only fail on evidence from ~12 points on: the README says so."""
     md = smallest_failing_loss(68, 0.01, 0.05)
     assert md == pytest.approx(4 / 68)  # 4 rows lost of 68: one-sided p < 0.05 against a 1-point limit
+    assert smallest_failing_loss(68, 0.01, 0.05 / 17) == pytest.approx(9 / 68)  # among 17 groups (README)
     y, base, groups = sized({"small": 68, "big": 3000})
     report = judge(y, base, base.copy(), groups, max_group_accuracy_drop=0.01)
     small = report["steps"][1]["groups"]["g=small"]["min_detectable"]["max_group_accuracy_drop"]

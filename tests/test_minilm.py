@@ -52,6 +52,7 @@ def text_run(tmp_path_factory):
         [model]
         source = "{REPO / 'models' / 'minilm.py'}:build"
         dynamic_axes = {{input_ids = [1], attention_mask = [1]}}
+        output = "embedding"
 
         [data]
         eval = "eval.npz"
@@ -91,6 +92,12 @@ def test_recipe_runs_with_per_group_fidelity(text_run):
             g = steps[name]["groups"][group]
             assert g["n"] == 30 and g["status"] == "ok"
             assert floor < g["cosine_min"] <= g["cosine_mean"] <= 1.0 + 1e-6
+    # an embedding is judged by cosine (the default gate), never by an argmax over its dimensions
+    for name in ("quantize_weights_4bit", "fp16"):
+        assert all(g["flip_rate"] is None and g["agreement"] is None for g in steps[name]["groups"].values())
+        gates = {g["gate"] for g in steps[name]["gates"]}
+        assert gates == {"min_group_cosine"}, gates
+    assert report["selected"] is not None and steps[report["selected"]["name"]]["passed"]
     base = steps["baseline"]["size_bytes"]
     assert steps["quantize_weights_4bit"]["size_bytes"] < 0.7 * base  # the fp32 embedding table stays
     assert steps["fp16"]["size_bytes"] < 0.55 * base
