@@ -78,79 +78,239 @@ def _data_entry(ds: Any) -> dict[str, Any]:
     }
 
 
+# ---- terminal and report.txt -----------------------------------------------------------------------
+#
+# `terminal_table(report)` is what `edgefair run` prints: a summary within WIDTH columns (verdict, the
+# model to ship and why, thresholds, every check observed beyond its limit, one line per step, failed
+# steps, undecided count). `terminal_table(report, full=True)` adds every step's per-group table and
+# gate checks (for report.txt). Numbers and words come from `edgefair.render`'s shared helpers.
+
+WIDTH = 100
+
+
 def fmt(v: Any, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
 def gate_line(gate: dict[str, Any]) -> str:
-    where = f" [{gate['group']}]" if gate.get("group") else ""
-    ci = gate.get("ci")
-    ci_s = f" (CI {ci[0]:.4g} to {ci[1]:.4g})" if ci else ""
-    return f"{gate['gate']}{where}: {fmt(gate['value'], '.4g')}{ci_s} vs limit {gate['threshold']:.4g}: {gate['reason']}"
+    """One gate check on one line, in words (shared wording with the other reports)."""
+    from .render import describe_gate
+
+    return describe_gate(gate)
 
 
-def _latency_head(lat: dict[str, Any], index: int) -> str:
-    out = f"p50 {fmt(lat.get('p50_ms'), '.4f')} ms  p95 {fmt(lat.get('p95_ms'), '.4f')} ms"
-    ratio, ci = lat.get("ratio_p50_vs_first"), lat.get("ratio_p50_ci")
-    if index > 0 and ratio is not None:
-        out += f"  x{ratio:.2f} vs baseline" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+def terminal_table(report: dict[str, Any], *, full: bool = False) -> str:
+    """The terminal summary (default), or the summary plus every step's per-group table (`full`)."""
+    lines = summary(report)
+    if full:
+        lines += ["", "=" * 40, "per step, per group", "=" * 40]
+        for step in report.get("steps") or []:
+            lines += [""] + _step_block(report, step)
+    return "\n".join(lines)
+
+
+def summary(report: dict[str, Any]) -> list[str]:
+    """The compact first screen (<= WIDTH columns for ordinary names)."""
+    from . import render as r
+
+    out: list[str] = []
+    sel = report.get("selected")
+    verdict = str(report.get("verdict") or "unknown").upper()
+    if sel:
+        out.append(f"verdict: {verdict} · ship step {sel.get('step')} {sel.get('name')} ({sel.get('model')})")
+        if sel.get("reason"):
+            out.append(f"  why: {sel['reason']}")
+    else:
+        out.append(f"verdict: {verdict} · no model to ship: no candidate passed every gate")
+    limits = r.thresholds(report)
+    if limits:
+        ga = report.get("gates_applied") or {}
+        conf = r.confidence(report)
+        how = [f"{conf * 100:g}% CI" if conf is not None else None,
+               f"undecided -> {ga['on_undecided']}" if ga.get("on_undecided") else None,
+               f"groups under {ga['min_group_size']} rows untested" if ga.get("min_group_size") is not None else None]
+        out.append(f"thresholds ({r.UNITS_NOTE}; " + ", ".join(h for h in how if h) + "):")
+        out += _wrap(" · ".join(f"{r.gate_words(n)} {r.fmt_limit(n, t)}" for n, t in limits), "  ", "  ")
+    else:
+        out.append(r.no_failure_note(report))
+    out += _exceeded(report)
+    out += _steps(report)
+    failed = r.failed_steps(report)
+    if failed:
+        out.append("failed steps:")
+        for s, gates in failed:
+            out += _wrap(f"[{s.get('index')}] {s.get('name')}: {r.why_failed(gates)}", "  ", "      ")
+    note = r.undecided_note(report)
+    if note:
+        out += _wrap(note, "", "  ")
+    out += _groups(report)
+    for s in report.get("steps") or []:
+        for w in s.get("warnings") or []:
+            out += _wrap(f"! [{s.get('index')}] {s.get('name')}: {w}", "", "    ")
+    counts = _counts(report)
+    if counts:
+        out.append(counts)
+    out.append("per-group tables: report.md, report.html (and report.txt); every number: report.json")
     return out
 
 
-def _group_row(key: str, g: dict[str, Any], labelled: bool) -> str:
-    if g.get("status") != "ok":
-        return f"    {key:<40} {g['n']:>6}  insufficient data: {g.get('reason', 'n < min_group_size')}"
-    if not labelled:  # label-free: fidelity to the baseline's outputs
-        return (
-            f"    {key:<40} {g['n']:>6} {fmt(g.get('cosine_mean'), '.4f'):>9} {fmt(g.get('cosine_min'), '.4f'):>9} "
-            f"{fmt(g.get('rel_error_mean'), '.4f'):>9} {fmt(g.get('agreement'), '.4f'):>9}"
-        )
-    ci = g.get("accuracy_delta_ci")
-    ci_s = f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "-"
-    delta = g.get("accuracy_delta")
-    return (
-        f"    {key:<40} {g['n']:>6} {fmt(g.get('accuracy'), '.4f'):>9} "
-        f"{(format(delta, '+.4f') if delta is not None else '-'):>8} {ci_s:>19} "
-        f"{fmt(g.get('ece'), '.4f'):>7} {fmt(g.get('flip_rate'), '.4f'):>7}"
-    )
+def _exceeded(report: dict[str, Any]) -> list[str]:
+    from . import render as r
+
+    rows = r.exceeded(report)
+    if not rows:
+        return ["observed harm beyond a limit: none"] if r.thresholds(report) else []
+    sel = (report.get("selected") or {}).get("step")
+    at_sel = sum(1 for e in rows if e.get("step") == sel)
+    out = [f"observed harm beyond a limit: {len(rows)} check{'s' if len(rows) != 1 else ''}"
+           + (f" ({at_sel} at the selected model)" if sel is not None else "")]
+    gw = min(max(len(r.who(e)) for e in rows), 34)
+    out.append(f"      {'group':<{gw}} {'observed':>9} {'95% CI' if r.confidence(report) == 0.95 else 'CI':<14} "
+               f"{'decision':<14} {'n':>5}  det.")
+    last = None
+    for e in rows:
+        head = (e.get("step"), e.get("gate"))
+        if head != last:
+            mark = "  <- the model to ship" if e.get("step") == sel else ""
+            out.append(f"  [{e.get('step')}] {e.get('name')}: {r.gate_words(e.get('gate'))}, limit {r.fmt_limit(e)}{mark}")
+            last = head
+        decision = "FAIL" if e.get("status") == "fail" else str(e.get("decision") or e.get("status"))
+        if e.get("status") == "fail" and e.get("decision") == "undecided":
+            decision = "FAIL (undecided)"
+        out.append(f"      {r.who(e):<{gw}} {r.fmt_observed(e):>9} {r.fmt_gate_ci(e.get('gate'), e.get('ci')):<14} "
+                   f"{decision:<14} {r.fmt_num(e.get('n'), 'd'):>5}  {r.fmt_detectable(e)}")
+    return out
 
 
-def terminal_table(report: dict[str, Any]) -> str:
-    """A readable per-step, per-group table for the terminal."""
-    labelled = bool(report.get("data", {}).get("eval", {}).get("labelled", True))
-    lines = []
-    for step in report["steps"]:
-        ov = step["overall"]
-        head = f"[{step['index']}] {step['name']} ({step['kind']})  size {step['size_bytes'] / 1e6:.3f} MB  "
-        head += _latency_head(step.get("latency") or {}, step["index"])
-        if labelled:
-            head += f"  acc {fmt(ov.get('accuracy'), '.4f')}  ece {fmt(ov.get('ece'), '.4f')}"
-            head += f"  flip {fmt(ov.get('flip_rate'), '.4f')}" if step["index"] > 0 else ""
-        elif step["index"] > 0:
-            head += f"  cosine {fmt(ov.get('cosine_mean'), '.4f')} (min {fmt(ov.get('cosine_min'), '.4f')})"
-        lines.append(head)
-        if labelled:
-            lines.append(f"    {'group':<40} {'n':>6} {'accuracy':>9} {'Δacc':>8} {'Δacc CI':>19} {'ece':>7} {'flip':>7}")
-        elif step["index"] > 0:
-            lines.append(f"    {'group':<40} {'n':>6} {'cos mean':>9} {'cos min':>9} {'rel err':>9} {'agree':>9}")
-        if labelled or step["index"] > 0:
-            lines += [_group_row(key, g, labelled) for key, g in step["groups"].items()]
-        for w in step.get("warnings", []):
-            lines.append(f"    ! {w}")
-        for gate in step.get("gates", []):
-            if gate["status"] == "fail":
-                lines.append(f"    FAIL {gate_line(gate)}")
-        warned = sorted({g["group"] or g["gate"] for g in step.get("gates", []) if g["status"] == "warn"})
-        if warned:
-            lines.append(f"    WARN undecided (insufficient data or too wide an interval): {', '.join(warned)}")
-    return "\n".join(lines + summary_lines(report))
+def _steps(report: dict[str, Any]) -> list[str]:
+    from . import render as r
+
+    all_steps = report.get("steps") or []
+    if not all_steps:
+        return []
+    base = r.baseline_step(report)
+    sel = (report.get("selected") or {}).get("step")
+    names = r.gated_names(report)
+    sw = min(max(len(f"[{s.get('index')}] {s.get('name')}") for s in all_steps), 28)
+    units = sorted({r.gate_unit(n) for n in names if r.gate_unit(n)})
+    out = ["steps: worst group per gate" + (f" ({', '.join(units)})" if units else "") + ", * beyond the limit;"
+           " checks failed/undecided; > ship"]
+    out.append(f"  {'step':<{sw}} {'MB':>6} {'p50 x':>6}" + "".join(f"{r.gate_short(n):>9}" for n in names)
+               + "  result checks")
+    for s in all_steps:
+        cells = []
+        for n in names:
+            g = r.worst_gate(s, n) if s.get("index", 0) > 0 else None
+            cells.append(f"{'- ' if g is None else r.fmt_observed(g, unit=False) + ('*' if g.get('exceeds') else ' '):>9}")
+        ratio = r.latency_ratio(s, base)
+        result = r.step_result(s)
+        c = r.gate_counts(s)
+        label = f"[{s.get('index')}] {s.get('name')}"
+        out.append(f"{'> ' if s.get('index') == sel else '  '}{label:<{sw}} {r.fmt_mb(s.get('size_bytes')):>6} {'-' if ratio is None else f'{ratio:.2f}':>6}"
+                   + "".join(cells) + f"  {'FAIL' if result == 'fail' else result:<6} {c.get('fail', 0)}/{c.get('warn', 0)}"
+                   )
+    return out
+
+
+def _groups(report: dict[str, Any]) -> list[str]:
+    from . import render as r
+
+    all_steps = report.get("steps") or []
+    if not all_steps:
+        return []
+    groups = all_steps[0].get("groups") or {}
+    out = []
+    ok = [f"{k}\u00a0{g.get('n')}" for k, g in groups.items() if g.get("status") == "ok"]  # no break inside
+    if ok:
+        out += _wrap("groups checked (n): " + ", ".join(ok), "", "  ")
+    short = r.insufficient_summary(report)
+    if short:
+        out += _wrap("insufficient data, no gate checks them: "
+                     + ", ".join(f"{k}\u00a0(n={n})" for k, n, _, _ in short), "", "  ")
+    return out
+
+
+def _counts(report: dict[str, Any]) -> str | None:
+    every = [g for step in report.get("steps") or [] for g in step.get("gates") or []]
+    if not every:
+        return None
+    counts = {k: sum(g.get("status") == k for g in every) for k in ("pass", "warn", "fail")}
+    return f"gate checks over all steps: {counts['pass']} passed, {counts['fail']} failed, {counts['warn']} undecided"
+
+
+def _wrap(text: str, first: str, rest: str) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, WIDTH, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False,
+                         break_long_words=False) or [first.rstrip()]
+
+
+def _step_block(report: dict[str, Any], step: dict[str, Any]) -> list[str]:
+    """One step in full: its head line, every group's metrics, and the gate checks per group."""
+    from . import render as r
+
+    ov = step.get("overall") or {}
+    lat = step.get("latency") or {}
+    head = (f"[{step.get('index')}] {step.get('name')} ({step.get('kind')})  size {r.fmt_mb(step.get('size_bytes'))} MB  "
+            f"p50 {r.fmt_ms(lat.get('p50_ms'))} ms  p95 {r.fmt_ms(lat.get('p95_ms'))} ms")
+    if step.get("index", 0) > 0:
+        head += f"  {r.fmt_ratio(step, r.baseline_step(report))} vs baseline"
+    if r.is_labelled(report) and ov.get("accuracy") is not None:
+        head += f"  accuracy {r.fmt_pct(ov.get('accuracy'))}"
+    head += f"  -> {r.step_result(step)}"
+    out = [head]
+    groups = step.get("groups") or {}
+    if not groups:
+        return out
+    gw = max(len(str(k)) for k in groups) + 1
+    cols = r.metric_columns(report, step)
+    compressed = step.get("index", 0) > 0
+    if cols:
+        out.append(f"    {'group':<{gw}} {'n':>6}" + "".join(f" {t:>16}" for _, t, _ in cols))
+        for key, g in groups.items():
+            if g.get("status") != "ok":
+                out.append(f"    {key:<{gw}} {r.fmt_num(g.get('n'), 'd'):>6}  insufficient data: {g.get('reason', 'too few rows')}")
+                continue
+            out.append(f"    {key:<{gw}} {r.fmt_num(g.get('n'), 'd'):>6}"
+                       + "".join(f" {r.metric_cell(g, f, kind, with_delta=compressed):>16}" for f, _, kind in cols))
+    names = r.gated_names(report, group_level=True)
+    per_group = r.group_gates(step)
+    if compressed and names and per_group:
+        out.append(f"    gate checks (observed harm, det. = min_detectable; ok = pass, ?? = undecided):")
+        out.append(f"    {'group':<{gw}}" + "".join(f" {r.gate_short(n):>18}" for n in names))
+        for key in list(groups) + [k for k in per_group if k not in groups]:
+            entries = per_group.get(key, {})
+            out.append(f"    {key:<{gw}}" + "".join(f" {_cell(entries.get(n)):>18}" for n in names))
+    for g in r.scope_gates(step):
+        out.append(f"    {_mark(g)} {g.get('group')}: {r.describe_gate({**g, 'group': None})}")
+    for g in step.get("gates") or []:
+        if g.get("group") in (None, "") and g.get("status") != "pass":
+            out.append(f"    {_mark(g)} {r.describe_gate(g)}")
+    return out
+
+
+def _mark(g: dict[str, Any]) -> str:
+    return {"pass": "ok", "fail": "FAIL", "warn": "??"}.get(str(g.get("status")), "?")
+
+
+def _cell(g: dict[str, Any] | None) -> str:
+    from . import render as r
+
+    if g is None:
+        return "-"
+    if g.get("value") is None:
+        return f"{_mark(g)} -"
+    det = r.fmt_detectable(g, unit=False).replace(" ", "")
+    return f"{_mark(g)} {r.fmt_observed(g, unit=False)}{'*' if g.get('exceeds') else ''} {det}"
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """The verdict, the model to ship and the gate counts: what `run -q` prints."""
     sel = report.get("selected")
-    lines = [f"verdict: {report['verdict'].upper()}" + (f"  selected: step {sel['step']} ({sel['model']})" if sel else "")]
-    if any(step.get("gates") for step in report["steps"]):
-        counts = {k: sum(g["status"] == k for step in report["steps"] for g in step.get("gates", [])) for k in ("pass", "warn", "fail")}
-        lines.append(f"gate checks over all steps: {counts['pass']} passed, {counts['fail']} failed, {counts['warn']} undecided")
+    lines = [f"verdict: {str(report.get('verdict') or 'unknown').upper()}"
+             + (f"  selected: step {sel['step']} ({sel['model']})" if sel else "  no model selected")]
+    counts = _counts(report)
+    if counts:
+        n = len((report.get("gate_summary") or {}).get("exceeded") or [])
+        lines.append(counts + (f"; {n} observed beyond a limit" if n else ""))
     return lines
