@@ -105,8 +105,8 @@ def test_tune_keeps_the_baseline_when_nothing_is_faster(tmp_path):
                 "groups": {}, "latency": {"p50_ms": p50, "p95_ms": p50}}
 
     report = {"steps": [step(0, 1.0), step(1, 1.2), step(2, 1.1)]}
-    apply_gates(report, GatesConfig(), confidence=0.95, select="fastest")
+    apply_gates(report, GatesConfig(max_size_mb=1.0), confidence=0.95, tune=True)
     assert report["selected"]["step"] == 0 and report["verdict"] == "pass"
     report = {"steps": [step(0, 1.0), step(1, 0.9), step(2, 0.7)]}
-    apply_gates(report, GatesConfig(), confidence=0.95, select="fastest")
+    apply_gates(report, GatesConfig(max_size_mb=1.0), confidence=0.95, tune=True)
     assert report["selected"]["step"] == 2
