@@ -12,6 +12,8 @@ from sklearn.metrics import accuracy_score
 
 from conftest import BASE_RECIPE, run_cli, write_recipe
 
+RAN = (0, 1)  # passed or a gate failed: these tests look at what was measured, not at the verdict
+
 STEPS = """
 [[steps]]
 kind = "prune"
@@ -38,7 +40,7 @@ def tiny_run(tiny, tmp_path_factory):
     recipe = write_recipe(root / "r.toml", BASE_RECIPE + STEPS)
     out = root / "out"
     result = run_cli(["run", str(recipe), "--out", str(out)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code in RAN, result.output
     return root, out, json.loads((out / "report.json").read_text()), result.output
 
 
@@ -117,7 +119,7 @@ def test_terminal_table_lists_groups(tiny_run):
 def test_same_inputs_same_metrics(tiny_run, tmp_path):
     root, _, report, _ = tiny_run
     out2 = tmp_path / "again"
-    assert run_cli(["run", str(root / "r.toml"), "--out", str(out2), "--no-cache"]).exit_code == 0
+    assert run_cli(["run", str(root / "r.toml"), "--out", str(out2), "--no-cache"]).exit_code in RAN
     again = json.loads((out2 / "report.json").read_text())
     for a, b in zip(report["steps"], again["steps"]):
         assert a["groups"] == b["groups"] and a["overall"] == b["overall"]
@@ -128,7 +130,7 @@ def test_factory_source_with_safetensors_matches_pt2(recipe_dir, tiny_run):
     text = BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "tiny_model:build"\nweights = "tiny.safetensors"')
     out = recipe_dir / "out"
     result = run_cli(["run", str(write_recipe(recipe_dir / "f.toml", text)), "--out", str(out)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code in RAN, result.output
     factory = json.loads((out / "report.json").read_text())
     assert factory["steps"][0]["overall"]["accuracy"] == report["steps"][0]["overall"]["accuracy"]
     assert factory["source"]["parity"]["argmax_agreement"] == 1.0
@@ -140,7 +142,7 @@ def test_onnx_source_skips_export(recipe_dir, tiny_run):
     text = BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "m.onnx"') + "\n[[steps]]\nkind = 'quantize_dynamic'\n"
     out2 = recipe_dir / "out"
     result = run_cli(["run", str(write_recipe(recipe_dir / "o.toml", text)), "--out", str(out2)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code in RAN, result.output
     rep = json.loads((out2 / "report.json").read_text())
     assert rep["source"]["kind"] == "onnx" and rep["source"]["parity"] is None
     assert rep["steps"][0]["overall"] == report["steps"][0]["overall"]
@@ -152,7 +154,7 @@ def test_factory_from_file_path(recipe_dir, tmp_path):
     text = BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "../tiny_model.py:build"\nweights = "../tiny.safetensors"')
     text = text.replace('"eval.npz"', '"../eval.npz"').replace('"calib.npz"', '"../calib.npz"')
     result = run_cli(["run", str(write_recipe(sub / "r.toml", text)), "--out", str(tmp_path / "o"), "-q"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code in RAN, result.output
     assert json.loads((tmp_path / "o" / "report.json").read_text())["source"]["kind"] == "factory"
 
 
@@ -162,7 +164,7 @@ def test_onnx_source_with_external_data(recipe_dir, tiny_run, tmp_path):
     onnx.save(model, str(recipe_dir / "ext.onnx"), save_as_external_data=True, location="ext.data", size_threshold=0)
     text = BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "ext.onnx"')
     result = run_cli(["run", str(write_recipe(recipe_dir / "e.toml", text)), "--out", str(tmp_path / "o"), "-q"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code in RAN, result.output
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     assert rep["steps"][0]["overall"] == report["steps"][0]["overall"]
 
@@ -188,7 +190,7 @@ def test_quantized_probability_outputs_are_read_like_the_baseline(recipe_dir, tm
     text = BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "soft.pt2"') + "\n[[steps]]\nkind = 'quantize_static'\n"
     out = tmp_path / "o"
     result = run_cli(["run", str(write_recipe(recipe_dir / "s.toml", text)), "--out", str(out), "--no-cache"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code in RAN, result.output
     report = json.loads((out / "report.json").read_text())
     with np.load(recipe_dir / "eval.npz") as z:
         x, y = z["features"], z["label"]
