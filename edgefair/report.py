@@ -6,7 +6,6 @@ Every human and machine output is rendered from this one dict.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -150,7 +149,7 @@ def summary(report: dict[str, Any]) -> list[str]:
     counts = _counts(report)
     if counts:
         out.append(counts)
-    out.append("per-group tables: report.md, report.html (and report.txt); every number: report.json")
+    out.append("per-group tables: report.md, report.html; every number: report.json")
     return out
 
 
@@ -276,7 +275,7 @@ def _step_block(report: dict[str, Any], step: dict[str, Any]) -> list[str]:
     names = r.gated_names(report, group_level=True)
     per_group = r.group_gates(step)
     if compressed and names and per_group:
-        out.append(f"    gate checks (observed harm, det. = min_detectable; ok = pass, ?? = undecided):")
+        out.append("    gate checks (observed harm, det. = min_detectable; ok = pass, ?? = undecided):")
         out.append(f"    {'group':<{gw}}" + "".join(f" {r.gate_short(n):>18}" for n in names))
         for key in list(groups) + [k for k in per_group if k not in groups]:
             entries = per_group.get(key, {})

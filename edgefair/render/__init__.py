@@ -249,10 +249,11 @@ def status_text(gate: dict[str, Any]) -> str:
     return status
 
 
-def who(gate: dict[str, Any]) -> str:
-    """The group (or attribute) of a gate entry with its class when there is one; 'model' otherwise."""
+def who(gate: dict[str, Any], name_fmt: Callable[[str], str] = str) -> str:
+    """The group (or attribute) of a gate entry, formatted by `name_fmt` (a code span, HTML escaping),
+    with its class when there is one ('g=a (class 2)'); 'model' for model-wide gates."""
     group = gate.get("group")
-    base = str(group) if group not in (None, "") else "model"
+    base = name_fmt(str(group)) if group not in (None, "") else "model"
     return f"{base} ({gate['where']})" if gate.get("where") else base
 
 
@@ -429,8 +430,9 @@ def failed_steps(report: dict[str, Any]) -> list[tuple[dict[str, Any], list[dict
     return [(s, [g for g in s.get("gates") or [] if g.get("status") == "fail"]) for s in chosen]
 
 
-def why_failed(gates: list[dict[str, Any]], name_fmt: Callable[[str], str] = str) -> str:
-    """'true positive rate drop at sex=Female, race=White; size 3.1 MB > 2 MB': a step's failures."""
+def why_failed(gates: list[dict[str, Any]], name_fmt: Callable[[str], str] = str, max_names: int = 4) -> str:
+    """'true positive rate drop at sex=Female, race=White; model size 3.1 MB, limit ≤ 2 MB': a step's
+    failures, naming at most `max_names` groups per gate (the tables name every one)."""
     by_gate: dict[str, list[dict[str, Any]]] = {}
     for g in gates:
         by_gate.setdefault(str(g.get("gate")), []).append(g)
@@ -438,7 +440,10 @@ def why_failed(gates: list[dict[str, Any]], name_fmt: Callable[[str], str] = str
     for name, gs in by_gate.items():
         scoped = [g for g in gs if g.get("group") not in (None, "")]
         if scoped:
-            parts.append(f"{gate_words(name)} at " + ", ".join(name_fmt(who(g)) for g in scoped))
+            shown = ", ".join(who(g, name_fmt) for g in scoped[:max_names])
+            more = f" and {len(scoped) - max_names} more" if len(scoped) > max_names else ""
+            parts.append(f"{gate_words(name)} at {len(scoped)} group{'s' if len(scoped) != 1 else ''}: {shown}{more}"
+                         if more else f"{gate_words(name)} at {shown}")
         for g in gs:
             if g.get("group") in (None, ""):
                 value = fmt_gate(name, g.get("value")) if _is_num(g.get("value")) else ""
@@ -539,7 +544,7 @@ def describe_gate(gate: dict[str, Any], ci_label: str = "CI", name_fmt: Callable
     `name_fmt` formats the group (Markdown code span, HTML escaping); the rest is edgefair's own text.
     """
     name = str(gate.get("gate", "?"))
-    scope = name_fmt(who(gate)) if gate.get("group") not in (None, "") else ""
+    scope = who(gate, name_fmt) if gate.get("group") not in (None, "") else ""
     lead = f"{scope}: " if scope else ""
     value, ci = gate.get("value"), gate.get("ci")
     words = gate_words(name)

@@ -14,7 +14,6 @@ from . import (
     UNITS_NOTE,
     baseline_step,
     confidence_label,
-    describe_gate,
     exceeded,
     failed_steps,
     fmt_ci,
@@ -141,7 +140,7 @@ def _first_screen(report: dict[str, Any], ci_label: str) -> str:
         at_sel = sum(1 for e in rows if e.get("step") == sel_i)
         trs = [(str(e.get("status") or ""), [
             esc(e.get("step")) + (' <span class="badge">selected</span>' if e.get("step") == sel_i else ""),
-            f"<code>{esc(e.get('name'))}</code>", f"<code>{esc(who(e))}</code>", esc(gate_words(e.get("gate"))),
+            f"<code>{esc(e.get('name'))}</code>", who(e, _code), esc(gate_words(e.get("gate"))),
             f"<b>{esc(fmt_observed(e))}</b>", esc(fmt_limit(e)), esc(fmt_gate_ci(e.get("gate"), e.get("ci"))),
             esc(status_text(e)), esc(fmt_num(e.get("n"), "d")), esc(fmt_detectable(e)), esc(fmt_num(e.get("p_holm"), ".2g"))])
             for e in rows]
@@ -157,7 +156,7 @@ def _first_screen(report: dict[str, Any], ci_label: str) -> str:
     failed = failed_steps(report)
     if failed:
         items = "".join(f"<li>step {esc(s.get('index'))} <code>{esc(s.get('name'))}</code>: "
-                        f"{why_failed(gates, lambda k: '<code>' + esc(k) + '</code>') if gates else esc(why_failed(gates))}</li>"
+                        f"{why_failed(gates, _code) if gates else esc(why_failed(gates))}</li>"
                         for s, gates in failed)
         out.append(f"<h2>Failed steps ({len(failed)})</h2><ul class=\"loud fail\">{items}</ul>")
     note = undecided_note(report)
@@ -278,6 +277,10 @@ def _step_table(report: dict[str, Any]) -> str:
                          cards=True)
 
 
+def _code(key: Any) -> str:
+    return f"<code>{esc(key)}</code>"
+
+
 def _breakable(key: Any) -> str:
     """An escaped group key that may wrap after '&' (intersections are long)."""
     return esc(key).replace("&amp;", "&amp;<wbr>")
@@ -342,7 +345,7 @@ def _step_details(report: dict[str, Any], step: dict[str, Any], ci_label: str) -
     if gates:
         ordered = sorted(gates, key=gate_sort_key)
         grows = [(str(g.get("status") or ""), [
-            esc(status_text(g)), esc(gate_words(g.get("gate"))), f"<code>{esc(who(g))}</code>",
+            esc(status_text(g)), esc(gate_words(g.get("gate"))), who(g, _code),
             (f'<b class="over">{esc(fmt_observed(g))}</b>' if g.get("exceeds") else esc(fmt_observed(g))),
             esc(fmt_gate_ci(g.get("gate"), g.get("ci"))), esc(fmt_limit(g)), esc(fmt_detectable(g)),
             esc(fmt_num(g.get("n"), "d")), esc(fmt_num(g.get("p_holm"), ".2g")), esc(g.get("reason") or "")])

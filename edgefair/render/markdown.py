@@ -18,7 +18,6 @@ from . import (
     exceeded,
     failed_steps,
     fmt_detectable,
-    fmt_gate,
     fmt_gate_ci,
     fmt_limit,
     fmt_mb,
@@ -122,7 +121,7 @@ def _exceeded(report: dict[str, Any], ci_label: str, heading: str) -> list[str]:
     body = []
     for e in rows:
         mark = " ✅" if e.get("step") == sel else ""
-        body.append([f"{md_text(e.get('step'))} {md_code(e.get('name'))}{mark}", md_code(who(e)), md_text(gate_words(e.get("gate"))),
+        body.append([f"{md_text(e.get('step'))} {md_code(e.get('name'))}{mark}", who(e, md_code), md_text(gate_words(e.get("gate"))),
                      f"**{fmt_observed(e)}**", fmt_limit(e), fmt_gate_ci(e.get("gate"), e.get("ci")),
                      f"{STATUS_ICON.get(str(e.get('status')), '')} {md_text(e.get('status'))} / {md_text(e.get('decision') or DASH)}",
                      fmt_num(e.get("n"), "d"), fmt_detectable(e), fmt_num(e.get("p_holm"), ".2g")])
@@ -192,7 +191,7 @@ def _step_table(report: dict[str, Any]) -> list[str]:
                 cells.append(DASH)
                 continue
             value = fmt_observed(g, unit=False)
-            cells.append((f"**{value}** ❗" if g.get("exceeds") else value) + f" ({md_code(who(g))})")
+            cells.append((f"**{value}** ❗" if g.get("exceeds") else value) + f" ({who(g, md_code)})")
         result = step_result(s)
         cells += [gates_cell(s), f"{STATUS_ICON.get(result, '')} {result}".strip()]
         rows.append(cells)

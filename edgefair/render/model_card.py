@@ -276,7 +276,7 @@ def _ethics(report: dict[str, Any], step: dict[str, Any], ci_label: str) -> list
         beyond = [g for g in gates if g.get("exceeds") and g.get("status") != "fail"]
         if failed:
             out.append("**Groups this model harms beyond a limit, as the gates decided:**")
-            out += [f"- {md_code(who(g))}: {md_text(gate_words(g.get('gate')))} {fmt_observed(g)} "
+            out += [f"- {who(g, md_code)}: {md_text(gate_words(g.get('gate')))} {fmt_observed(g)} "
                     f"({md_text(ci_label)} {fmt_gate_ci(g.get('gate'), g.get('ci'))}), limit "
                     f"{fmt_limit(g)}; n = {md_text(g.get('n'))}, det. {fmt_detectable(g)}" for g in failed]
         else:
@@ -285,7 +285,7 @@ def _ethics(report: dict[str, Any], step: dict[str, Any], ci_label: str) -> list
             out.append("")
             out.append("**Observed beyond a limit, but too few rows to tell** (undecided; a larger evaluation set "
                        "would settle them):")
-            out += [f"- {md_code(who(g))}: {md_text(gate_words(g.get('gate')))} {fmt_observed(g)}, limit {fmt_limit(g)}; "
+            out += [f"- {who(g, md_code)}: {md_text(gate_words(g.get('gate')))} {fmt_observed(g)}, limit {fmt_limit(g)}; "
                     f"n = {md_text(g.get('n'))}, fails on evidence only from {fmt_detectable(g)}" for g in beyond]
         out.append("")
     out += ["Compression can harm small and underrepresented groups more than overall accuracy shows "
