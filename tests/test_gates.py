@@ -454,3 +454,25 @@ def test_baseline_with_nonfinite_outputs_is_bad_input(recipe_dir, tmp_path):
     text = BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "nan.onnx"')
     result = run_cli(["run", str(write_recipe(recipe_dir / "n.toml", text)), "--out", str(tmp_path / "n")])
     assert result.exit_code == 2 and "non-finite outputs" in result.output
+
+
+def test_a_recipe_without_gates_is_judged_by_the_defaults(recipe_dir, tmp_path):
+    """No [gates]: every compressed step is looked at by the documented default gates; on unlabelled
+    data a step that no longer agrees with the baseline fails instead of shipping."""
+    with np.load(recipe_dir / "eval.npz") as z:
+        np.savez(recipe_dir / "unlabelled.npz", **{k: z[k] for k in z.files if k != "label"})
+    steps = '\n[[steps]]\nkind = "quantize_dynamic"\n\n[[steps]]\nkind = "prune"\ninput = "baseline"\nsparsity = 0.95\n'
+    for eval_file, defaults in (("eval.npz", {"max_group_accuracy_drop", "max_group_tpr_drop", "max_group_fpr_increase",
+                                               "max_group_ece_increase"}),
+                                ("unlabelled.npz", {"min_group_agreement"})):
+        text = BASE_RECIPE.replace('eval = "eval.npz"', f'eval = "{eval_file}"') + steps
+        out = tmp_path / f"out-{eval_file}"
+        result = run_cli(["run", str(write_recipe(recipe_dir / f"{eval_file}.toml", text)), "--out", str(out)])
+        report = json.loads((out / "report.json").read_text())
+        assert set(report["gates_applied"]["thresholds"]) == defaults and report["gates_applied"]["defaults"]
+        for step in report["steps"][1:]:
+            assert {g["gate"] for g in step["gates"]} >= defaults, step["name"]
+        pruned = report["steps"][2]
+        assert pruned["overall"]["agreement"] < 0.9 and not pruned["passed"]
+        assert report["selected"] is None or report["selected"]["name"] != "prune"
+        assert result.exit_code == (0 if report["selected"] else 1), result.output
