@@ -6,15 +6,16 @@ is created and timed, released, then session 2 of each, and so on. The order of 
 creation and within each round) is rotated from one session to the next, so no model always
 runs first or is always allocated first. Within a session the order stays fixed: rotating it from
 round to round would, with two models, run one model twice back to back (A B, B A), and a model
-whose weights are still in cache measured 23 us instead of 39 us. The time budget is split between the sessions: `runs`,
-`min_time_s` and `budget_s` are totals per batch size (session s gets runs // sessions rounds, one
-more for the first runs % sessions), while `warmup` rounds are run in every session, since each
-fresh session has to settle on its own.
+whose weights were still in cache took 23 us instead of 39 us. The time budget is split between
+the sessions: `runs`, `min_time_s` and `budget_s` are totals per batch size (each session gets
+runs // sessions rounds, the first runs % sessions one more), while `warmup` rounds are run in
+every session, since each fresh session has to settle on its own.
 
-Why sessions: an A/A control (one .onnx file loaded in two fresh sessions of one process) moved
-p50 by up to 7% depending on where each session landed in memory, while rounds within one session
-gave a p50 ratio interval of about +-0.1%, which excluded 1 in every A/A run. The session, not the
-round, is the unit that replicates. Reported numbers:
+Why sessions: in an A/A control (the Adult baseline and a byte-identical copy, recipe defaults,
+one session each) the p50 ratio ranged from 0.950 to 1.019 over 20 runs, while each run's
+interval over rounds was about 0.3% wide and 19 of the 20 excluded 1: where a session lands
+in memory moves its p50 by a few percent, and rounds of one session cannot show it. The session,
+not the round, is the unit that replicates. Reported numbers:
 
 - `p50_ms` ... `p99_ms`: percentiles of all timed rounds of all sessions (pooled);
   `ratio_p50_vs_first` and `ratio_p50_vs_earlier[j].ratio`: ratios of those pooled p50s.
