@@ -15,7 +15,11 @@ Why sessions: in an A/A control (the Adult baseline and a byte-identical copy, r
 one session each) the p50 ratio ranged from 0.950 to 1.019 over 20 runs, while each run's
 interval over rounds was about 0.3% wide and 19 of the 20 excluded 1: where a session lands
 in memory moves its p50 by a few percent, and rounds of one session cannot show it. The session,
-not the round, is the unit that replicates. Reported numbers:
+not the round, is the unit that replicates. Position counts too: the model second in a session
+measured ~2.5% faster (median A/A ratio 0.98 with one session), which favoured every step over
+the baseline, always first; rotating the order across sessions turns that into spread between
+sessions, which the intervals carry (with 3 sessions and 2 models the order is A B, B A, A B).
+Reported numbers:
 
 - `p50_ms` ... `p99_ms`: percentiles of all timed rounds of all sessions (pooled);
   `ratio_p50_vs_first` and `ratio_p50_vs_earlier[j].ratio`: ratios of those pooled p50s.
