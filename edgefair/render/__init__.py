@@ -662,6 +662,22 @@ def recipe_dir(report: dict[str, Any]) -> str | None:
     return None
 
 
+def _relative(report: dict[str, Any], path: str) -> str | None:
+    """`path` relative to the recipe's folder when the two share more than the file system's root
+    and it climbs at most two folders up; else None."""
+    base = recipe_dir(report)
+    if not base:
+        return None
+    try:
+        common = os.path.commonpath([path, base])
+        rel = os.path.relpath(path, base)
+    except ValueError:  # another drive, or relative and absolute mixed
+        return None
+    if common in ("", os.sep, "/") or os.path.dirname(common) == common or _is_abs(rel) or rel.split(os.sep).count("..") > 2:
+        return None
+    return rel
+
+
 def portable_path(report: dict[str, Any], path: Any) -> str:
     """A path without the machine it ran on: relative to the recipe's folder when it is absolute
     (the way the recipe names it), else its file name; relative paths and specs unchanged."""
@@ -670,20 +686,17 @@ def portable_path(report: dict[str, Any], path: Any) -> str:
     p = str(path)
     if not _is_abs(p):
         return p
-    base = recipe_dir(report)
-    if base:
-        try:
-            rel = os.path.relpath(p, base)
-        except ValueError:  # another drive
-            rel = None
-        if rel is not None and not _is_abs(rel) and rel.count("..") <= 2:
-            return rel
+    rel = _relative(report, p)
+    if rel is not None:
+        return rel
     return PurePosixPath(p).name if "/" in p else PureWindowsPath(p).name
 
 
-def local_prefixes(report: dict[str, Any]) -> list[str]:
-    """Absolute folders the report mentions (recipe, data), longest first: scrubbed from text meant
-    to leave the machine (the model card)."""
+def local_prefixes(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """(absolute folder, what to write instead) for the folders the report mentions (recipe, data,
+    source) and the home folder, longest first: scrubbed from text meant to leave the machine (the
+    model card). A folder becomes its path relative to the recipe's ('data/'), the recipe's own
+    folder nothing, the home folder '~/'."""
     found = set()
     rdir = recipe_dir(report)
     if rdir:
@@ -695,10 +708,16 @@ def local_prefixes(report: dict[str, Any]) -> list[str]:
     src = dig(report, "source", "spec")
     if isinstance(src, str) and _is_abs(src):
         found.add(os.path.dirname(src))
+    out = []
+    for folder in found:
+        if len(folder) <= 1:
+            continue
+        rel = _relative(report, folder)
+        out.append((folder.rstrip("/\\"), "" if rel in (None, ".") else rel.rstrip("/\\") + "/"))
     home = os.path.expanduser("~")
     if home and home != "~" and len(home) > 1:
-        found.add(home)
-    return sorted((f for f in found if len(f) > 1), key=len, reverse=True)
+        out.append((home.rstrip("/\\"), "~/"))
+    return sorted(out, key=lambda fr: len(fr[0]), reverse=True)
 
 
 # ---- writing -------------------------------------------------------------------------------------

@@ -83,8 +83,8 @@ def render_model_card(report: dict[str, Any]) -> str:
 def _scrub(report: dict[str, Any], text: str) -> str:
     """A last guard: no absolute folder of this machine (recipe, data, home) survives in the card,
     e.g. inside a step warning; paths under the recipe's folder become relative to it."""
-    for prefix in local_prefixes(report):
-        text = text.replace(prefix.rstrip("/\\") + "/", "").replace(prefix.rstrip("/\\") + "\\", "")
+    for folder, instead in local_prefixes(report):
+        text = text.replace(folder + "/", instead).replace(folder + "\\", instead)
     return text
 
 
