@@ -122,7 +122,7 @@ def test_probe_with_data_and_two_models(tmp_path):
     data = tmp_path / "d.npz"
     rng = np.random.default_rng(0)
     np.savez(data, x=rng.standard_normal((20, 5, 4)), ids=np.arange(20), label=np.zeros(20))
-    doc = probe([m1, m2], runs=10, warmup=1, data=data)
+    doc = probe([m1, m2], runs=10, warmup=1, data=data, min_time_s=0)
     assert doc["inputs"] == "data"
     assert [m["latency"]["spinning"] for m in doc["models"]] == [False, False]
     assert doc["models"][1]["latency"]["ratio_p50_ci"] is not None
