@@ -338,6 +338,15 @@ class Groups:
         flat = np.bincount(self.group * n_codes + codes[self.row], weights=w, minlength=len(self) * n_codes)
         return flat.reshape(len(self), n_codes)
 
+    def std(self, values: np.ndarray, means: np.ndarray) -> np.ndarray:
+        """Per-group sample standard deviation of (N,) values around the groups' ``means`` (G,), in
+        two passes (a sum of squares minus n * mean^2 cancels when the values are all near 1); NaN
+        below two rows."""
+        dev = np.asarray(values, dtype=np.float64)[self.row] - np.asarray(means, dtype=np.float64)[self.group]
+        ss = np.bincount(self.group, weights=dev * dev, minlength=len(self))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.sizes > 1, np.sqrt(ss / (self.sizes - 1)), np.nan)
+
     def minimum(self, values: np.ndarray) -> np.ndarray:
         """Per-group minimum of (N,) values: (G,), NaN for an empty group."""
         out = np.full(len(self), np.nan)

@@ -431,7 +431,7 @@ class Evaluator:
         if paired:
             cosine, rel = mt.row_fidelity(step.outputs, base.outputs)
             flips = np.zeros(len(cosine)) if flip is None else flip  # an embedding has no argmax to flip
-            sums = self.groups.sums(np.stack([flips, cosine, rel, cosine * cosine], axis=1))
+            sums = self.groups.sums(np.stack([flips, cosine, rel], axis=1))
             with np.errstate(divide="ignore", invalid="ignore"):
                 mean = sums / sizes[:, None]
             low = self.groups.minimum(cosine)
@@ -441,9 +441,7 @@ class Evaluator:
             cols["cosine_mean"] = [None if e else float(v) for e, v in zip(empty, mean[:, 1])]
             cols["cosine_min"] = [None if e else float(v) for e, v in zip(empty, low)]
             cols["rel_error_mean"] = [None if e else float(v) for e, v in zip(empty, mean[:, 2])]
-            with np.errstate(invalid="ignore", divide="ignore"):  # sample standard deviation of the row cosines
-                var = (sums[:, 3] - sizes * mean[:, 1] ** 2) / (sizes - 1)
-            cols["cosine_sd"] = [None if s < 2 else float(np.sqrt(max(v, 0.0))) for s, v in zip(sizes, var)]
+            cols["cosine_sd"] = [None if s < 2 else float(v) for s, v in zip(sizes, self.groups.std(cosine, mean[:, 1]))]
         if labels:
             edges = np.linspace(0.0, 1.0, self.config.n_bins + 1)  # the uniform bins of grouped_classification
             sp = step.point

@@ -506,9 +506,6 @@ def test_parity_growth_matches_fairlearn(k, positive_label, min_group_size):
     assert excluded_any == (min_group_size > 1)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: stats.Evaluator._fields computes cosine_sd as "
-                                       "(sum c^2 - n mean^2) / (n - 1), which cancels catastrophically for cosines "
-                                       "near 1 (sd 2.8e-9 reported as 1.1e-8, sd 2.7e-11 reported as 0)")
 def test_cosine_sd_keeps_precision_for_near_identical_outputs():
     rng = np.random.default_rng(0)
     n = 2000
