@@ -84,6 +84,9 @@ class LatencyConfig:
     optimization: Literal["disable", "basic", "extended", "all"] = "all"  # onnxruntime graph optimization level
     budget_s: float | None = check(positive, "must be > 0", default=None)  # time per model instead of a run count
     min_time_s: float = check(lambda v: v >= 0, "must be >= 0", default=DEFAULT_MIN_TIME_S)  # and at least this long
+    # fresh onnxruntime sessions per model (runs, min_time_s and budget_s are split between them):
+    # where a session lands in memory moves p50 by a few percent, so intervals must see several
+    sessions: int = check(lambda v: v >= 1, "must be >= 1", default=3)
     batch_sizes: tuple[int, ...] = check(positive, "must be > 0", default=())  # more batch sizes for throughput
     from_files: tuple[str, ...] = ()  # device measurements (`edgefair probe --out`) used instead of local ones
 
@@ -215,6 +218,8 @@ def parse_recipe(raw: dict[str, Any], *, path: Path, sha256: str = "") -> Recipe
     latency = build(LatencyConfig, raw.get("latency", {}), "latency")
     for i, rel in enumerate(latency.from_files):
         _check_file(base, rel, f"latency.from_files[{i}]")
+    if latency.budget_s is None and latency.runs < 3 * latency.sessions:
+        raise RecipeError(f"latency.sessions: must be at most runs / 3 ({latency.runs // 3}): each session needs 3 timed rounds")
     gates = build(GatesConfig, raw.get("gates", {}), "gates")
     if gates.max_latency_p95_ms is not None and not latency.enabled and not latency.from_files:
         raise RecipeError("gates.max_latency_p95_ms: needs latency measurements, but latency.enabled = false "

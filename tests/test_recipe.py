@@ -20,6 +20,7 @@ from conftest import BASE_RECIPE, run_cli, write_recipe
      "gates: flip-rate and agreement gates compare argmax predictions"),
     (("[latency]", "[gates]\nmin_group_cosine = 1.5\n[latency]"), "gates.min_group_cosine: must be in [-1, 1]"),
     (("[data]", "[data]\npositive_label = -1"), "data.positive_label: must be >= 0"),
+    (("runs = 20", "runs = 20\nsessions = 7"), "latency.sessions: must be at most runs / 3 (6)"),
 ])
 @pytest.mark.parametrize("command", ["validate", "run"])
 def test_recipe_errors_are_caught_before_any_work(recipe_dir, patch, expected, command):
