@@ -489,3 +489,14 @@ def test_markdown_code_spans_hold_any_string():
     assert md_code("`x") == "`` `x ``"
     assert R.md_text("<b>*x*</b>") == "\\<b\\>\\*x\\*\\</b\\>"
     assert R.md_row([md_code("a|b")]) == "| `a\\|b` |"
+
+
+def test_markdown_keeps_within_a_pull_request_comment(run, monkeypatch):
+    import edgefair.render.markdown as markdown
+
+    full = render_markdown(clean(run))
+    assert len(full) <= markdown.MAX_CHARS and "<summary>step 2 <code>cut_75</code>" in full
+    monkeypatch.setattr(markdown, "MAX_CHARS", len(full) - 1)
+    short = render_markdown(clean(run))
+    assert "<summary>step 2 <code>cut_75</code>" not in short and "per-group tables are in `report.html`" in short
+    assert first_screen_md(short) == first_screen_md(full)  # the first screen never shrinks

@@ -149,7 +149,7 @@ def _first_screen(report: dict[str, Any], ci_label: str) -> str:
                    "<p class=\"muted\">Every check whose observed value is beyond its limit, whatever the evidence "
                    "decided.</p>"
                    + _table(["#", "step", "group", "gate", "observed", "limit", ci_label, "status", "n", "det.", "p (Holm)"],
-                            trs, left=4, nowrap=(0, 4, 5, 6, 7, 8, 9, 10), cards=True))
+                            trs, left=4, nowrap=(0, 4, 5, 6, 7, 8, 9, 10), cards=True, also_left=(7,)))
     elif limits:
         out.append("<h2>Observed harm beyond a limit: none</h2><p>No check of any compressed step observed a value "
                    "beyond its limit.</p>")

@@ -52,16 +52,18 @@ from . import (
 )
 
 
+MAX_CHARS = 60_000  # GitHub refuses comments over 65,536 characters
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The pull-request summary (report.md) of one edgefair run."""
     ci_label = confidence_label(report)
-    lines = first_screen(report, ci_label)
-    lines += _context(report)
-    lines += _warnings(report)
-    lines += _step_table(report)
-    lines += _per_step(report, ci_label)
-    lines.append("_Charts: `report.html`; every number: `report.json`; CI results: `junit.xml`._")
-    return "\n".join(lines) + "\n"
+    head = first_screen(report, ci_label) + _context(report) + _warnings(report) + _step_table(report)
+    tail = ["_Charts: `report.html`; every number: `report.json`; CI results: `junit.xml`._"]
+    text = "\n".join(head + _per_step(report, ci_label) + tail) + "\n"
+    if len(text) > MAX_CHARS:  # a PR comment has a size limit: keep the selected step's tables only
+        text = "\n".join(head + _per_step(report, ci_label, others=False) + tail) + "\n"
+    return text
 
 
 # ---- the first screen ------------------------------------------------------------------------------
@@ -204,7 +206,7 @@ def _step_table(report: dict[str, Any]) -> list[str]:
 
 # ---- per step, per group -----------------------------------------------------------------------------
 
-def _per_step(report: dict[str, Any], ci_label: str) -> list[str]:
+def _per_step(report: dict[str, Any], ci_label: str, *, others: bool = True) -> list[str]:
     if not steps(report):
         return []
     sel = selected_step(report)
@@ -214,6 +216,11 @@ def _per_step(report: dict[str, Any], ci_label: str) -> list[str]:
            f"{md_text(ci_label)}, and _det._ = min_detectable, the smallest harm that fails on evidence "
            "at the group's size (– : none can at this size). Groups with too little data are not tested.", ""]
     ordered = ([sel] if sel is not None else []) + [s for s in steps(report) if s is not sel]
+    if not others:
+        kept = ordered[:1]
+        out += [f"_The other {len(ordered) - len(kept)} steps' per-group tables are in `report.html` "
+                "(this file stays within a pull-request comment's size)._", ""]
+        ordered = kept
     for s in ordered:
         body = step_groups(report, s, ci_label)
         title = f"step {s.get('index')} <code>{html.escape(str(s.get('name')))}</code> — {html.escape(step_result(s))}"
