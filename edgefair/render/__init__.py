@@ -445,11 +445,13 @@ def why_failed(gates: list[dict[str, Any]], name_fmt: Callable[[str], str] = str
             parts.append(f"{gate_words(name)} at {len(scoped)} group{'s' if len(scoped) != 1 else ''}: {shown}{more}"
                          if more else f"{gate_words(name)} at {shown}")
         for g in gs:
-            if g.get("group") in (None, ""):
-                value = fmt_gate(name, g.get("value")) if _is_num(g.get("value")) else ""
-                parts.append(f"{gate_words(name)}{' ' + value if value else ''}"
-                             + (f", limit {fmt_limit(g)}" if name not in ("finite_outputs", "no_gate") else "")
-                             + (f" ({g['reason']})" if name in ("finite_outputs", "no_gate") and g.get("reason") else ""))
+            if g.get("group") not in (None, ""):
+                continue
+            if name in ("finite_outputs", "no_gate"):
+                parts.append(str(g.get("reason") or gate_words(name)))
+            else:
+                value = fmt_gate(name, g.get("value")) if _is_num(g.get("value")) else "not measured"
+                parts.append(f"{gate_words(name)} {value}, limit {fmt_limit(g)}")
     return "; ".join(parts) if parts else "no gate failed (the step was not selected)"
 
 

@@ -156,7 +156,7 @@ def _first_screen(report: dict[str, Any], ci_label: str) -> str:
     failed = failed_steps(report)
     if failed:
         items = "".join(f"<li>step {esc(s.get('index'))} <code>{esc(s.get('name'))}</code>: "
-                        f"{why_failed(gates, _code) if gates else esc(why_failed(gates))}</li>"
+                        f"{_why_failed(gates)}</li>"
                         for s, gates in failed)
         out.append(f"<h2>Failed steps ({len(failed)})</h2><ul class=\"loud fail\">{items}</ul>")
     note = undecided_note(report)
@@ -275,6 +275,18 @@ def _step_table(report: dict[str, Any]) -> str:
     first_gate = len(head) - len(names) - 2
     return note + _table(head, rows, left=2, nowrap=(0, 2, 3, 4, 5, 6, *range(first_gate, len(head) - 2), len(head) - 1),
                          cards=True)
+
+
+def _why_failed(gates: list[dict[str, Any]]) -> str:
+    """`why_failed` as HTML: its own words escaped, and each group a <code> element (escaped too)."""
+    names: list[str] = []
+
+    def token(key: str) -> str:
+        names.append(key)
+        return f"\x00{len(names) - 1}\x00"
+
+    text = esc(why_failed(gates, token))
+    return re.sub("\x00(\\d+)\x00", lambda m: _code(names[int(m.group(1))]), text)
 
 
 def _code(key: Any) -> str:
