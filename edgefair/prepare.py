@@ -3,6 +3,7 @@ it against torch and against the data. The torch model is loaded only when somet
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -16,12 +17,11 @@ from . import __version__
 from . import data as data_mod
 from .cache import Cache, make_key
 from .errors import DataError
-from .evaluate import conform_inputs
+from .evaluate import BASELINE_FILE, DEFAULT_EVAL_BATCH, conform_inputs
 from .export import check_parity, export_onnx
-from .io import sha256_file
 from .recipe import Recipe
-from .runtime import make_session
-from .source import ModelSource, load_source, source_identity
+from .runtime import fixed_batch, make_session
+from .source import ModelSource, load_source, source_dependencies, source_identity
 
 PARITY_ROWS = 256  # eval rows compared between torch and onnxruntime after export
 EXPORT_EXAMPLE_ROWS = 8  # rows traced by the exporter (batch > 1 keeps the batch axis dynamic)
@@ -63,8 +63,23 @@ class Inputs:
     baseline: StepModel
     parity: dict[str, Any] | None
     input_names: list[str]
-    probabilities: bool = False  # the baseline's first output reads as probabilities (model.output)
+    # how every step's first output is read, decided once on the baseline (see decide_output_kind)
+    output_kind: str = "logits"  # "logits" | "probabilities" | "embedding"
     _source: ModelSource | None = None
+    _digests: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def probabilities(self) -> bool:
+        """The first output is class probabilities (how fine-tuning reads it)."""
+        return self.output_kind == "probabilities"
+
+    def data_digest(self, name: str) -> str | None:
+        """Content hash of data set `name` ("eval", "calibration", "train") as the model gets it,
+        for cache keys: it changes with the file and with how it is read (data.features, label, groups)."""
+        if name not in self._digests:
+            data = getattr(self, name)
+            self._digests[name] = None if data is None else dataset_digest(data)
+        return self._digests[name]
 
     def source(self) -> ModelSource:
         if self._source is None:
@@ -109,14 +124,32 @@ def _load_data(recipe: Recipe):
     return eval_data, calib, train
 
 
+def dataset_digest(data: data_mod.Dataset) -> str:
+    """sha256 of a data set's arrays (inputs, labels, attributes) with their names, dtypes and shapes:
+    what a computation read, whichever file and columns it came from."""
+    digest = hashlib.sha256()
+    arrays = [("input", k, v) for k, v in sorted(data.inputs.items())]
+    arrays += [("attribute", k, v) for k, v in sorted(data.attributes.items())]
+    if data.labels is not None:
+        arrays.append(("labels", "", data.labels))
+    for role, name, arr in arrays:
+        arr = np.ascontiguousarray(arr)
+        digest.update(f"{role}:{name}:{arr.dtype.str}:{arr.shape}\n".encode())
+        digest.update(arr.view(np.uint8).reshape(-1) if arr.size else b"")
+    return digest.hexdigest()
+
+
 def export_key(recipe: Recipe, source_sha: str | None, eval_data: data_mod.Dataset) -> str | None:
+    """Key of the exported baseline and its parity: the source with the local modules a factory file
+    imports, the export settings and the eval rows (traced and compared) as read."""
     if source_sha is None:
         return None
     shapes = {k: [list(v.shape[1:]), str(v.dtype)] for k, v in eval_data.inputs.items()}
     m = recipe.model
     return make_key(
         "export", __version__, version("torch"), version("onnx"), version("onnxscript"), source_sha,
-        m.opset, m.dynamic_axes, m.parity_atol, m.parity_rtol, shapes, sha256_file(eval_data.path),
+        source_dependencies(m.source, base=recipe.base), m.opset, m.dynamic_axes, m.parity_atol, m.parity_rtol, shapes,
+        dataset_digest(eval_data),
     )
 
 
@@ -126,17 +159,18 @@ def prepare(recipe: Recipe, workdir: Path, cache: Cache, progress: Progress = la
     weights = recipe.resolve(recipe.model.weights) if recipe.model.weights else None
     kind, sha = source_identity(recipe.model.source, base=recipe.base, weights=weights)
     eval_data, calib, train = _load_data(recipe)
-    baseline = StepModel(0, "baseline", "export", None, workdir / "00-baseline.onnx")
+    baseline = StepModel(0, "baseline", "export", None, workdir / BASELINE_FILE)
     key = export_key(recipe, sha, eval_data) if kind != "onnx" else None
     source: ModelSource | None = None
     parity = None
+    seen = len(cache.problems)
     if kind == "onnx":
         source = _load(recipe)
         _copy_onnx(source.path, baseline.path)
-    elif key is not None and cache.get_file("export", key, baseline.path):
-        parity = cache.get_json("export", key)
+    elif key is not None and (parity := cache.get_json("export", key)) is not None and cache.get_file("export", key, baseline.path):
         baseline.cache = "hit"
     else:
+        parity = None
         source = _load(recipe)
         eval_data, calib, train = (_name_csv(source.input_names, d) for d in (eval_data, calib, train))
         _check_torch_inputs(source, eval_data)
@@ -150,7 +184,9 @@ def prepare(recipe: Recipe, workdir: Path, cache: Cache, progress: Progress = la
     # one baseline run on the first eval rows serves the label check, the output kind and parity
     feed = {k: v[:PARITY_ROWS] for k, v in eval_data.inputs.items()}
     head = session.run([session.get_outputs()[0].name], feed)[0]
-    _check_label_range(head, eval_data)
+    output_kind = decide_output_kind(recipe.model.output, head, session, eval_data)
+    if output_kind != "embedding":  # an embedding's width is not a number of classes
+        _check_label_range(head, eval_data)
     calib = conform_inputs(session, calib, "data.calibration") if calib is not None else None
     train = conform_inputs(session, train, "data.train") if train is not None else None
     if source is not None and source.module is not None:
@@ -160,7 +196,8 @@ def prepare(recipe: Recipe, workdir: Path, cache: Cache, progress: Progress = la
             cache.put_file("export", key, baseline.path)
             cache.put_json("export", key, parity)
     baseline.seconds = time.perf_counter() - t0
-    inputs = Inputs(recipe, kind, sha, eval_data, calib, train, baseline, parity, input_names, _reads_as_probabilities(recipe, head))
+    baseline.warnings = [*baseline.warnings, *cache.problems[seen:]]  # corrupt cache entries, recomputed
+    inputs = Inputs(recipe, kind, sha, eval_data, calib, train, baseline, parity, input_names, output_kind)
     inputs._source = source
     baseline.torch_model = source.module if source is not None else None
     return inputs
@@ -182,12 +219,35 @@ def _copy_onnx(src: Path, dst: Path) -> None:
         raise ModelSourceError(f"model.source: cannot read the external data of {src}: {e}") from e
 
 
-def _reads_as_probabilities(recipe: Recipe, out: np.ndarray) -> bool:
-    if recipe.model.output != "auto":
-        return recipe.model.output == "probabilities"
+def decide_output_kind(configured: str, head: np.ndarray, session: Any, data: data_mod.Dataset) -> str:
+    """How the first output of the baseline and of every step is read, decided once, here:
+    evaluation and fine-tuning both read outputs this way.
+
+    A configured `model.output` is taken as it is ("logits", "probabilities", "embedding"). "auto"
+    is probabilities when every output row of the baseline on data.eval is in [0, 1] and sums to 1,
+    else logits (`metrics.output_kind`). `head` (the baseline on the first eval rows) settles
+    logits; probabilities are confirmed on the remaining rows, since one row outside [0, 1] makes
+    it logits (a single-logit model can stay inside [0, 1] for a few hundred rows).
+    """
+    if configured != "auto":
+        return configured
     from .metrics import output_kind
 
-    return output_kind(out.reshape(len(out), -1)) == "probabilities"
+    if output_kind(head.reshape(len(head), -1)) == "logits":
+        return "logits"
+    rest = data_mod.Dataset(data.path, {k: v[len(head):] for k, v in data.inputs.items()}, None, {})
+    if rest.n == 0:
+        return "probabilities"
+    name = session.get_outputs()[0].name
+    for feed in rest.batches(fixed_batch(session) or DEFAULT_EVAL_BATCH):
+        try:
+            out = session.run([name], feed)[0]
+        except Exception as e:  # the user's model on the user's rows, as evaluate.predict words it
+            first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+            raise DataError(f"data.eval: {data.path.name} does not fit model {BASELINE_FILE}: {first}") from e
+        if output_kind(out.reshape(len(out), -1)) == "logits":
+            return "logits"
+    return "probabilities"
 
 
 def _check_label_range(out: np.ndarray, data: data_mod.Dataset) -> None:

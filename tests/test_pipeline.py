@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from sklearn.metrics import accuracy_score
 
 from conftest import BASE_RECIPE, run_cli, write_recipe
@@ -199,3 +200,88 @@ def test_quantized_probability_outputs_are_read_like_the_baseline(recipe_dir, tm
     assert np.abs(p.sum(1) - 1).max() > 1e-4  # the trap is real
     p = np.clip(p, 0, 1) / np.clip(p, 0, 1).sum(1, keepdims=True)
     assert report["steps"][1]["overall"]["ece"] == pytest.approx(ece(p, y), abs=1e-9)
+
+
+# -- the output kind is decided once, in prepare ---------------------------------------------------
+
+
+class FirstFeature(torch.nn.Module):
+    """One binary logit: the first feature as it is."""
+
+    def forward(self, features):
+        return features[:, :1] * 1.0
+
+
+def _first_feature_case(recipe_dir):
+    """eval rows whose first feature is in [0, 1] for the rows prepare runs first (256), and beyond
+    it later: a single-logit model whose first rows look like probabilities."""
+    rng = np.random.default_rng(3)
+    with np.load(recipe_dir / "eval.npz") as z:
+        arrays = dict(z)
+    x = arrays["features"].copy()
+    x[:, 0] = rng.uniform(0.05, 0.95, len(x))
+    x[300:, 0] = rng.normal(0.0, 3.0, len(x) - 300)
+    arrays["features"] = x
+    arrays["label"] = (x[:, 0] > 0.5).astype(np.int64)
+    np.savez(recipe_dir / "ff.npz", **arrays)
+    ep = torch.export.export(FirstFeature().eval(), (torch.zeros(4, 6),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(ep, str(recipe_dir / "ff.pt2"))
+    text = BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "ff.pt2"').replace('eval = "eval.npz"', 'eval = "ff.npz"')
+    return write_recipe(recipe_dir / "ff.toml", text)
+
+
+def _prepare(recipe_path, tmp_path):
+    from edgefair.cache import Cache
+    from edgefair.prepare import prepare
+    from edgefair.recipe import load_recipe
+
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    return prepare(load_recipe(recipe_path), work, Cache(None))
+
+
+def test_output_kind_is_decided_on_every_eval_row_once(recipe_dir, tmp_path):
+    """Fine-tuning (inputs.probabilities, in the step key) and evaluation read the outputs the same
+    way: rows 300+ leave [0, 1], so this single-logit model is logits for both, although the first
+    256 rows alone would make it probabilities."""
+    inputs = _prepare(_first_feature_case(recipe_dir), tmp_path)
+    assert inputs.output_kind == "logits" and inputs.probabilities is False
+    out = tmp_path / "o"
+    result = run_cli(["run", str(recipe_dir / "ff.toml"), "--out", str(out), "--no-cache"])
+    assert result.exit_code in RAN, result.output
+    report = json.loads((out / "report.json").read_text())
+    with np.load(recipe_dir / "ff.npz") as z:
+        x, y = z["features"], z["label"]
+    # read as logits, class 1 is predicted where the logit is > 0 (as probabilities it would be > 0.5)
+    assert report["steps"][0]["overall"]["accuracy"] == pytest.approx(float(np.mean((x[:, 0] > 0) == y)), abs=1e-9)
+
+
+def test_output_kind_probabilities_and_configured_kinds(recipe_dir, tmp_path):
+    class Soft(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc = torch.nn.Linear(6, 3)
+
+        def forward(self, features):
+            return torch.softmax(self.fc(features), dim=1)
+
+    ep = torch.export.export(Soft().eval(), (torch.zeros(4, 6),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(ep, str(recipe_dir / "soft.pt2"))
+    soft = BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "soft.pt2"')
+    assert _prepare(write_recipe(recipe_dir / "s.toml", soft), tmp_path).output_kind == "probabilities"
+    assert _prepare(write_recipe(recipe_dir / "t.toml", BASE_RECIPE), tmp_path).output_kind == "logits"
+    for kind in ("logits", "probabilities", "embedding"):
+        text = soft.replace("[model]", f'[model]\noutput = "{kind}"')
+        assert _prepare(write_recipe(recipe_dir / f"{kind}.toml", text), tmp_path).output_kind == kind
+
+
+def test_embedding_output_is_not_checked_against_labels_as_classes(recipe_dir, tmp_path):
+    """An embedding's width is not a number of classes: labels beyond it are no error there."""
+    with np.load(recipe_dir / "eval.npz") as z:
+        arrays = dict(z)
+    arrays["label"] = arrays["label"] + 5  # class ids up to 7, the tiny model has 3 outputs
+    np.savez(recipe_dir / "biglabel.npz", **arrays)
+    text = BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "biglabel.npz"').replace("[model]", '[model]\noutput = "embedding"')
+    inputs = _prepare(write_recipe(recipe_dir / "e.toml", text), tmp_path)
+    assert inputs.output_kind == "embedding"
