@@ -227,7 +227,9 @@ def _read_state_dict(path: Path) -> dict:
 
 def source_identity(spec: str, *, base: Path, weights: Path | None) -> tuple[str, str | None]:
     """(kind, content hash) of a source without loading it; the hash is None when the source is not
-    fully described by files (a `pkg.module:factory` may import anything), so it is never cached."""
+    fully described by files (a `pkg.module:factory` may import anything), so it is never cached.
+    A `file.py:factory` is the file and its weights here; the local modules it imports are in
+    `source_dependencies`."""
     if is_factory(spec):
         module = spec.rsplit(":", 1)[0]
         if not module.endswith(".py"):
@@ -240,3 +242,98 @@ def source_identity(spec: str, *, base: Path, weights: Path | None) -> tuple[str
     path = (base / spec).resolve()
     kind = "onnx" if path.suffix == ".onnx" else "pt2"
     return kind, sha256_file(path) if path.is_file() else None
+
+
+def source_dependencies(spec: str, *, base: Path) -> list[tuple[str, str]]:
+    """(path relative to the factory's folder, sha256) of every local module a `path/file.py:factory`
+    source imports, directly or through other local modules; [] for other sources.
+
+    While the factory file loads, its folder comes first on sys.path, so an import that resolves to
+    a module or package there is the user's code: editing it changes the model. Found by reading the
+    import statements (and `importlib.import_module("literal")`), without running anything; an
+    import that does not resolve in that folder is an installed library.
+    """
+    if not is_factory(spec) or not spec.rsplit(":", 1)[0].endswith(".py"):
+        return []
+    path = (base / spec.rsplit(":", 1)[0]).resolve()
+    if not path.is_file():
+        return []
+    root = path.parent
+    return [(p.relative_to(root).as_posix(), sha256_file(p)) for p in local_imports(path, root)]
+
+
+def local_imports(path: Path, root: Path) -> list[Path]:
+    """Files under `root` of the modules `path` imports, transitively, sorted; `path` excluded."""
+    seen = {path}
+    todo = [path]
+    while todo:
+        current = todo.pop()
+        for name in _imported_names(current, root):
+            for found in _module_files(root, name):
+                if found not in seen:
+                    seen.add(found)
+                    todo.append(found)
+    seen.discard(path)
+    return sorted(seen)
+
+
+def _imported_names(path: Path, root: Path) -> list[str]:
+    """Absolute dotted names that `path` imports (for `from a import b`: `a` and `a.b`, since b may be
+    a submodule). Relative imports resolve against the file's package under `root`."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (SyntaxError, ValueError, OSError):
+        return []  # importing it fails, and says so, when the source is loaded
+    rel = path.relative_to(root).with_suffix("").parts
+    package = list(rel[:-1])  # a package's __init__ is in the package it defines; a module in its folder's
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.extend(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                if node.level - 1 > len(package):
+                    continue
+                prefix = package[: len(package) - (node.level - 1)]
+                module = ".".join([*prefix, *(node.module.split(".") if node.module else [])])
+            else:
+                module = node.module or ""
+            if module:
+                names.append(module)
+            names.extend(f"{module}.{a.name}" if module else a.name for a in node.names if a.name != "*")
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and (
+                (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
+                or (isinstance(node.func, ast.Name) and node.func.id in ("import_module", "__import__"))
+            )
+        ):
+            names.append(node.args[0].value)
+    return names
+
+
+def _module_files(root: Path, name: str) -> list[Path]:
+    """The files under `root` that importing dotted `name` runs: each package's __init__.py on the
+    way and the module itself, up to the first part that is not there (not a local module)."""
+    files = []
+    folder = root
+    for part in name.split("."):
+        if not part.isidentifier():
+            break
+        package, module = folder / part, folder / f"{part}.py"
+        if (package / "__init__.py").is_file():  # Python's order: a package, then a module, then a namespace folder
+            files.append(package / "__init__.py")
+            folder = package
+        elif module.is_file():
+            files.append(module)
+            break
+        elif package.is_dir():
+            folder = package
+        else:
+            break
+    return files
