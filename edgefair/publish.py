@@ -49,7 +49,7 @@ def render_all(out_dir: Path, report: dict[str, Any]) -> None:
     from .report import terminal_table
 
     render.render_all(out_dir, report)
-    write_text(out_dir / "report.txt", terminal_table(report) + "\n")
+    write_text(out_dir / "report.txt", terminal_table(report, full=True) + "\n")
 
 
 def manifest(out_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
