@@ -137,15 +137,30 @@ def test_factory_source_with_safetensors_matches_pt2(recipe_dir, tiny_run):
     assert factory["source"]["parity"]["argmax_agreement"] == 1.0
 
 
-def test_onnx_source_skips_export(recipe_dir, tiny_run):
+def test_onnx_source_skips_export(recipe_dir, tiny_run, monkeypatch):
+    """An .onnx source is the baseline as it is: no torch export or parity check runs, the baseline
+    written is byte-identical to the given file, and its metrics (recomputed, not cached) are those
+    of the same model exported from the .pt2."""
+    import edgefair.prepare
+
     _, out, report, _ = tiny_run
-    (recipe_dir / "m.onnx").symlink_to(out / "00-baseline.onnx")
+    given = out / "00-baseline.onnx"
+    (recipe_dir / "m.onnx").symlink_to(given)
+
+    def no_torch(*a, **k):
+        raise AssertionError("an .onnx source must not go through torch")
+
+    monkeypatch.setattr(edgefair.prepare, "export_model", no_torch)
+    monkeypatch.setattr(edgefair.prepare, "check_parity", no_torch)
     text = BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "m.onnx"') + "\n[[steps]]\nkind = 'quantize_dynamic'\n"
     out2 = recipe_dir / "out"
-    result = run_cli(["run", str(write_recipe(recipe_dir / "o.toml", text)), "--out", str(out2)])
+    result = run_cli(["run", str(write_recipe(recipe_dir / "o.toml", text)), "--out", str(out2), "--no-cache"])
     assert result.exit_code in RAN, result.output
+    assert "export: torch -> ONNX" not in result.output
     rep = json.loads((out2 / "report.json").read_text())
     assert rep["source"]["kind"] == "onnx" and rep["source"]["parity"] is None
+    assert (out2 / "00-baseline.onnx").read_bytes() == given.read_bytes()
+    assert rep["steps"][0]["cache"] == {"model": "off", "stats": "off"}
     assert rep["steps"][0]["overall"] == report["steps"][0]["overall"]
 
 
