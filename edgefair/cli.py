@@ -11,9 +11,9 @@ import click
 
 from . import __version__
 from .errors import EdgefairError
-from .latency import DEFAULT_MIN_TIME_S
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_BUG = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a job stopped by Ctrl-C
 
 
 def bundled_recipe() -> Path:
@@ -29,7 +29,10 @@ def handle_errors(fn):
         except EdgefairError as e:
             click.echo(f"Error: {e}", err=True)
             sys.exit(EXIT_BAD_INPUT)
-        except (click.exceptions.Exit, click.ClickException, KeyboardInterrupt):
+        except KeyboardInterrupt:  # Ctrl-C: not a gate failure (click would make it "Aborted!" and 1)
+            click.echo("Interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except (click.exceptions.Exit, click.ClickException):
             raise
         except Exception:  # a bug: never let it look like a gate failure (1) or bad input (2)
             traceback.print_exc()
@@ -188,36 +191,18 @@ def tune(recipe: Path, out_dir: Path, no_cache: bool, cache_dir: Path | None) ->
     sys.exit(EXIT_OK if report["selected"] else EXIT_GATE_FAILED)
 
 
-@main.command()
-@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--threads", default=1, show_default=True, help="Intra-op threads.")
-@click.option("--batch-size", default=1, show_default=True)
-@click.option("--runs", default=200, show_default=True)
-@click.option("--warmup", default=20, show_default=True)
-@click.option("--budget-s", type=float, default=None, help="Time each model for this many seconds instead of --runs.")
-@click.option("--min-time-s", type=float, default=DEFAULT_MIN_TIME_S, show_default=True, help="Keep timing past --runs until this many seconds have passed.")
-@click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None, help=".npz with one array per model input (default: synthetic inputs).")
-@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the latency JSON here (for `run --latency-from`).")
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False, "help_option_names": []},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @handle_errors
-def probe(models, threads, batch_size, runs, warmup, budget_s, min_time_s, data, out_file) -> None:
+def probe(args: tuple[str, ...]) -> None:
     """Measure latency of MODELS on this device (needs only numpy and onnxruntime).
 
-    Without click installed, the same runs as `python -m edgefair.probe`.
+    The same command as `python -m edgefair.probe` (which runs without click): one parser, whose
+    options `edgefair probe --help` lists.
     """
-    import json
+    from .probe import main as probe_main
 
-    from .io import write_json
-    from .probe import probe as run_probe
-
-    try:
-        doc = run_probe(list(models), threads=threads, batch_size=batch_size, runs=runs, warmup=warmup, data=data,
-                        budget_s=budget_s, min_time_s=min_time_s)
-    except ValueError as e:
-        raise EdgefairError(str(e)) from e
-    if out_file is not None:
-        write_json(out_file, doc)
-    for m in doc["models"]:
-        lat = m["latency"]
-        click.echo(f"{m['path']}: p50 {lat['p50_ms']:.4f} ms  p95 {lat['p95_ms']:.4f} ms  (sha256 {m['sha256'][:12]})")
-    if out_file is None:
-        click.echo(json.dumps(doc, indent=2))
+    sys.exit(probe_main(list(args), prog="edgefair probe"))

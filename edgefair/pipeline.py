@@ -33,10 +33,10 @@ def step_key(spec: StepSpec, inputs: Inputs, src: StepModel) -> str:
     kind = REGISTRY[spec.kind]
     data = []
     if kind.needs_calibration and inputs.calibration is not None:
-        data.append(sha256_file(inputs.calibration.path))
+        data.append(inputs.data_digest("calibration"))  # content as read: data.features changes it too
     if kind.needs_torch and inputs.train is not None:
-        data.append(sha256_file(inputs.train.path))
-        data.append(inputs.probabilities)  # how fine-tuning reads the model's outputs
+        data.append(inputs.data_digest("train"))
+        data.append(inputs.output_kind)  # how fine-tuning reads the model's outputs
     return make_key(
         "step", __version__, spec.kind, as_dict(spec.config), sha256_file(src.path), data, inputs.recipe.evaluate.seed,
         version("onnxruntime"), version("onnx"), version("torch") if kind.needs_torch else None,
@@ -63,6 +63,7 @@ class Compressor:
         src = self.by_name[spec.input]
         step = StepModel(spec.index, spec.name, spec.kind, spec.input, self.workdir / f"{spec.index:02d}-{spec.name}.onnx")
         key = step_key(spec, self.inputs, src)
+        seen = len(self.cache.problems)
         cached = self.cache.get_json("step", key)
         if cached is not None and self.cache.get_file("step", key, step.path):
             step.warnings, step.details, step.cache = cached["warnings"], cached["details"], "hit"
@@ -71,6 +72,7 @@ class Compressor:
             step.cache = "miss" if self.cache.enabled else "off"
             self.cache.put_file("step", key, step.path)
             self.cache.put_json("step", key, {"warnings": step.warnings, "details": step.details})
+        step.warnings = [*step.warnings, *self.cache.problems[seen:]]  # corrupt cache entries, recomputed
         step.seconds = time.perf_counter() - t0
         self.by_name[spec.name] = step
         return step
@@ -135,40 +137,50 @@ def _zero_nonfinite(outputs: np.ndarray) -> np.ndarray:
     return out
 
 
-def _wrong_where(probs: np.ndarray, bad: np.ndarray, avoid: np.ndarray) -> np.ndarray:
-    """Rows whose outputs were NaN/inf predict no usable class: give them all their mass on a class
-    other than ``avoid`` (the label, or without labels the baseline's prediction), so they count as
-    wrong (and as flipped) instead of as whatever argmax makes of a uniform row."""
+def _wrong_where(probs: np.ndarray, bad: np.ndarray, labels: np.ndarray | None, base_pred: np.ndarray) -> np.ndarray:
+    """Rows whose outputs were NaN/inf predict no usable class: give all their mass to the lowest
+    class that is neither the label nor the baseline's prediction (with two classes: not the
+    label, or without labels not the baseline's), so they count as wrong and as changed instead of
+    as whatever argmax makes of a uniform row (class 0)."""
     if not bad.any():
         return probs
-    out = probs.copy()
     k = probs.shape[1]
+    avoid = [base_pred[bad]] if labels is None else [labels[bad]] + ([base_pred[bad]] if k > 2 else [])
+    cls = np.zeros(int(bad.sum()), dtype=np.int64)
+    for _ in range(len(avoid)):  # step past each avoided class (at most two moves)
+        for a in avoid:
+            cls = np.where(cls == a, (cls + 1) % k, cls)
+    out = probs.copy()
     out[bad] = 0.0
-    out[np.flatnonzero(bad), (np.asarray(avoid)[bad] + 1) % k] = 1.0
+    out[np.flatnonzero(bad), cls] = 1.0
     return out
-
-
 
 
 def measure_latency(
     inputs: Inputs, models: list[StepModel], shas: list[str], latency_from: tuple[Path, ...], progress: Progress
 ) -> list[dict[str, Any] | None]:
-    """Local latency, interleaved across all models; device measurements replace it by model sha256."""
+    """Local latency, interleaved across all models; device measurements replace it by model sha256,
+    and must have been taken with the run's batch size, threads, inter-op threads and optimization level."""
+    from .errors import RecipeError
+
     recipe = inputs.recipe
     lat = recipe.latency
+    try:  # keys the recipe checks one at a time can still clash (runs vs sessions): "latency.<key>: ..."
+        settings = LatencySettings(
+            threads=lat.threads, batch_size=lat.batch_size, warmup=lat.warmup, runs=lat.runs, inter_op_threads=lat.inter_op_threads,
+            optimization=lat.optimization, budget_s=lat.budget_s, min_time_s=lat.min_time_s, batch_sizes=lat.batch_sizes,
+            sessions=lat.sessions, confidence=recipe.evaluate.confidence, seed=recipe.evaluate.seed,
+        )
+    except ValueError as e:
+        raise RecipeError(str(e)) from e
     files = tuple(recipe.resolve(f) for f in lat.from_files) + tuple(latency_from)
     try:
-        device = load_device_latency(files) if files else {}
+        device = load_device_latency(files, expected=settings) if files else {}
     except ValueError as e:
         raise DataError(f"latency.from_files: {e}") from e
     latency: list[dict[str, Any] | None] = [None] * len(models)
     if lat.enabled:
         progress("latency: interleaved over all models")
-        settings = LatencySettings(
-            threads=lat.threads, batch_size=lat.batch_size, warmup=lat.warmup, runs=lat.runs, inter_op_threads=lat.inter_op_threads,
-            optimization=lat.optimization, budget_s=lat.budget_s, min_time_s=lat.min_time_s, batch_sizes=lat.batch_sizes,
-            confidence=recipe.evaluate.confidence, seed=recipe.evaluate.seed,
-        )
         latency = [dict(r, source="local") for r in measure_interleaved([m.path for m in models], inputs.eval.inputs, settings)]
     for i, sha in enumerate(shas):
         if sha in device:
@@ -191,7 +203,7 @@ def evaluate(
     eval_sha = sha256_file(inputs.eval.path)
     batch = [eval_batch_size(m.path, configured=recipe.evaluate.batch_size, deployed=recipe.latency.batch_size) for m in models]
     keys = [
-        make_key("stats", __version__, shas[i], shas[0] if i else None, batch[i], batch[0], eval_sha, as_dict(config), d.label, d.groups, d.intersections, recipe.model.output)
+        make_key("stats", __version__, shas[i], shas[0] if i else None, batch[i], batch[0], eval_sha, inputs.data_digest("eval"), as_dict(config), d.label, d.groups, d.intersections, inputs.output_kind)
         for i in range(len(models))
     ]
     stats: list[Any] = [cache.get_json("stats", k) for k in keys]
@@ -208,10 +220,9 @@ def evaluate(
         # a compressed model that overflows (fp16, bad ranges) is a failed step, not bad input:
         # its non-finite rows count as wrong (and flipped) predictions and a gate fails it
         outputs = {i: _zero_nonfinite(o) if nonfinite[i] else o for i, o in outputs.items()}
-        kind = recipe.model.output if recipe.model.output != "auto" else output_kind(outputs[0])
+        kind = inputs.output_kind  # decided once, in prepare: fine-tuning reads outputs the same way
         probs = {i: _probs(o, kind, models[i]) for i, o in outputs.items()}
-        avoid = inputs.eval.labels if inputs.eval.labels is not None else probs[0].argmax(axis=1)
-        probs = {i: _wrong_where(p, bad[i], avoid) for i, p in probs.items()}
+        probs = {i: _wrong_where(p, bad[i], inputs.eval.labels, probs[0].argmax(axis=1)) for i, p in probs.items()}
         progress("statistics: groups, bootstrap, tests")
         labels = None if config.embedding else inputs.eval.labels  # an embedding is judged by fidelity alone
         evaluator = Evaluator(masks, labels, inputs.eval.n, config)
