@@ -11,8 +11,10 @@ gate's limit ``t``:
 - **pass** when the upper bound of the harm's two-sided ``confidence`` interval is within ``t``
   (non-inferiority shown for this group);
 - otherwise **undecided**: the group is too small, or its harm too close to the limit, to tell.
-  ``on_undecided`` says what that means: ``warn`` (the default), ``fail``, or
-  ``fail_if_observed`` (fail when the observed harm exceeds the limit).
+  ``on_undecided`` says what that means: ``warn`` (the default), ``fail``, ``fail_if_observed``
+  (fail when the observed harm exceeds the limit), or ``fail_if_significant`` (fail when the
+  observed harm exceeds the limit *and* the data show some harm, Holm-corrected; for the floors on
+  agreement and cosine, which a compressed model never meets exactly, as ``fail_if_observed``).
 
 Paired rate changes (accuracy, recall, FPR, selection rate) use Tango's score interval and test
 (``intervals``), flip rates Clopper-Pearson's exact ones, mean cosine a t interval, and the
@@ -76,6 +78,8 @@ class Harm:
     where: str | None = None  # e.g. "class 3" for a multiclass rate
     reason: str | None = None  # why there is no decision-grade estimate
     p_holm: float | None = field(default=None)
+    p_zero: float | None = None  # one-sided p-value of "harm <= 0" (is there any harm?), change gates only
+    p_zero_holm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,9 @@ def decide(harm: Harm, limit: float, rule: Rule) -> tuple[str, str, str]:
 
 def _undecided(harm: Harm, limit: float, rule: Rule, reason: str) -> tuple[str, str, str]:
     observed = harm.value is not None and harm.value > limit
-    if rule.on_undecided == "fail" or (rule.on_undecided == "fail_if_observed" and observed):
+    real = harm.p_zero_holm is not None and harm.p_zero_holm < rule.alpha if harm.p_zero is not None else observed
+    if rule.on_undecided == "fail" or (observed and (rule.on_undecided == "fail_if_observed"
+                                                     or (rule.on_undecided == "fail_if_significant" and real))):
         return FAIL, "undecided", f"undecided ({reason}); on_undecided = {rule.on_undecided}"
     return WARN, "undecided", reason
 
@@ -137,8 +143,10 @@ def _fill_paired(harms: list[Harm], limit: float, rule: Rule, two_sided: bool) -
     lost, gained, n = (np.array([h.counts[i] for h in todo], dtype=np.float64) for i in range(3))
     lo, hi = iv.paired_score_interval(lost, gained, n, rule.confidence)
     p = iv.paired_p_above(lost, gained, n, limit)
+    p0 = iv.paired_p_above(lost, gained, n, 0.0)
     if two_sided:  # |change| > limit: either one-sided test, so twice the smaller p-value
         p = np.minimum(1.0, 2.0 * np.minimum(p, iv.paired_p_above(gained, lost, n, limit)))
+        p0 = np.minimum(1.0, 2.0 * np.minimum(p0, iv.paired_p_above(gained, lost, n, 0.0)))
     testable = sum(1 for h in harms if not h.reason)
     level = rule.alpha / max(testable, 1) / (2.0 if two_sided else 1.0)
     md = iv.smallest_failing_loss(n, limit, level)
@@ -148,7 +156,7 @@ def _fill_paired(harms: list[Harm], limit: float, rule: Rule, two_sided: bool) -
             h.ci = (lo[i], hi[i]) if lo[i] > 0 else (-hi[i], -lo[i]) if hi[i] < 0 else (0.0, max(-lo[i], hi[i]))
         else:
             h.ci = (float(lo[i]), float(hi[i]))
-        h.p = float(p[i])
+        h.p, h.p_zero = float(p[i]), float(p0[i])
         h.min_detectable = None if np.isnan(md[i]) else float(md[i])
 
 
@@ -195,7 +203,8 @@ def _normal(value: float, ci, se: float | None, limit: float, n: int | None) -> 
     if ci is None or se is None:
         return Harm(value, None, n=n)
     p = float(sps.norm.sf((value - limit) / se)) if se > 0 else float(value <= limit)
-    return Harm(value, tuple(ci), p, n, se=se)
+    p0 = float(sps.norm.sf(value / se)) if se > 0 else float(value <= 0)
+    return Harm(value, tuple(ci), p, n, se=se, p_zero=p0)
 
 
 def _flips(g, limit, rule, positive):
@@ -292,6 +301,9 @@ def _family(name: str, harms: dict[str, Harm], limit: float, threshold: float, r
     testable = [(k, i) for k, hs in harms.items() for i, h in enumerate(hs) if h.p is not None and not h.reason and h.ci is not None]
     for (k, i), adjusted in zip(testable, holm([harms[k][i].p for k, i in testable])):
         harms[k][i].p_holm = adjusted
+    changes = [(k, i) for k, i in testable if harms[k][i].p_zero is not None]
+    for (k, i), adjusted in zip(changes, holm([harms[k][i].p_zero for k, i in changes])):
+        harms[k][i].p_zero_holm = adjusted
     level = rule.alpha / max(len(testable), 1)
     for key, hs in harms.items():
         decided = []

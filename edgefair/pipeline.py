@@ -21,7 +21,7 @@ from .evaluate import eval_batch_size, predict
 from .groups import group_masks
 from .io import sha256_file
 from .latency import LatencySettings, measure_interleaved, speed_warnings
-from .metrics import COMPRESSED_ROW_SUM_TOLERANCE, ROW_SUM_TOLERANCE, output_kind, to_probabilities
+from .metrics import COMPRESSED_ROW_SUM_TOLERANCE, ROW_SUM_TOLERANCE, to_probabilities
 from .prepare import Inputs, Progress, StepModel, prepare, version
 from .probe import load_device_latency
 from .recipe import Recipe, StepSpec

@@ -22,6 +22,7 @@ from .export import check_parity, export_onnx
 from .recipe import Recipe
 from .runtime import fixed_batch, make_session
 from .source import ModelSource, load_source, source_dependencies, source_identity
+from .stats import check_bootstrap_memory
 
 PARITY_ROWS = 256  # eval rows compared between torch and onnxruntime after export
 EXPORT_EXAMPLE_ROWS = 8  # rows traced by the exporter (batch > 1 keeps the batch axis dynamic)
@@ -153,12 +154,23 @@ def export_key(recipe: Recipe, source_sha: str | None, eval_data: data_mod.Datas
     )
 
 
+def _check_bootstrap_memory(recipe: Recipe, eval_data) -> None:
+    """Before any work: will the bootstrap over these groups fit in memory? (cells and groups are
+    only known once the data is read)."""
+    from .groups import group_masks
+    from .pipeline import stats_config
+
+    masks = group_masks(eval_data.attributes, intersections=recipe.data.intersections)
+    check_bootstrap_memory(masks, eval_data.n, stats_config(recipe), labelled=eval_data.labels is not None)
+
+
 def prepare(recipe: Recipe, workdir: Path, cache: Cache, progress: Progress = lambda s: None) -> Inputs:
     """Load data and baseline; raise EdgefairError on anything that does not fit."""
     t0 = time.perf_counter()
     weights = recipe.resolve(recipe.model.weights) if recipe.model.weights else None
     kind, sha = source_identity(recipe.model.source, base=recipe.base, weights=weights)
     eval_data, calib, train = _load_data(recipe)
+    _check_bootstrap_memory(recipe, eval_data)
     baseline = StepModel(0, "baseline", "export", None, workdir / BASELINE_FILE)
     key = export_key(recipe, sha, eval_data) if kind != "onnx" else None
     source: ModelSource | None = None

@@ -216,6 +216,36 @@ def _ci(replicates: np.ndarray, confidence: float) -> np.ndarray:
     return np.quantile(replicates, [tail, 1.0 - tail], axis=0)
 
 
+BOOTSTRAP_MEMORY_SHARE = 0.5  # refuse a bootstrap that would need more than this share of the machine's memory
+BOOTSTRAP_MEMORY_ERROR = ("evaluate.bootstrap: {n_boot} replicates over {cells} cells and {groups} groups of {rows} rows "
+                          "need about {need:.1f} GB, more than half of this machine's {have:.1f} GB; lower it")
+
+
+def bootstrap_bytes(*, n_boot: int, rows: int, cells: int, groups: int, bins: int, labelled: bool) -> int:
+    """Peak memory of one step's bootstrap, in bytes: the step's and the baseline's resampled sums
+    (B, cells, F) and their per-group aggregates (B, groups + 1, F) in float64, ~14 (B, groups + 1)
+    replicate arrays, and the resample counts kept as float32 (B x rows, at most MAX_CACHED_COUNTS)
+    or drawn in blocks of BOOT_CHUNK_ELEMENTS. F = BOOT_RATES + calibration bins."""
+    g = groups + 1
+    if not labelled:
+        return 8 * n_boot * (cells + 3 * g)
+    f = BOOT_RATES + bins
+    counts = n_boot * rows if n_boot * rows <= MAX_CACHED_COUNTS else 5 * BOOT_CHUNK_ELEMENTS
+    return 8 * n_boot * (2 * cells * f + 2 * g * f + 14 * g) + 4 * counts
+
+
+def check_bootstrap_memory(masks: Mapping[str, np.ndarray], n: int, config: StatsConfig, *, labelled: bool) -> None:
+    """Refuse (RecipeError) a bootstrap that would not fit in memory, saying what it would need."""
+    import os
+
+    cells = grp.finest_cells(masks, n)[1].shape[1] if masks else 1
+    need = bootstrap_bytes(n_boot=config.n_boot, rows=n, cells=cells, groups=len(masks), bins=config.n_bins, labelled=labelled)
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > BOOTSTRAP_MEMORY_SHARE * have:
+        raise RecipeError(BOOTSTRAP_MEMORY_ERROR.format(n_boot=config.n_boot, cells=cells, groups=len(masks), rows=n,
+                                                        need=need / 1e9, have=have / 1e9))
+
+
 # ---------------------------------------------------------------------------------------------
 # One model, then one step against the baseline
 
