@@ -16,11 +16,10 @@ intervals are percentile intervals of those replicates; ``accuracy_delta_ci`` an
 interval (``intervals``), because a percentile bootstrap of a group without flips is [0, 0]; the
 raw ones are kept as ``*_ci_bootstrap``.
 
-Accuracy changes are tested per group with the exact McNemar test (only discordant rows carry
-information about a paired change): ``mcnemar_p`` is two-sided (as statsmodels), ``mcnemar_p_drop``
-one-sided for a drop, which is what an accuracy gate asks. Both are Holm-corrected across the
-groups with status ``ok`` (``*_holm``); the corrected one-sided value is what a gate should use to
-fail a build (``significant_accuracy_drops``).
+Per group, ``lost_correct``/``gained_correct`` and ``paired_counts`` carry everything a paired
+rate change rests on; ``mcnemar_p`` (two-sided, as statsmodels) and ``mcnemar_p_drop`` (one-sided)
+are descriptive. No decision is made here: the one significance rule, tested against each gate's
+limit, lives in ``edgefair.gates``.
 """
 
 from __future__ import annotations
@@ -427,10 +426,6 @@ class Evaluator:
             for key in ok:
                 share = None if total_flips == 0 else float(flips[index[key]] / total_flips)
                 groups[key]["flip_share_ratio"] = None if share is None else share / (groups[key]["n"] / self.n)
-        if labels and paired:
-            for field in ("mcnemar_p", "mcnemar_p_drop"):
-                for key, adjusted in zip(ok, holm([groups[k][field] for k in ok])):
-                    groups[key][f"{field}_holm"] = adjusted
 
         disparity = {scope: _disparity(keys, groups, positive, base_positive, reps, boot_col, cfg, labels=labels, paired=paired)
                      for scope, keys in grp.scopes(self.keys).items()}
@@ -647,7 +642,7 @@ def evaluate_step(
         and flip-rate intervals widened, see the module docstring) and
         ``accuracy_delta_ci_simultaneous``/``ece_delta_ci_simultaneous`` (all ok groups at once,
         see ``simultaneous_ci``), ``lost_correct``/``gained_correct``, ``mcnemar_p``,
-        ``mcnemar_p_drop`` and their Holm-corrected ``*_holm``, ``flip_share_ratio``. Interval
+        ``mcnemar_p_drop`` (descriptive), ``flip_share_ratio``. Interval
         fields are ``None`` when ``n_boot = 0``.
     """
     p = mt.check_probs(probs)
@@ -661,12 +656,3 @@ def evaluate_step(
     if bp.shape != p.shape:
         raise DataError(SHAPE_MISMATCH_ERROR.format(what="base_probs", got=bp.shape, expected=p.shape))
     return evaluator.compare(step, evaluator.model(bp, base_outputs))
-
-
-def significant_accuracy_drops(result: dict, *, alpha: float) -> list[str]:
-    """Groups (status ok) whose accuracy fell significantly: the one-sided exact McNemar p-value
-    for a drop, Holm-corrected across the ok groups, is below ``alpha``. The family-wise chance of
-    flagging any group when nothing changed is at most ``alpha``."""
-    return [key for key, g in result["groups"].items()
-            if g["status"] == "ok" and g.get("mcnemar_p_drop_holm") is not None
-            and g["mcnemar_p_drop_holm"] < alpha]
