@@ -68,7 +68,7 @@ from edgefair.groups import group_masks  # noqa: E402
 from edgefair.recipe import GatesConfig  # noqa: E402
 from edgefair.stats import Evaluator, StatsConfig  # noqa: E402
 
-POLICIES = ("warn", "fail", "fail_if_observed")
+POLICIES = ("warn", "fail", "fail_if_observed", "fail_if_significant")
 CONFIDENCE = 0.95
 MIN_GROUP_SIZE = 50
 POSITIVE = 1

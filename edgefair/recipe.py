@@ -115,7 +115,7 @@ class GatesConfig:
     defaults: bool = True  # gates the recipe does not set get the documented defaults (README, "How the gates decide")
     decision: Literal["ci", "point"] = "ci"  # ci: fail on evidence beyond the limit, pass on an upper bound within it
     # a group whose data can tell neither (too small, or too close to the limit)
-    on_undecided: Literal["warn", "fail", "fail_if_observed", "fail_if_significant"] = "warn"
+    on_undecided: Literal["warn", "fail", "fail_if_observed", "fail_if_significant"] = "fail_if_significant"
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,7 @@ def summary(report: dict[str, Any]) -> list[str]:
         how = [f"{conf * 100:g}% CI" if conf is not None else None,
                f"undecided -> {ga['on_undecided']}" if ga.get("on_undecided") else None,
                f"groups under {ga['min_group_size']} rows untested" if ga.get("min_group_size") is not None else None]
-        out.append(f"thresholds ({r.UNITS_NOTE}; " + ", ".join(h for h in how if h) + "):")
+        out += _wrap(f"thresholds ({r.UNITS_NOTE}; " + ", ".join(h for h in how if h) + "):", "", "  ")
         out += _wrap(" · ".join(f"{r.gate_words(n)} {r.fmt_limit(n, t)}" for n, t in limits), "  ", "  ")
     else:
         out.append(r.no_failure_note(report))
