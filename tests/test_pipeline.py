@@ -192,17 +192,7 @@ def test_quantized_probability_outputs_are_read_like_the_baseline(recipe_dir, tm
 
     from edgefair.metrics import ece
 
-    class Soft(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.fc = torch.nn.Linear(6, 3)
-
-        def forward(self, features):
-            return torch.softmax(3 * self.fc(features), dim=1)
-
-    ep = torch.export.export(Soft().eval(), (torch.zeros(4, 6),), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    torch.export.save(ep, str(recipe_dir / "soft.pt2"))
+    save_softmax_model(recipe_dir / "soft.pt2", scale=3.0)
     text = BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "soft.pt2"') + "\n[[steps]]\nkind = 'quantize_static'\n"
     out = tmp_path / "o"
     result = run_cli(["run", str(write_recipe(recipe_dir / "s.toml", text)), "--out", str(out), "--no-cache"])
@@ -272,17 +262,7 @@ def test_output_kind_is_decided_on_every_eval_row_once(recipe_dir, tmp_path):
 
 
 def test_output_kind_probabilities_and_configured_kinds(recipe_dir, tmp_path):
-    class Soft(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.fc = torch.nn.Linear(6, 3)
-
-        def forward(self, features):
-            return torch.softmax(self.fc(features), dim=1)
-
-    ep = torch.export.export(Soft().eval(), (torch.zeros(4, 6),), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    torch.export.save(ep, str(recipe_dir / "soft.pt2"))
+    save_softmax_model(recipe_dir / "soft.pt2", scale=1.0)
     soft = BASE_RECIPE.replace('source = "tiny.pt2"', 'source = "soft.pt2"')
     assert _prepare(write_recipe(recipe_dir / "s.toml", soft), tmp_path).output_kind == "probabilities"
     assert _prepare(write_recipe(recipe_dir / "t.toml", BASE_RECIPE), tmp_path).output_kind == "logits"
@@ -300,3 +280,19 @@ def test_embedding_output_is_not_checked_against_labels_as_classes(recipe_dir, t
     text = BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "biglabel.npz"').replace("[model]", '[model]\noutput = "embedding"')
     inputs = _prepare(write_recipe(recipe_dir / "e.toml", text), tmp_path)
     assert inputs.output_kind == "embedding"
+
+
+def save_softmax_model(path, *, scale: float) -> None:
+    """A 6 -> 3 linear model with a softmax output (probabilities, not logits), as a .pt2."""
+
+    class Soft(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc = torch.nn.Linear(6, 3)
+
+        def forward(self, features):
+            return torch.softmax(scale * self.fc(features), dim=1)
+
+    ep = torch.export.export(Soft().eval(), (torch.zeros(4, 6),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(ep, str(path))

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_recipe, run_cli
+from conftest import BASE_RECIPE, run_cli, write_recipe
 from edgefair import render as R
 from edgefair.render import (
     DASH,
@@ -47,27 +47,9 @@ EVIL_GROUP = f"g={EVIL_VALUE}"
 EVIL_SCRIPT = "<script>alert(1)</script>"
 RENDERERS = (render_markdown, render_html, render_junit, render_model_card)
 
-RECIPE = """
-[model]
-source = "tiny.pt2"
-
-[data]
-eval = "data/eval.npz"
-calibration = "data/calib.npz"
-groups = ["g", "h"]
-min_group_size = 40
-
-[evaluate]
-bootstrap = 200
-
-[latency]
-warmup = 2
-runs = 20
-min_time_s = 0
-
-[gates]
-max_group_accuracy_drop = 0.005
-"""
+RECIPE = (BASE_RECIPE.replace('eval = "eval.npz"', 'eval = "data/eval.npz"')
+          .replace('calibration = "calib.npz"', 'calibration = "data/calib.npz"')
+          + "\n[gates]\nmax_group_accuracy_drop = 0.005\n")
 
 STEPS = """
 [[steps]]
