@@ -24,6 +24,8 @@ class StepContext:
     workdir: Path  # scratch space, removed after the run
     seed: int
     probabilities: bool = False  # the model's first output is class probabilities, not logits
+    groups: tuple[str, ...] = ()  # data.groups: attributes that quantize_static's stratified sampling and keep_float split by
+    label: str | None = None  # data.label (None: "label" when present)
 
 
 @dataclass

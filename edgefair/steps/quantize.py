@@ -65,6 +65,33 @@ class QuantizeStaticConfig:
     op_types: tuple[str, ...] | None = None  # None: every op onnxruntime can quantize
     exclude_nodes: tuple[str, ...] = ()
     preprocess: bool = True
+    # which calibration rows set the ranges: "plain" takes the first `calibration_rows` rows (all by
+    # default); "stratified" draws `calibration_rows` rows, equal per cell of the calibration data's
+    # group attributes (seeded by evaluate.seed), so small groups' activations shape the ranges
+    calibration_sampling: Literal["plain", "stratified"] = "plain"
+    # the calibration data's group attributes used by stratified sampling and keep_float;
+    # () = data.groups (read from data.calibration's own columns)
+    calibration_groups: tuple[str, ...] = ()
+    # "worst_group": rank the quantized nodes by the worst group's agreement with fp32 on the
+    # calibration rows when each is kept in float, then keep the top-ranked ones in float, greedily
+    keep_float: Literal["none", "worst_group"] = "none"
+    keep_float_max: int = check(lambda v: v >= 1, "must be >= 1", default=3)  # at most this many nodes in float
+    keep_float_target: float = check(*in_range(0.0, 1.0, lo_open=True), default=0.99)  # stop once the worst group agrees this much
+    keep_float_min_group_rows: int = check(lambda v: v >= 1, "must be >= 1", default=10)  # smaller groups are reported, not judged
+    keep_float_candidates: int = check(lambda v: v >= 1, "must be >= 1", default=32)  # nodes ranked at most (compute ops first)
+
+    def __post_init__(self) -> None:
+        if self.calibration_sampling == "stratified" and self.calibration_rows is None:
+            raise ValueError("calibration_rows: required with calibration_sampling = 'stratified' (rows drawn in all)")
+        if self.keep_float == "none":
+            defaults = {"keep_float_max": 3, "keep_float_target": 0.99, "keep_float_min_group_rows": 10, "keep_float_candidates": 32}
+            for key, default in defaults.items():
+                if getattr(self, key) != default:
+                    raise ValueError(f"{key}: only applies with keep_float = 'worst_group'")
+        if self.calibration_groups and self.keep_float == "none" and self.calibration_sampling == "plain":
+            raise ValueError("calibration_groups: only applies with calibration_sampling = 'stratified' or keep_float = 'worst_group'")
+        if len(set(self.calibration_groups)) != len(self.calibration_groups):
+            raise ValueError("calibration_groups: names must be unique")
 
 
 def _preprocess(src: Path, workdir: Path, warnings: list[str]) -> Path:
@@ -174,7 +201,21 @@ def quantize_static(cfg: QuantizeStaticConfig, src: Path, dst: Path, ctx: StepCo
     if cfg.method != "minmax":
         # more histogram bins than quantized bins, or entropy collapses to the MinMax range
         calib_options.update(num_bins=cfg.histogram_bins, num_quantized_bins=128, percentile=cfg.percentile)
-    reader = _Reader(dict(ctx.calibration.inputs), cfg.calibration_batch, cfg.calibration_rows)
+    attributes = labels = None
+    if cfg.calibration_sampling == "stratified" or cfg.keep_float != "none":
+        attributes, labels = _calibration_groups(cfg, ctx)
+    calib_inputs = dict(ctx.calibration.inputs)
+    if cfg.calibration_sampling == "stratified":
+        from .repair import stratified_rows
+
+        picked, per_cell = stratified_rows(attributes, cfg.calibration_rows, ctx.seed)
+        calib_inputs = {k: v[picked] for k, v in calib_inputs.items()}
+        reader = _Reader(calib_inputs, cfg.calibration_batch, None)
+        outcome.details["calibration_rows_per_group"] = per_cell
+        rows_used = len(picked)
+    else:
+        reader = _Reader(calib_inputs, cfg.calibration_batch, cfg.calibration_rows)
+        rows_used = min(ctx.calibration.n, cfg.calibration_rows or ctx.calibration.n)
     cache = ctx.workdir / f"{dst.stem}.ranges.json"
     try:
         calibrator = create_calibrator(
@@ -190,11 +231,12 @@ def quantize_static(cfg: QuantizeStaticConfig, src: Path, dst: Path, ctx: StepCo
     except Exception as e:
         raise StepError(f"quantize_static calibration ({cfg.method}) failed on {src.name}: {e}") from e
     qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-    with atomic_path(dst) as tmp:
+
+    def quantize(exclude: tuple[str, ...], out: Path) -> None:
         try:
             ort_quantize_static(
                 str(model_in),
-                str(tmp),
+                str(out),
                 calibration_data_reader=None,
                 quant_format=QuantFormat.QDQ if cfg.format == "qdq" else QuantFormat.QOperator,
                 op_types_to_quantize=op_types,
@@ -202,16 +244,106 @@ def quantize_static(cfg: QuantizeStaticConfig, src: Path, dst: Path, ctx: StepCo
                 reduce_range=cfg.reduce_range,
                 activation_type=qtype[cfg.activation_type],
                 weight_type=qtype[cfg.weight_type],
-                nodes_to_exclude=list(cfg.exclude_nodes),
+                nodes_to_exclude=[*cfg.exclude_nodes, *exclude],
                 calibrate_method=method,
                 extra_options={"ActivationSymmetric": cfg.activation_type == "int8"},
                 calibration_cache_path=str(cache),
             )
         except Exception as e:
             raise StepError(f"quantize_static failed on {src.name}: {e}") from e
-    outcome.details["calibration_rows"] = min(ctx.calibration.n, cfg.calibration_rows or ctx.calibration.n)
+
+    kept: tuple[str, ...] = ()
+    if cfg.keep_float == "worst_group":
+        kept = _keep_float(cfg, ctx, model_in, op_types, attributes, labels, quantize, dst, outcome)
+    with atomic_path(dst) as tmp:
+        quantize(kept, tmp)
+    outcome.details["calibration_sampling"] = cfg.calibration_sampling
+    outcome.details["calibration_rows"] = rows_used
     outcome.details["quantized_nodes"] = _count_quantized(dst)
     return outcome
+
+
+def _calibration_groups(cfg: QuantizeStaticConfig, ctx: StepContext):
+    """The calibration rows' group attributes (calibration_groups, else data.groups) and labels."""
+    from .repair import calibration_attributes
+
+    names = cfg.calibration_groups or tuple(ctx.groups) or tuple(ctx.calibration.attributes)
+    key = "quantize_static.calibration_groups"
+    if not names:
+        raise StepError(
+            f"{key}: calibration_sampling = 'stratified' and keep_float = 'worst_group' need the calibration rows' "
+            "group attributes: name them (calibration_groups = [...]) or set data.groups"
+        )
+    return calibration_attributes(ctx.calibration, names, ctx.label, key)
+
+
+def _keep_float(cfg, ctx, model_in, op_types, attributes, labels, quantize, dst, outcome) -> tuple[str, ...]:
+    """Rank the quantized nodes by the worst group's agreement with fp32 when each is kept in float,
+    then keep the top-ranked ones in float, greedily (see steps/repair.py). Measured on every
+    calibration row (not only those that set the ranges)."""
+    from ..runtime import make_session, run_batched
+    from .repair import GroupScorer, summary, group_table, limit_candidates, quantizable_nodes, repair
+
+    key = "quantize_static.keep_float"
+    scratch = ctx.workdir / f"{dst.stem}.keep_float"
+    scratch.mkdir(parents=True, exist_ok=True)
+    feeds = [{k: v[i : i + 256] for k, v in ctx.calibration.inputs.items()} for i in range(0, ctx.calibration.n, 256)]
+
+    def outputs(path: Path) -> np.ndarray:
+        session = make_session(path, threads=0)
+        return run_batched(session, feeds)
+
+    scorer = GroupScorer.build(outputs(model_in), attributes, labels, cfg.keep_float_min_group_rows, key)
+    if not scorer.judged:
+        outcome.warnings.append(
+            f"keep_float: no calibration group has {cfg.keep_float_min_group_rows} rows (keep_float_min_group_rows); nothing kept in float"
+        )
+        return ()
+    memo: dict[tuple[str, ...], dict] = {}
+
+    def measure(exclude: tuple[str, ...]) -> dict:
+        k = tuple(sorted(exclude))
+        if k not in memo:
+            path = scratch / f"q{len(memo):03d}.onnx"
+            quantize(exclude, path)
+            memo[k] = scorer.score(outputs(path))
+            path.unlink()
+        return memo[k]
+
+    first = scratch / "all.onnx"
+    quantize((), first)
+    nodes = quantizable_nodes(model_in, first, op_types, cfg.format)
+    candidates, skipped = limit_candidates(nodes, cfg.keep_float_candidates)
+    if skipped:
+        outcome.warnings.append(
+            f"keep_float: {skipped} of {len(nodes)} quantized nodes not ranked (keep_float_candidates = {cfg.keep_float_candidates}); "
+            "compute ops (Conv, Gemm, MatMul, ...) were ranked first"
+        )
+    result = repair(candidates, measure, max_nodes=cfg.keep_float_max, target=cfg.keep_float_target)
+    before, after = result["before"], result["after"]
+    outcome.details["keep_float"] = {
+        "metric": "agreement with the fp32 model's predicted class, per group, on the calibration rows",
+        "groups": list(attributes),
+        "rows": ctx.calibration.n,
+        "labels": labels is not None,
+        "min_group_rows": cfg.keep_float_min_group_rows,
+        "candidates": len(candidates),
+        "ranking": result["ranking"],
+        "kept_float": result["kept_float"],
+        "trials": result["trials"],
+        "stopped": result["stopped"],
+        "target": cfg.keep_float_target,
+        "before": {**summary(before), "groups": group_table(before)},
+        "after": {**summary(after), "groups": group_table(after)},
+        "quantizations": len(memo) + 1,
+        "seconds": result["seconds"],
+    }
+    if after["worst_agreement"] < cfg.keep_float_target:
+        outcome.warnings.append(
+            f"keep_float: worst group {after['worst_group']} agrees with fp32 on {after['worst_agreement']:.3f} of its calibration rows "
+            f"(target {cfg.keep_float_target}) with {len(result['kept_float'])} node(s) in float ({result['stopped']})"
+        )
+    return tuple(result["kept_float"])
 
 
 def _check_nodes(key: str, names: tuple[str, ...], path: Path) -> None:
