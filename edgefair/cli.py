@@ -159,36 +159,50 @@ def report(out_dir: Path) -> None:
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", "out_dir", default="edgefair-tune", show_default=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--budget", default=None, metavar="DURATION", help="Time budget, e.g. 90s, 10m, 1h: no new candidate starts once it is spent (the ones built are still evaluated).")
 @click.option("--no-cache", is_flag=True, help="Recompute every candidate instead of reusing cached ones.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Cache folder (default: $EDGEFAIR_CACHE_DIR or ~/.cache/edgefair).")
 @handle_errors
-def tune(recipe: Path, out_dir: Path, no_cache: bool, cache_dir: Path | None) -> None:
-    """Search compression settings for the fastest model that passes RECIPE's gates.
+def tune(recipe: Path, out_dir: Path, budget: str | None, no_cache: bool, cache_dir: Path | None) -> None:
+    """Search compression settings for the best model that passes RECIPE's gates.
 
-    Tries dynamic and static int8, and structured pruning at 25/50/75% (fine-tuned when the
-    recipe has data.train) with and without int8; RECIPE's own steps are ignored. Writes the usual
-    reports plus tuned.toml, a recipe with the chosen pipeline. Exit 0 when a candidate passed.
+    Tries dynamic and static int8, then structured pruning at 25/50/75% (fine-tuned when the
+    recipe has data.train; not for .onnx sources) with and without int8, cheapest first; RECIPE's
+    own steps are ignored. A candidate that cannot run on this model or data is skipped with the
+    reason. Selects by RECIPE's [select] by (default: fastest) and writes the usual reports, the
+    frontier of every candidate, and tuned.toml, a recipe with the chosen pipeline. Exit 0 when a
+    model to ship was found; Ctrl-C stops the search, reports what was found and exits 130.
     """
     from .cache import Cache, default_dir
-    from .pipeline import run as run_pipeline
     from .recipe import load_recipe
     from .report import terminal_table
-    from .tune import tune_recipe, write_tuned_recipe
+    from .tune import frontier_lines, parse_budget, search, tune_recipe, write_tuned_recipe
 
+    budget_s = parse_budget(budget) if budget is not None else None
     parsed = tune_recipe(load_recipe(recipe))
     check_writable(out_dir)
     cache = Cache(None if no_cache else (cache_dir or default_dir()))
-    report = run_pipeline(parsed, out_dir, cache=cache, progress=lambda s: click.echo(f"· {s}", err=True), select="fastest")
+    report = search(parsed, out_dir, cache=cache, progress=lambda s: click.echo(f"· {s}", err=True), budget_s=budget_s)
+    info = report["search"]
     click.echo(terminal_table(report))
-    if report["selected"]:
-        write_tuned_recipe(out_dir / "tuned.toml", parsed, report["selected"]["name"])
-        if report["selected"]["step"] == 0:
-            click.echo(f"no passing candidate is faster than the uncompressed model: keep it ({out_dir}/tuned.toml has no steps)")
+    click.echo("\n".join(frontier_lines(report)))
+    click.echo(f"candidates: {info['evaluated']} evaluated, {info['skipped']} skipped, {info['not_tried']} not tried, of {info['candidates']}")
+    sel = report["selected"]
+    if sel:
+        note = (f"Interrupted: chosen among the {info['evaluated']} of {info['candidates']} candidates built before Ctrl-C."
+                if info["interrupted"] else None)
+        write_tuned_recipe(out_dir / "tuned.toml", parsed, sel["name"], thresholds=report["gates_applied"]["thresholds"], note=note)
+        if sel["step"] == 0:
+            click.echo(f"no passing candidate beats the uncompressed model ({report['gates_applied']['select']}): keep it ({out_dir}/tuned.toml has no steps)")
         else:
-            click.echo(f"fastest passing pipeline: {report['selected']['name']}; recipe written to {out_dir}/tuned.toml")
+            click.echo(f"selected pipeline ({report['gates_applied']['select']}): {sel['name']}; recipe written to {out_dir}/tuned.toml")
     else:
+        (out_dir / "tuned.toml").unlink(missing_ok=True)  # an earlier tune's recommendation must not survive this one
         click.echo("no candidate passed every gate")
-    sys.exit(EXIT_OK if report["selected"] else EXIT_GATE_FAILED)
+    if info["interrupted"]:
+        click.echo(f"Interrupted: reports on the candidates evaluated so far written to {out_dir}/", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(EXIT_OK if sel else EXIT_GATE_FAILED)
 
 
 @main.command(

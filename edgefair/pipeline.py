@@ -44,19 +44,132 @@ def step_key(spec: StepSpec, inputs: Inputs, src: StepModel) -> str:
 
 
 class Compressor:
-    """Applies the steps in order, reusing cached step models; rebuilds torch models on demand."""
+    """Applies the steps in order, reusing cached step models; rebuilds torch models on demand.
 
-    def __init__(self, inputs: Inputs, workdir: Path, cache: Cache, progress: Progress) -> None:
+    `search=True` (`edgefair tune`: the steps are alternative candidates, not one chain): a
+    candidate whose step raises, or whose model onnxruntime cannot run on the first eval rows, is
+    skipped with the reason (and so is every candidate that reads from it) instead of stopping the
+    run; no candidate starts once `budget_s` seconds have passed since `started`; Ctrl-C stops the
+    search and keeps the candidates already built. `skipped`, `not_tried` and `interrupted` say
+    what happened; the models returned are renumbered 1, 2, ... so indices stay positions.
+    """
+
+    def __init__(self, inputs: Inputs, workdir: Path, cache: Cache, progress: Progress, *, search: bool = False,
+                 budget_s: float | None = None, started: float | None = None) -> None:
         self.inputs, self.workdir, self.cache, self.progress = inputs, workdir, cache, progress
         self.by_name: dict[str, StepModel] = {"baseline": inputs.baseline}
         self.specs = {s.name: s for s in inputs.recipe.steps}
+        self.search, self.budget_s = search, budget_s
+        self.started = time.perf_counter() if started is None else started
+        self.skipped: list[dict[str, str]] = []  # {"name", "kind", "reason"}: could not run on this source or data
+        self.not_tried: list[dict[str, str]] = []  # {"name", "kind", "reason"}: budget spent or interrupted
+        self.interrupted = False
+        self._armed = False  # Ctrl-C interrupts the candidate being built (see _trap_sigint)
 
     def run(self) -> list[StepModel]:
+        if self.search:
+            return self._search()
         models = [self.inputs.baseline]
         for spec in self.inputs.recipe.steps:
             self.progress(f"step {spec.index}: {spec.name} ({spec.kind})")
             models.append(self._step(spec))
         return models
+
+    def _search(self) -> list[StepModel]:
+        specs = list(self.inputs.recipe.steps)
+        built: list[StepModel] = []
+        lost: dict[str, str] = {}  # candidate name -> why it has no model, for the candidates reading it
+        restore = self._trap_sigint()
+        try:
+            for k, spec in enumerate(specs, 1):
+                stop = "interrupted (Ctrl-C)" if self.interrupted else self._budget_spent()
+                if stop:
+                    self.not_tried += [{"name": s.name, "kind": s.kind, "reason": stop} for s in specs[k - 1:]]
+                    break
+                head = f"candidate {k}/{len(specs)}: {spec.name} ({spec.kind})"
+                if spec.input in lost:
+                    lost[spec.name] = f"its input {spec.input!r} was not built ({lost[spec.input]})"
+                    self.skipped.append({"name": spec.name, "kind": spec.kind, "reason": lost[spec.name]})
+                    self.progress(f"{head} skipped: {lost[spec.name]}")
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    step = self._build(spec)
+                except KeyboardInterrupt:  # keep what was found: the caller evaluates and reports it
+                    self.interrupted = True
+                    self.not_tried.append({"name": spec.name, "kind": spec.kind, "reason": "interrupted (Ctrl-C)"})
+                    lost[spec.name] = "interrupted"
+                    self.by_name.pop(spec.name, None)
+                    self.progress(f"{head} interrupted after {time.perf_counter() - t0:.1f} s")
+                    continue
+                except Exception as e:  # noqa: BLE001 - any failure of one candidate is that candidate's
+                    reason = self._one_line(e)
+                    lost[spec.name] = reason
+                    self.by_name.pop(spec.name, None)
+                    self.skipped.append({"name": spec.name, "kind": spec.kind, "reason": reason})
+                    self.progress(f"{head} skipped after {time.perf_counter() - t0:.1f} s: {reason}")
+                    continue
+                built.append(step)
+                secs = time.perf_counter() - t0
+                shown = f"{secs:.1f}" if secs >= 0.95 else f"{secs:.2f}"
+                self.progress(f"{head} ... {shown} s" + (" (cached)" if step.cache == "hit" else ""))
+        finally:
+            restore()
+        for i, step in enumerate(built, 1):
+            step.index = i
+        return [self.inputs.baseline, *built]
+
+    def _build(self, spec: StepSpec) -> StepModel:
+        """One candidate; Ctrl-C while it is built raises KeyboardInterrupt here (and only here)."""
+        self._armed = True
+        try:
+            step = self._step(spec)
+            self._check_runs(step)
+            return step
+        finally:
+            self._armed = False
+
+    def _trap_sigint(self) -> Any:
+        """During the search, Ctrl-C sets `interrupted` and interrupts only the candidate being built
+        (`_build`), so that it never lands in the search's own bookkeeping. Returns what puts the
+        previous handler back (nothing to do outside the main thread, where signals are not handled)."""
+        import signal
+        import threading
+
+        self._armed = False
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            self.interrupted = True
+            if self._armed:
+                self._armed = False
+                raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        return lambda: signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+    def _budget_spent(self) -> str | None:
+        if self.budget_s is None:
+            return None
+        elapsed = time.perf_counter() - self.started
+        return f"time budget of {self.budget_s:g} s spent ({elapsed:.1f} s elapsed)" if elapsed >= self.budget_s else None
+
+    def _check_runs(self, step: StepModel) -> None:
+        """A candidate onnxruntime cannot load or run on the first eval rows cannot be evaluated."""
+        from .runtime import fixed_batch, make_session, run_batched
+
+        session = make_session(step.path, threads=1)
+        rows = fixed_batch(session) or min(self.inputs.eval.n, 8)
+        try:
+            run_batched(session, [{k: v[:rows] for k, v in self.inputs.eval.inputs.items()}])
+        except Exception as e:
+            raise RuntimeError(f"onnxruntime cannot run the model: {self._one_line(e)}") from e
+
+    @staticmethod
+    def _one_line(e: BaseException) -> str:
+        text = str(e).strip()
+        return text.splitlines()[0] if text else e.__class__.__name__
 
     def _step(self, spec: StepSpec) -> StepModel:
         t0 = time.perf_counter()

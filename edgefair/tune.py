@@ -1,18 +1,26 @@
 """`edgefair tune`: try a grid of compression pipelines on the recipe's model, gate every one, and
-pick the fastest that passes. The result is an ordinary report plus `tuned.toml`, a recipe whose
-steps are the chosen pipeline, ready for `edgefair run` in the release build."""
+pick the one `[select] by` prefers among those that pass (default: the fastest). The result is an
+ordinary report (plus `frontier`, `skipped` and `not_tried`) and `tuned.toml`, a recipe whose steps
+are the chosen pipeline, ready for `edgefair run` in the release build.
+
+The search is forgiving where `edgefair run` is strict: a candidate that cannot run on this
+source or data is skipped with its reason, a time budget stops new candidates from starting, and
+Ctrl-C stops the search but still evaluates, gates and reports the candidates already built.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
+import re
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from .config import as_dict
+from .errors import EdgefairError
 from .io import write_text
-from .recipe import Recipe, StepSpec
+from .recipe import Recipe, SelectConfig, StepSpec
 from .source import is_factory
 from .steps import REGISTRY
 from .steps.prune import PruneConfig
@@ -22,8 +30,9 @@ SPARSITIES = (0.25, 0.5, 0.75)  # structured: share of neurons/channels removed 
 
 
 def candidates(recipe: Recipe) -> tuple[StepSpec, ...]:
-    """The search space: int8 variants of the baseline, and structured pruning at several ratios
-    (with distilled recovery fine-tuning when data.train is given), each also with int8 on top."""
+    """The search space, cheapest first (a time budget then cuts the expensive end): int8 variants
+    of the baseline, then structured pruning at rising ratios (with distilled recovery fine-tuning
+    when data.train is given), each followed by int8 on top. An ONNX source gets int8 only."""
     steps: list[StepSpec] = []
 
     def add(name: str, kind: str, source: str, config: Any) -> None:
@@ -48,6 +57,168 @@ def tune_recipe(recipe: Recipe) -> Recipe:
     return dataclasses.replace(recipe, steps=candidates(recipe))
 
 
+BUDGET_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|m|h)?\s*$")
+BUDGET_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_budget(text: str) -> float:
+    """`90s`, `10m`, `1.5h` or a bare number of seconds -> seconds (> 0)."""
+    m = BUDGET_RE.match(text or "")
+    if not m or float(m.group(1)) <= 0:
+        raise EdgefairError(f"--budget: expected a positive duration like 90s, 10m or 1h (got {text!r})")
+    return float(m.group(1)) * BUDGET_UNITS[m.group(2) or "s"]
+
+
+def search(
+    recipe: Recipe,
+    out_dir: Path,
+    *,
+    cache: Any = None,
+    progress: Any = lambda s: None,
+    budget_s: float | None = None,
+) -> dict[str, Any]:
+    """Build every candidate of `recipe` (a `tune_recipe`), evaluate and gate those that were built,
+    select by `[select] by`, and publish to `out_dir`. Raises EdgefairError on bad input before
+    anything is written. `report["search"]["interrupted"]` is true when Ctrl-C stopped it early
+    (the report then covers the candidates built until then); a second Ctrl-C aborts."""
+    from .cache import Cache
+    from .pipeline import Compressor, environment, evaluate
+    from .prepare import prepare
+    from .publish import publish
+    from .report import build_report
+
+    started = time.perf_counter()
+    cache = cache or Cache(None)
+    timings: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="edgefair-tune-") as tmp:
+        workdir = Path(tmp)
+        inputs = prepare(recipe, workdir, cache, progress)  # Ctrl-C here: nothing found yet, nothing written
+        timings["prepare"] = time.perf_counter() - started
+        t0 = time.perf_counter()
+        compressor = Compressor(inputs, workdir, cache, progress, search=True, budget_s=budget_s, started=started)
+        models = compressor.run()
+        timings["compress"] = time.perf_counter() - t0
+        interrupted = compressor.interrupted
+        if interrupted:
+            progress(f"interrupted: evaluating the {len(models) - 1} candidate(s) built so far (Ctrl-C again to abort)")
+        t0 = time.perf_counter()
+        try:
+            results = evaluate(inputs, models, cache, progress)
+        except KeyboardInterrupt:  # keep what was found: statistics without latency (cached ones are reused)
+            if interrupted:  # the second Ctrl-C: abort
+                raise
+            interrupted = True
+            progress("interrupted: finishing without latency measurements (Ctrl-C again to abort)")
+            quick = dataclasses.replace(inputs, recipe=dataclasses.replace(
+                inputs.recipe, latency=dataclasses.replace(inputs.recipe.latency, enabled=False)))
+            results = evaluate(quick, models, cache, progress)
+        timings["evaluate"] = time.perf_counter() - t0
+        report = build_report(recipe=recipe, inputs=inputs, models=models, results=results, environment=environment(), timings=timings)
+        report["mode"] = "tune"
+        select(report, recipe)
+        report["skipped"] = compressor.skipped
+        report["not_tried"] = compressor.not_tried
+        report["search"] = {
+            "candidates": len(recipe.steps), "evaluated": len(models) - 1, "skipped": len(compressor.skipped),
+            "not_tried": len(compressor.not_tried), "budget_s": budget_s, "interrupted": interrupted,
+            "elapsed_s": round(time.perf_counter() - started, 3),
+        }
+        report["frontier"] = frontier(report)
+        publish(out_dir, report, {m.index: m.path for m in models})
+    return report
+
+
+def select(report: dict[str, Any], recipe: Recipe) -> None:
+    """Gate every candidate and choose by the recipe's `[select] by` among those that pass; keep the
+    baseline when no passing candidate beats it on that criterion. Candidates are alternatives, so
+    `require = "all"` (every step must pass) does not apply to them."""
+    from .gates import apply_gates
+
+    by = recipe.select.by
+    apply_gates(report, recipe.gates, confidence=recipe.evaluate.confidence, min_group_size=recipe.data.min_group_size,
+                positive_label=recipe.data.positive_label, output=recipe.model.output,
+                select=SelectConfig(by=by, require="selected"), tune=by == "fastest")
+    # apply_gates keeps the baseline only for "fastest" (tune=True); the same for "smallest" here
+    # (TODO(gates): move into apply_gates so one function decides what ships)
+    base, chosen = report["steps"][0], report.get("selected")
+    if by == "smallest" and chosen and chosen["step"] != 0 and base["passed"]:
+        step = report["steps"][chosen["step"]]
+        if base["size_bytes"] <= step["size_bytes"]:
+            report["selected"] = {"step": 0, "name": base["name"], "model": base["model"],
+                                  "reason": "no passing candidate is smaller than the uncompressed model"}
+    report["gates_applied"]["select"] = by
+
+
+def frontier(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every evaluated candidate (the baseline first, as the reference): p50 latency over the
+    baseline's, size, the worst group's observed value per gate, whether it passed, and for a
+    rejected one every gate and group that rejected it."""
+    from .render import latency_ratio, worst_gate
+
+    base = report["steps"][0]
+    sel = (report.get("selected") or {}).get("step")
+    out = []
+    for s in report["steps"]:
+        gates = list(dict.fromkeys(g["gate"] for g in s.get("gates") or []))
+        worst = {}
+        for name in gates:
+            g = worst_gate(s, name)
+            if g is not None:
+                worst[name] = {"value": g["value"], "group": g.get("group"), "threshold": g.get("threshold"), "status": g.get("status")}
+        ratio = latency_ratio(s, base)
+        out.append({
+            "step": s["index"], "name": s["name"], "kind": s["kind"], "input": s.get("input"),
+            "p50_ratio_vs_baseline": None if ratio is None else round(ratio, 4),
+            "p50_ms": (s.get("latency") or {}).get("p50_ms"), "size_bytes": s["size_bytes"],
+            "passed": s["passed"], "selected": s["index"] == sel, "worst": worst,
+            "rejected_by": [{"gate": g["gate"], "group": g.get("group"), "value": g.get("value"), "threshold": g.get("threshold")}
+                            for g in s.get("gates") or [] if g.get("status") == "fail"],
+        })
+    return out
+
+
+def frontier_lines(report: dict[str, Any]) -> list[str]:
+    """The frontier in a few columns: one line per candidate, fastest first."""
+    rows = sorted(report.get("frontier") or [], key=lambda r: (r["p50_ratio_vs_baseline"] is None, r["p50_ratio_vs_baseline"] or 0, r["step"]))
+    if not rows:
+        return []
+    w = min(max(len(r["name"]) for r in rows), 28)
+    out = ["frontier: p50 vs baseline, size, outcome (rejected: gate@group observed > limit; passed: closest to a limit)"]
+    for r in rows:
+        ratio = "-" if r["p50_ratio_vs_baseline"] is None else f"x{r['p50_ratio_vs_baseline']:.2f}"
+        mark = "> " if r["selected"] else "  "
+        head = f"{mark}{r['name']:<{w}} {ratio:>6} {r['size_bytes'] / 1e6:7.3f} MB"
+        if r["step"] == 0:
+            out.append(f"{head}  baseline")
+        elif not r["passed"]:
+            fails = r["rejected_by"]
+            first = fails[0]
+            more = f" (+{len(fails) - 1} more)" if len(fails) > 1 else ""
+            out.append(f"{head}  FAIL {_short(first['gate'])}@{first['group'] or '-'} {_num(first['value'])} > {_num(first['threshold'])}{more}")
+        else:
+            near = [(v["value"] / v["threshold"], n, v) for n, v in r["worst"].items()
+                    if isinstance(v.get("value"), (int, float)) and v.get("threshold") and v.get("value") is not None and not n.startswith("min_")]
+            if near:
+                _, name, v = max(near, key=lambda t: t[0])
+                out.append(f"{head}  pass (worst {_short(name)}@{v['group'] or '-'} {_num(v['value'])} <= {_num(v['threshold'])})")
+            else:
+                out.append(f"{head}  pass")
+    skipped, not_tried = report.get("skipped") or [], report.get("not_tried") or []
+    for s in skipped:
+        out.append(f"  skipped {s['name']} ({s['kind']}): {s['reason']}")
+    if not_tried:
+        out.append(f"  not tried ({not_tried[0]['reason']}): {', '.join(s['name'] for s in not_tried)}")
+    return out
+
+
+def _short(gate: str) -> str:
+    return gate.removeprefix("max_group_").removeprefix("min_group_").removeprefix("max_")
+
+
+def _num(v: Any) -> str:
+    return "-" if not isinstance(v, (int, float)) else f"{v:.3g}"
+
+
 def chain(recipe: Recipe, name: str) -> list[StepSpec]:
     """The steps that produce step `name`, from the baseline on."""
     by_name = {s.name: s for s in recipe.steps}
@@ -58,9 +229,14 @@ def chain(recipe: Recipe, name: str) -> list[StepSpec]:
     return out[::-1]
 
 
-def write_tuned_recipe(path: Path, recipe: Recipe, selected: str) -> None:
+def write_tuned_recipe(path: Path, recipe: Recipe, selected: str, *, thresholds: dict[str, float] | None = None,
+                       note: str | None = None) -> None:
     """A recipe whose steps are the chain that produced the selected step; its paths are relative
-    to where it is written, like any recipe's."""
+    to where it is written, like any recipe's. `thresholds`: the gate thresholds in force during
+    the tune (defaults included), written out so that the release build gates by the same limits.
+    Written by a TOML writer, so any name or path (quotes, `input.1`) reads back as it was."""
+    import tomli_w
+
     resolved = recipe.resolved()
     model = dict(resolved["model"])
     source = model["source"]
@@ -77,43 +253,39 @@ def write_tuned_recipe(path: Path, recipe: Recipe, selected: str) -> None:
             data[key] = _rel(recipe.resolve(data[key]), path)
     latency = dict(resolved["latency"])
     latency["from_files"] = [_rel(recipe.resolve(f), path) for f in latency.get("from_files", [])]
-    lines = [f"# Chosen by `edgefair tune {recipe.path}`: the fastest pipeline that passed every gate.", ""]
-    for table, values in (("model", model), ("data", data), ("evaluate", resolved["evaluate"]), ("latency", latency)):
-        lines += _table(f"[{table}]", values)
+    steps = []
     for step in chain(recipe, selected):
         defaults = as_dict(REGISTRY[step.kind].config_cls(**_required(step.config)))
         changed = {k: v for k, v in as_dict(step.config).items() if v != defaults.get(k)}
-        lines += _table("[[steps]]", {"name": step.name, "kind": step.kind, "input": step.input, **changed, **_required(step.config)})
-    lines += _table("[gates]", resolved["gates"])
-    write_text(path, "\n".join(lines))
+        steps.append({"name": step.name, "kind": step.kind, "input": step.input, **changed, **_required(step.config)})
+    gates = {**resolved["gates"], **(thresholds or {})}
+    doc = {"model": model, "data": data, "evaluate": resolved["evaluate"], "latency": latency}
+    if steps:
+        doc["steps"] = steps
+    # the chosen pipeline's last step ships; it was chosen among all candidates by the tune's `by`
+    doc["gates"] = gates
+    doc["select"] = {"by": "last", "require": recipe.select.require}
+    where = str(recipe.path).replace("\n", " ")
+    header = f"# Chosen by `edgefair tune {where}` ([select] by = {recipe.select.by!r} among the candidates that passed every gate).\n"
+    if note:
+        header += f"# {note}\n"
+    write_text(path, header + "\n" + tomli_w.dumps(_plain(doc)))
+
+
+def _plain(value: Any) -> Any:
+    """TOML has no null: drop None values; tuples become arrays."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _rel(target: Path, recipe_file: Path) -> str:
+    import os
+
     return os.path.relpath(target, recipe_file.resolve().parent)
 
 
 def _required(config: Any) -> dict[str, Any]:
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-
-
-def _table(header: str, values: dict[str, Any]) -> list[str]:
-    lines = [header]
-    for key, value in values.items():
-        if value is None:
-            continue
-        lines.append(f"{key} = {_toml(value)}")
-    return lines + [""]
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {value!r} as TOML")
