@@ -34,6 +34,8 @@ def step_key(spec: StepSpec, inputs: Inputs, src: StepModel) -> str:
     data = []
     if kind.needs_calibration and inputs.calibration is not None:
         data.append(inputs.data_digest("calibration"))  # content as read: data.features changes it too
+        # group-aware calibration and worst-group repair read the file's group columns too
+        data += [sha256_file(inputs.calibration.path), inputs.recipe.data.groups]
     if kind.needs_torch and inputs.train is not None:
         data.append(inputs.data_digest("train"))
         data.append(inputs.output_kind)  # how fine-tuning reads the model's outputs
@@ -201,6 +203,7 @@ class Compressor:
             workdir=self.workdir,
             seed=self.inputs.recipe.evaluate.seed,
             probabilities=self.inputs.probabilities,
+            groups=self.inputs.recipe.data.groups, label=self.inputs.recipe.data.label,
         )
         outcome = REGISTRY[spec.kind].apply(spec.config, src.path, step.path, ctx)
         step.torch_model, step.warnings, step.details = outcome.torch_model, outcome.warnings, outcome.details
