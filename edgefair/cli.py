@@ -192,7 +192,9 @@ def tune(recipe: Path, out_dir: Path, budget: str | None, no_cache: bool, cache_
         note = (f"Interrupted: chosen among the {info['evaluated']} of {info['candidates']} candidates built before Ctrl-C."
                 if info["interrupted"] else None)
         write_tuned_recipe(out_dir / "tuned.toml", parsed, sel["name"], thresholds=report["gates_applied"]["thresholds"], note=note)
-        if sel["step"] == 0:
+        if sel["step"] == 0 and not info["evaluated"]:
+            click.echo(f"no candidate was built: keep the uncompressed model ({out_dir}/tuned.toml has no steps)")
+        elif sel["step"] == 0:
             click.echo(f"no passing candidate beats the uncompressed model ({report['gates_applied']['select']}): keep it ({out_dir}/tuned.toml has no steps)")
         else:
             click.echo(f"selected pipeline ({report['gates_applied']['select']}): {sel['name']}; recipe written to {out_dir}/tuned.toml")

@@ -195,6 +195,7 @@ def test_tune_budget_spent_starts_no_candidate(recipe_dir, tmp_path):
     assert [s["name"] for s in report["not_tried"]] == [c["name"] for c in report["recipe"]["resolved"]["steps"]]
     assert "time budget of 0.001 s spent" in report["not_tried"][0]["reason"]
     assert "9 not tried" in result.output and report["selected"]["step"] == 0
+    assert "no candidate was built: keep the uncompressed model" in result.output
 
 
 def test_ctrl_c_keeps_what_was_found(recipe_dir, tmp_path):
