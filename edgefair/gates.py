@@ -382,15 +382,19 @@ def apply_gates(report: dict[str, Any], gates: Any, *, confidence: float, min_gr
     by = getattr(select, "by", "fastest")
     require = getattr(select, "require", "selected")
     passing = [s for s in candidates if s["passed"]]
-    chosen, why = _choose(passing, "fastest" if tune else by)
-    if tune and chosen is not None and steps[0]["passed"] and _speed(steps[0]) <= _speed(chosen):
-        chosen, why = steps[0], "no passing candidate is faster than the uncompressed model"
+    if tune:  # the steps are alternatives: "every step must pass" means nothing, and the model
+        require = "selected"  # itself stays when no passing candidate beats it on the chosen criterion
+    chosen, why = _choose(passing, by)
+    if tune and chosen is not None and steps[0]["passed"] and by in ("fastest", "smallest"):
+        key = _speed if by == "fastest" else (lambda s: (s["size_bytes"], _speed(s)))
+        if key(steps[0]) <= key(chosen):
+            chosen, why = steps[0], f"no passing candidate is {'faster' if by == 'fastest' else 'smaller'} than the uncompressed model"
     ok = chosen is not None and (require != "all" or all(s["passed"] for s in candidates))
     report["verdict"] = "pass" if ok else "fail"
     report["selected"] = None if chosen is None else {"step": chosen["index"], "name": chosen["name"], "model": chosen["model"], "reason": why}
     report["gates_applied"] = {"thresholds": thresholds, "defaults": bool(gates.defaults), "decision": gates.decision,
                                "on_undecided": gates.on_undecided, "confidence": confidence, "min_group_size": min_group_size,
-                               "select": by if not tune else "fastest", "require": require}
+                               "select": by, "require": require}
     every = [(s, g) for s in steps for g in s["gates"]]
     report["gate_summary"] = {
         "failed": [_where(s, g) for s, g in every if g["status"] == FAIL],

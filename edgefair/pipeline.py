@@ -378,13 +378,9 @@ def run(
     cache: Cache | None = None,
     latency_from: tuple[Path, ...] = (),
     progress: Progress = lambda s: None,
-    select: str = "last",
 ) -> dict[str, Any]:
     """The whole job. Raises EdgefairError on bad input before anything is written to `out_dir`.
-
-    `select`: "last" ships the last step that passes (steps are a chain); "fastest" the fastest
-    passing one (`edgefair tune`: steps are alternatives).
-    """
+    (`edgefair tune`, whose steps are alternatives, is `tune.search`.)"""
     from .gates import apply_gates
     from .publish import publish
     from .report import build_report
@@ -403,9 +399,8 @@ def run(
         results = evaluate(inputs, models, cache, progress, latency_from)
         timings["evaluate"] = time.perf_counter() - t0
         report = build_report(recipe=recipe, inputs=inputs, models=models, results=results, environment=environment(), timings=timings)
-        report["mode"] = "tune" if select == "fastest" else "run"
+        report["mode"] = "run"
         apply_gates(report, recipe.gates, confidence=recipe.evaluate.confidence, min_group_size=recipe.data.min_group_size,
-                    positive_label=recipe.data.positive_label, output=recipe.model.output,
-                    select=recipe.select, tune=select == "fastest")
+                    positive_label=recipe.data.positive_label, output=recipe.model.output, select=recipe.select)
         publish(out_dir, report, {m.index: m.path for m in models})
     return report

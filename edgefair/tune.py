@@ -20,7 +20,7 @@ from typing import Any
 from .config import as_dict
 from .errors import EdgefairError
 from .io import write_text
-from .recipe import Recipe, SelectConfig, StepSpec
+from .recipe import Recipe, StepSpec
 from .source import is_factory
 from .steps import REGISTRY
 from .steps.prune import PruneConfig
@@ -134,19 +134,8 @@ def select(report: dict[str, Any], recipe: Recipe) -> None:
     `require = "all"` (every step must pass) does not apply to them."""
     from .gates import apply_gates
 
-    by = recipe.select.by
     apply_gates(report, recipe.gates, confidence=recipe.evaluate.confidence, min_group_size=recipe.data.min_group_size,
-                positive_label=recipe.data.positive_label, output=recipe.model.output,
-                select=SelectConfig(by=by, require="selected"), tune=by == "fastest")
-    # apply_gates keeps the baseline only for "fastest" (tune=True); the same for "smallest" here
-    # (TODO(gates): move into apply_gates so one function decides what ships)
-    base, chosen = report["steps"][0], report.get("selected")
-    if by == "smallest" and chosen and chosen["step"] != 0 and base["passed"]:
-        step = report["steps"][chosen["step"]]
-        if base["size_bytes"] <= step["size_bytes"]:
-            report["selected"] = {"step": 0, "name": base["name"], "model": base["model"],
-                                  "reason": "no passing candidate is smaller than the uncompressed model"}
-    report["gates_applied"]["select"] = by
+                positive_label=recipe.data.positive_label, output=recipe.model.output, select=recipe.select, tune=True)
 
 
 def frontier(report: dict[str, Any]) -> list[dict[str, Any]]:
