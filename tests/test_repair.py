@@ -220,7 +220,6 @@ def test_keep_float_in_the_pipeline_lands_in_report_json(clipped, tmp_path):
         calibration_rows = 128
         keep_float = "worst_group"
         keep_float_max = 1
-        calibration_groups = ["g"]        # until the pipeline passes data.groups to steps
         [gates]
         min_group_agreement = 0.5
         """,
@@ -228,6 +227,12 @@ def test_keep_float_in_the_pipeline_lands_in_report_json(clipped, tmp_path):
     out = tmp_path / "out"
     result = run_cli(["run", str(recipe), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    step = json.loads((out / "report.json").read_text())["steps"][1]
+    report = json.loads((out / "report.json").read_text())
+    step = report["steps"][1]
     kf = step["details"]["keep_float"]
     assert kf["groups"] == ["g"] and len(kf["kept_float"]) == 1 and kf["ranking"][0]["node"] == kf["kept_float"][0]
+    # report.json's repairs say what changed, on which rows, and what it cost
+    (entry,) = report["repairs"]
+    assert entry["repair"] == "keep_float" and entry["nodes"] == kf["kept_float"] and "calibration rows" in entry["judged_on"]
+    assert entry["worst_after"]["value"] >= entry["worst_before"]["value"]
+    assert entry["cost"]["size_bytes"] == step["size_bytes"]
