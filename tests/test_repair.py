@@ -236,3 +236,7 @@ def test_keep_float_in_the_pipeline_lands_in_report_json(clipped, tmp_path):
     assert entry["repair"] == "keep_float" and entry["nodes"] == kf["kept_float"] and "calibration rows" in entry["judged_on"]
     assert entry["worst_after"]["value"] >= entry["worst_before"]["value"]
     assert entry["cost"]["size_bytes"] == step["size_bytes"]
+    # and the ranking and the repair are in the reports people read
+    html, md = (out / "report.html").read_text(), (out / "report.md").read_text()
+    assert "<h2>Repairs</h2>" in html and kf["ranking"][0]["node"] in html
+    assert "### Repairs" in md and f"`{kf['kept_float'][0]}`" in md

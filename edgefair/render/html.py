@@ -101,6 +101,7 @@ def render_html(report: dict[str, Any]) -> str:
         _context(report),
         _warnings(report),
         "<h2>Steps</h2>", _step_table(report),
+        _repairs(report),
         _charts(report, ci_label),
         "<h2>Per-step details</h2>",
         f"<p class=\"muted\">Rates in percent; changes from the baseline in brackets ({esc(UNITS_NOTE)}). "
@@ -163,6 +164,33 @@ def _first_screen(report: dict[str, Any], ci_label: str) -> str:
     if note:
         out.append(f"<p class=\"warnnote\">⚠ {esc(note)}</p>")
     return "".join(out)
+
+
+def _repairs(report: dict[str, Any]) -> str:
+    """Each group-aware repair, and for keep-float the per-node worst-group sensitivity ranking
+    (measured on calibration rows, not on the eval rows the gates judge)."""
+    out = []
+    by_step = {s.get("index"): s for s in steps(report)}
+    for e in report.get("repairs") or []:
+        cost = (e.get("cost") or {}).get("p50_ratio_vs_baseline")
+        head = (f"<h3>Step {esc(e.get('step'))} <code>{esc(e.get('name'))}</code>: {esc(e.get('repair'))}"
+                f"{'' if cost is None else f' (p50 {cost:.2f}x the baseline)'}</h3>")
+        if e.get("repair") != "keep_float":
+            out.append(head + "<p>Calibration rows drawn equally from every group cell.</p>")
+            continue
+        before, after = e.get("worst_before") or {}, e.get("worst_after") or {}
+        kept = ", ".join(f"<code>{esc(n)}</code>" for n in e.get("nodes") or []) or "none"
+        text = (f"<p>Kept in float: {kept}. Worst group's agreement with fp32 on {esc(e.get('judged_on'))}: "
+                f"<code>{esc(before.get('group'))}</code> {esc(before.get('value'))} → "
+                f"<code>{esc(after.get('group'))}</code> {esc(after.get('value'))}.</p>")
+        ranking = ((by_step.get(e.get("step")) or {}).get("details") or {}).get("keep_float", {}).get("ranking") or []
+        rows = [("", [esc(r.get("rank", i + 1)), f"<code>{esc(r.get('node'))}</code>", esc(r.get("op_type")),
+                      f"<code>{esc(r.get('worst_group'))}</code>", esc(r.get("worst_agreement")), esc(r.get("agreement_gap")),
+                      esc(r.get("improvement"))]) for i, r in enumerate(ranking[:10])]
+        table = _table(["rank", "node kept in float", "op", "worst group", "its agreement", "gap", "gain"], rows, left=4) if rows else ""
+        out.append(head + text + ("<p class=\"muted\">Sensitivity: each node kept in float alone, ranked by the worst "
+                                  "group's agreement (top 10).</p>" + table if table else ""))
+    return ("<h2>Repairs</h2>" + "".join(out)) if out else ""
 
 
 def _table(head: Iterable[str], rows: Iterable[tuple[str, list[Any]]], left: int = 1, *,

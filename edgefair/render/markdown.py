@@ -58,7 +58,7 @@ MAX_CHARS = 60_000  # GitHub refuses comments over 65,536 characters
 def render_markdown(report: dict[str, Any]) -> str:
     """The pull-request summary (report.md) of one edgefair run."""
     ci_label = confidence_label(report)
-    head = first_screen(report, ci_label) + _context(report) + _warnings(report) + _step_table(report)
+    head = first_screen(report, ci_label) + _context(report) + _warnings(report) + _step_table(report) + _repairs(report)
     tail = ["_Charts: `report.html`; every number: `report.json`; CI results: `junit.xml`._"]
     text = "\n".join(head + _per_step(report, ci_label) + tail) + "\n"
     if len(text) > MAX_CHARS:  # a PR comment has a size limit: keep the selected step's tables only
@@ -202,6 +202,30 @@ def _step_table(report: dict[str, Any]) -> list[str]:
     if names:
         out += [f"Worst group per gate ({md_text(units)}); ❗ = beyond the limit; ✅ = the model to ship.", ""]
     return out + md_table(head, rows) + [""]
+
+
+def _repairs(report: dict[str, Any]) -> list[str]:
+    """What each group-aware repair changed (judged on calibration rows) and what it cost."""
+    rows = []
+    for e in report.get("repairs") or []:
+        cost = e.get("cost") or {}
+        ratio = cost.get("p50_ratio_vs_baseline")
+        if e.get("repair") == "keep_float":
+            before, after = e.get("worst_before") or {}, e.get("worst_after") or {}
+            what = (f"kept in float: {', '.join(md_code(n) for n in e.get('nodes') or []) or 'none'}; worst group agreement "
+                    f"{md_code(before.get('group'))} {fmt_frac(before.get('value'))} → {md_code(after.get('group'))} "
+                    f"{fmt_frac(after.get('value'))} on {md_text(e.get('judged_on'))}")
+        else:
+            what = "calibration rows drawn equally from every group cell"
+        rows.append([f"{md_text(e.get('step'))} {md_code(e.get('name'))}", md_text(e.get("repair")), what,
+                     DASH if ratio is None else f"{ratio:.2f}x"])
+    if not rows:
+        return []
+    return ["### Repairs", ""] + md_table(["step", "repair", "what it changed", "p50 vs base"], rows) + [""]
+
+
+def fmt_frac(v: Any) -> str:
+    return DASH if not isinstance(v, (int, float)) else f"{v:.3f}"
 
 
 # ---- per step, per group -----------------------------------------------------------------------------
