@@ -36,9 +36,12 @@ def step_key(spec: StepSpec, inputs: Inputs, src: StepModel) -> str:
         data.append(inputs.data_digest("calibration"))  # content as read: data.features changes it too
         # group-aware calibration and worst-group repair read the file's group columns too
         data += [sha256_file(inputs.calibration.path), inputs.recipe.data.groups]
-    if kind.needs_torch and inputs.train is not None:
-        data.append(inputs.data_digest("train"))
-        data.append(inputs.output_kind)  # how fine-tuning reads the model's outputs
+    if kind.needs_torch:  # recovery reads train and/or calibration inputs, and group columns from their files
+        for name in ("train", "calibration"):
+            d = getattr(inputs, name)
+            if d is not None:
+                data += [name, inputs.data_digest(name), sha256_file(d.path)]
+        data += [inputs.recipe.data.groups, inputs.output_kind]  # how fine-tuning reads the model's outputs
     return make_key(
         "step", __version__, spec.kind, as_dict(spec.config), sha256_file(src.path), data, inputs.recipe.evaluate.seed,
         version("onnxruntime"), version("onnx"), version("torch") if kind.needs_torch else None,
@@ -203,7 +206,7 @@ class Compressor:
             workdir=self.workdir,
             seed=self.inputs.recipe.evaluate.seed,
             probabilities=self.inputs.probabilities,
-            groups=self.inputs.recipe.data.groups, label=self.inputs.recipe.data.label,
+            groups=self.inputs.recipe.data.groups, label=self.inputs.recipe.data.label, output_kind=self.inputs.output_kind,
         )
         outcome = REGISTRY[spec.kind].apply(spec.config, src.path, step.path, ctx)
         step.torch_model, step.warnings, step.details = outcome.torch_model, outcome.warnings, outcome.details

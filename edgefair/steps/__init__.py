@@ -26,6 +26,7 @@ class StepContext:
     probabilities: bool = False  # the model's first output is class probabilities, not logits
     groups: tuple[str, ...] = ()  # data.groups: attributes that quantize_static's stratified sampling and keep_float split by
     label: str | None = None  # data.label (None: "label" when present)
+    output_kind: str = "logits"  # logits | probabilities | embedding: how distillation compares outputs
 
 
 @dataclass

@@ -156,7 +156,7 @@ def _structured_with_recovery(cfg: PruneConfig, src: Path, dst: Path, ctx: StepC
     missing = [n for n in names if n not in data.inputs]
     if missing:
         raise StepError(f"prune: {source} has no input {missing[0]!r} for recovery fine-tuning")
-    embedding = getattr(ctx, "output_kind", None) == "embedding"  # see the report: StepContext.output_kind
+    embedding = ctx.output_kind == "embedding"
     loss = ("mse" if embedding else "kl") if cfg.distill_loss == "auto" else cfg.distill_loss
     if loss == "mse" and labels is not None:
         labels = None  # embeddings have no classes: the teacher's outputs are the only target
