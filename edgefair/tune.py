@@ -31,8 +31,9 @@ SPARSITIES = (0.25, 0.5, 0.75)  # structured: share of neurons/channels removed 
 
 def candidates(recipe: Recipe) -> tuple[StepSpec, ...]:
     """The search space, cheapest first (a time budget then cuts the expensive end): int8 variants
-    of the baseline, then structured pruning at rising ratios (with distilled recovery fine-tuning
-    when data.train is given), each followed by int8 on top. An ONNX source gets int8 only."""
+    of the baseline (plain, per-channel, and with worst-group keep-float repair), then structured
+    pruning at rising ratios (distilled recovery on data.train, else label-free on the calibration
+    inputs), each followed by int8 on top. An ONNX source gets int8 only."""
     steps: list[StepSpec] = []
 
     def add(name: str, kind: str, source: str, config: Any) -> None:
@@ -43,8 +44,15 @@ def candidates(recipe: Recipe) -> tuple[StepSpec, ...]:
     if static:
         add("static-int8", "quantize_static", "baseline", QuantizeStaticConfig())
         add("static-int8-per-channel", "quantize_static", "baseline", QuantizeStaticConfig(per_channel=True))
+        # worst-group repair: the nodes whose int8 hurts the worst group most stay in float, judged on
+        # the calibration rows (skipped with its reason when they carry no group columns)
+        add("static-int8-keep-float", "quantize_static", "baseline", QuantizeStaticConfig(keep_float="worst_group"))
+        add("static-int8-per-channel-keep-float", "quantize_static", "baseline",
+            QuantizeStaticConfig(per_channel=True, keep_float="worst_group"))
     if not recipe.model.source.endswith(".onnx"):
-        recover = {"finetune_epochs": 2, "distill": True} if recipe.data.train else {}
+        # recovery: distilled fine-tuning on data.train, else label-free on the calibration inputs
+        recover = ({"finetune_epochs": 2, "distill": True} if recipe.data.train else
+                   {"finetune_epochs": 20, "distill": True, "recovery_data": "calibration"} if static else {})
         for s in SPARSITIES:
             name = f"structured-{round(s * 100)}"
             add(name, "prune", "baseline", PruneConfig(sparsity=s, structured=True, **recover))

@@ -43,13 +43,15 @@ def test_tune_picks_the_fastest_passing_candidate_and_writes_a_runnable_recipe(r
     result = run_cli(["tune", str(recipe), "--out", str(out)])
     assert result.exit_code == 0, result.output
     # progress per candidate on stderr (CliRunner mixes it into output), cheapest first
-    assert "· candidate 1/9: dynamic-int8 (quantize_dynamic) ... " in result.output
-    assert "· candidate 9/9: structured-75-int8 (quantize_static) ... " in result.output
+    assert "· candidate 1/11: dynamic-int8 (quantize_dynamic) ... " in result.output
+    assert "· candidate 11/11: structured-75-int8 (quantize_static) ... " in result.output
     assert "frontier: p50 vs baseline" in result.output
     report = json.loads((out / "report.json").read_text())
-    assert report["mode"] == "tune" and len(report["steps"]) == 10
-    assert report["skipped"] == [] and report["not_tried"] == []
-    assert report["search"] == {**report["search"], "candidates": 9, "evaluated": 9, "interrupted": False}
+    # the tiny calibration file has no group columns: the two keep-float repairs are skipped, with why
+    assert [c["name"] for c in report["skipped"]] == ["static-int8-keep-float", "static-int8-per-channel-keep-float"]
+    assert all("calibration" in c["reason"] for c in report["skipped"]), report["skipped"]
+    assert report["mode"] == "tune" and len(report["steps"]) == 10 and report["not_tried"] == []
+    assert report["search"] == {**report["search"], "candidates": 11, "evaluated": 9, "interrupted": False}
     speed = lambda s: (s["latency"]["p50_ms"], s["size_bytes"])  # noqa: E731
     passing = [s for s in report["steps"][1:] if s["passed"]]
     fastest = min(passing, key=speed)
@@ -74,8 +76,13 @@ def test_tune_picks_the_fastest_passing_candidate_and_writes_a_runnable_recipe(r
         fails = [(g["gate"], g["group"]) for g in s["gates"] if g["status"] == "fail"]
         assert [(f["gate"], f["group"]) for f in row["rejected_by"]] == fails
         assert bool(fails) != s["passed"]
-        # no train data: pruning candidates are not fine-tuned
-        assert not (s.get("details") or {}).get("finetune")
+        # no train data: pruning candidates recover label-free, distilled on the calibration inputs
+        ft = (s.get("details") or {}).get("finetune")
+        if s["kind"] == "prune":
+            assert ft["data"] == "data.calibration" and not ft["labels_used"] and ft["distilled"]
+        # the keep-float candidates repaired (or found nothing to repair) on the calibration rows
+        if s["name"].endswith("keep-float"):
+            assert "keep_float" in s["details"]
 
     tuned = (out / "tuned.toml").read_text()
     assert "[select]" in tuned and "max_group_accuracy_drop = 0.9" in tuned and "max_group_tpr_drop = 0.03" in tuned
@@ -143,12 +150,13 @@ def test_tune_skips_candidates_that_cannot_run_and_run_still_stops(recipe_dir, t
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     skipped = {s["name"]: s for s in report["skipped"]}
-    assert set(skipped) == {f"structured-{p}{x}" for p in (25, 50, 75) for x in ("", "-int8")}
+    keep_float = {"static-int8-keep-float", "static-int8-per-channel-keep-float"}  # calib.npz has no group columns
+    assert set(skipped) == {f"structured-{p}{x}" for p in (25, 50, 75) for x in ("", "-int8")} | keep_float
     assert "no neuron or channel can be removed" in skipped["structured-50"]["reason"]
     assert skipped["structured-50-int8"]["reason"].startswith("its input 'structured-50' was not built")
     assert [s["name"] for s in report["steps"]] == ["baseline", "dynamic-int8", "static-int8", "static-int8-per-channel"]
     assert [s["index"] for s in report["steps"]] == [0, 1, 2, 3]
-    assert "skipped structured-25 (prune)" in result.output and "6 skipped" in result.output
+    assert "skipped structured-25 (prune)" in result.output and "8 skipped" in result.output
 
     # `edgefair run` keeps stopping on a step that fails (bad input: exit 2, nothing written)
     run_recipe = write_recipe(recipe_dir / "run.toml", text + "\n[[steps]]\nkind = 'prune'\nstructured = true\nsparsity = 0.5\n")
@@ -167,7 +175,8 @@ def test_tune_on_an_onnx_source_without_train_data(recipe_dir, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert [s["kind"] for s in report["steps"][1:]] == ["quantize_dynamic", "quantize_static", "quantize_static"]
-    assert report["source"]["kind"] == "onnx" and report["skipped"] == []
+    assert report["source"]["kind"] == "onnx"
+    assert {c["name"] for c in report["skipped"]} == {"static-int8-keep-float", "static-int8-per-channel-keep-float"}
     assert (out / "tuned.toml").is_file()
     rerun = run_cli(["run", str(out / "tuned.toml"), "--out", str(tmp_path / "again"), "-q"])
     assert rerun.exit_code == 0, rerun.output
@@ -194,7 +203,7 @@ def test_tune_budget_spent_starts_no_candidate(recipe_dir, tmp_path):
     assert len(report["steps"]) == 1 and report["search"]["budget_s"] == 0.001
     assert [s["name"] for s in report["not_tried"]] == [c["name"] for c in report["recipe"]["resolved"]["steps"]]
     assert "time budget of 0.001 s spent" in report["not_tried"][0]["reason"]
-    assert "9 not tried" in result.output and report["selected"]["step"] == 0
+    assert "11 not tried" in result.output and report["selected"]["step"] == 0
     assert "no candidate was built: keep the uncompressed model" in result.output
 
 
