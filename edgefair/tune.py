@@ -180,7 +180,7 @@ def frontier_lines(report: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     w = min(max(len(r["name"]) for r in rows), 28)
-    out = ["frontier: p50 vs baseline, size, outcome (rejected: gate@group observed > limit; passed: closest to a limit)"]
+    out = ["frontier: p50 vs baseline, size, outcome (rejected: gate@group observed > limit; passed: nearest a limit)"]
     for r in rows:
         ratio = "-" if r["p50_ratio_vs_baseline"] is None else f"x{r['p50_ratio_vs_baseline']:.2f}"
         mark = "> " if r["selected"] else "  "
@@ -197,7 +197,10 @@ def frontier_lines(report: dict[str, Any]) -> list[str]:
                     if isinstance(v.get("value"), (int, float)) and v.get("threshold") and v.get("value") is not None and not n.startswith("min_")]
             if near:
                 _, name, v = max(near, key=lambda t: t[0])
-                out.append(f"{head}  pass (worst {_short(name)}@{v['group'] or '-'} {_num(v['value'])} <= {_num(v['threshold'])})")
+                beyond = v["value"] > v["threshold"]  # observed beyond, but not shown to be (undecided, warned)
+                rel = "> " if beyond else "<= "
+                note = ", undecided" if beyond else ""
+                out.append(f"{head}  pass (worst {_short(name)}@{v['group'] or '-'} {_num(v['value'])} {rel}{_num(v['threshold'])}{note})")
             else:
                 out.append(f"{head}  pass")
     skipped, not_tried = report.get("skipped") or [], report.get("not_tried") or []
