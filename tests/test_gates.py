@@ -273,6 +273,21 @@ def test_selection_among_passing_steps(by, require, chosen, verdict):
     assert report["selected"]["reason"]
 
 
+def test_fastest_treats_steps_within_timing_noise_as_tied_and_ships_the_smallest():
+    """README: timing noise must not decide between two steps that are equally fast."""
+    def step(i, p50, size, ci):
+        return {"index": i, "name": f"s{i}", "model": f"0{i}.onnx", "size_bytes": size, "overall": {}, "groups": {},
+                "latency": {"p50_ms": p50, "p95_ms": p50, "ratio_p50_vs_first": p50, "ratio_p50_ci": ci}}
+
+    steps = [step(0, 1.0, 900, [1, 1]), step(1, 0.50, 500, [0.45, 0.56]), step(2, 0.53, 400, [0.48, 0.58]), step(3, 0.70, 300, [0.6, 0.8])]
+    report = {"steps": steps}
+    apply_gates(report, GatesConfig(max_size_mb=1.0), confidence=0.95, select=SelectConfig(by="fastest"))
+    assert report["selected"]["step"] == 2 and "within timing noise" in report["selected"]["reason"]
+    steps[1]["latency"]["ratio_p50_ci"] = [0.499, 0.501]  # a precise measurement: step 1 is faster
+    apply_gates(report, GatesConfig(max_size_mb=1.0), confidence=0.95, select=SelectConfig(by="fastest"))
+    assert report["selected"]["step"] == 1
+
+
 def test_latency_gate_without_a_measurement_is_not_silent():
     report = {"steps": [{"index": 0, "name": "b", "model": "0", "size_bytes": 1, "overall": {}, "groups": {}, "latency": None},
                         {"index": 1, "name": "s", "model": "1", "size_bytes": 1, "overall": {}, "groups": {}, "latency": None}]}
