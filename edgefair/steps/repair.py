@@ -12,6 +12,12 @@ the fp32 model's. With labels, per-group accuracy is reported next to it (it doe
 - `rank_nodes` / `repair`: one re-quantization per candidate node with that node kept in float,
   ranked by the worst group's agreement; then greedily keep the top-ranked nodes in float,
   re-quantizing and re-measuring after each, until the target, the maximum or no node helps.
+- latency-aware (`max_slowdown`): every measured model also carries its `slowdown`, its p50 over
+  the plain int8 model's (timed interleaved with it, 1 thread, batch 1; see quantize.py). The
+  candidates that raise the worst group are then ranked by gain per unit of latency cost
+  (points of worst-group agreement per unit of slowdown - 1, the cost floored at `COST_FLOOR`,
+  below which timings are noise), and the greedy repair skips a node whose predicted slowdown
+  (the current model's plus the node's own cost) or measured one exceeds `max_slowdown`.
 """
 
 from __future__ import annotations
@@ -28,6 +34,10 @@ from ..groups import group_masks
 
 # ops whose float fallback changes the arithmetic (weights and matrix products), ranked first when
 # there are more candidates than keep_float_candidates
+# a node's latency cost (slowdown - 1) counts as at least this much when ranking by gain per cost:
+# below ~1% of the int8 model's p50, a short interleaved timing cannot tell a node from none
+COST_FLOOR = 0.01
+
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "LSTM", "GRU", "Gather", "EmbedLayerNormalization")
 
 
@@ -219,12 +229,28 @@ def rank_nodes(
     measure: Callable[[tuple[str, ...]], dict[str, Any]],
     before: Mapping[str, Any],
     kept: tuple[str, ...] = (),
+    *,
+    latency_aware: bool = False,
 ) -> list[dict[str, Any]]:
-    """Quantize once per candidate with it (and `kept`) in float; rank by the worst group's agreement."""
+    """Quantize once per candidate with it (and `kept`) in float; rank by the worst group's agreement.
+
+    `latency_aware`: `measure` also returns each model's `slowdown` (p50 over the plain int8
+    model's); the nodes that raise the worst group come first, by gain per unit of cost
+    (improvement / max(slowdown - 1, COST_FLOOR)), then the others by the worst group's agreement."""
     rows = []
     for name, op in candidates:
         s = measure((*kept, name))
-        rows.append({"node": name, "op_type": op, **summary(s), "improvement": _round(s["worst_agreement"] - before["worst_agreement"]), "_key": sort_key(s)})
+        gain = s["worst_agreement"] - before["worst_agreement"]
+        row = {"node": name, "op_type": op, **summary(s), "improvement": _round(gain)}
+        key: tuple = sort_key(s)
+        if latency_aware:
+            cost = s["slowdown"] - 1.0
+            per_cost = gain / max(cost, COST_FLOOR) if gain > 0 else None
+            row.update(slowdown=_round(s["slowdown"]), p50_ms=_round(s.get("p50_ms")), cost=_round(cost),
+                       gain_per_cost=_round(per_cost))
+            key = (1, per_cost, *key) if per_cost is not None else (0, 0.0, *key)
+        row["_key"] = key
+        rows.append(row)
     rows.sort(key=lambda r: r.pop("_key"), reverse=True)
     for i, r in enumerate(rows, start=1):
         r["rank"] = i
@@ -237,16 +263,28 @@ def repair(
     *,
     max_nodes: int,
     target: float,
+    max_slowdown: float | None = None,
 ) -> dict[str, Any]:
     """Rank the candidates, then keep the top-ranked ones in float one at a time, re-quantizing and
     re-measuring after each; a node that does not raise the worst group's agreement (or, at equal
-    worst agreement, the overall one) is not kept. Stops at `target`, `max_nodes` or when no node helps."""
+    worst agreement, the overall one) is not kept. Stops at `target`, `max_nodes` or when no node helps.
+
+    With `max_slowdown`, `measure` returns each model's `slowdown` too (p50 over the plain int8
+    model's; `measure(())` is the plain model re-quantized, so its slowdown is the timing noise):
+    the ranking is by gain per unit of latency cost, a node whose predicted slowdown (the current
+    model's + its own cost) exceeds the bound is skipped without quantizing, and one whose measured
+    slowdown, kept with the others, exceeds it is not kept. Lower-ranked (cheaper) nodes are still
+    tried; `stopped` is "max_slowdown" when the bound turned away a node that would have been tried
+    and no other reason (target, max_nodes) stopped the repair."""
     t0 = time.perf_counter()
+    aware = max_slowdown is not None
     before = measure(())
-    ranking = rank_nodes(candidates, measure, before)
+    ranking = rank_nodes(candidates, measure, before, latency_aware=aware)
     kept: list[str] = []
     current = before
+    slowdown = 1.0  # of the current model: the plain int8 model is 1 by definition
     trials = []
+    bound_hit = False
     stopped = "no_node_helps"
     if current["worst_agreement"] >= target:
         stopped = "target_met_before_repair"
@@ -256,18 +294,38 @@ def repair(
                 stopped = "max_nodes"
                 break
             if row["worst_agreement"] <= before["worst_agreement"] and row["agreement"] <= before["agreement"]:
-                break  # ranked by worst group: no node below this one helps on its own
+                break  # no node ranked below this one helps on its own
+            if aware:
+                predicted = slowdown + max(row["slowdown"] - 1.0, 0.0)
+                if predicted > max_slowdown:
+                    bound_hit = True
+                    trials.append({"node": row["node"], "kept": False, "predicted_slowdown": _round(predicted),
+                                   "why": f"predicted slowdown {predicted:.3f} > keep_float_max_slowdown {max_slowdown:g} "
+                                          f"(current {slowdown:.3f} + this node's cost {row['slowdown'] - 1.0:+.3f})"})
+                    continue
             s = measure((*kept, row["node"]))
             helps = sort_key(s) > sort_key(current)
-            trials.append({"node": row["node"], "kept": helps, **summary(s)})
+            trial = {"node": row["node"], "kept": helps, **summary(s)}
+            if aware:
+                trial["slowdown"] = _round(s["slowdown"])
+                if helps and s["slowdown"] > max_slowdown:
+                    helps, bound_hit = False, True
+                    trial.update(kept=False, why=f"measured slowdown {s['slowdown']:.3f} > keep_float_max_slowdown {max_slowdown:g}")
+                elif not helps:
+                    trial["why"] = "does not raise the worst group (or the overall agreement) with the nodes already kept"
+            trials.append(trial)
             if helps:
                 kept.append(row["node"])
                 current = s
+                if aware:
+                    slowdown = s["slowdown"]
                 if current["worst_agreement"] >= target:
                     stopped = "target"
                     break
         else:
             stopped = "max_nodes" if len(kept) >= max_nodes else "no_node_helps"
+        if bound_hit and stopped == "no_node_helps":
+            stopped = "max_slowdown"
     return {
         "before": before,
         "after": current,
@@ -275,6 +333,7 @@ def repair(
         "kept_float": kept,
         "trials": trials,
         "stopped": stopped,
+        "slowdown": _round(slowdown) if aware else None,
         "seconds": round(time.perf_counter() - t0, 3),
     }
 
