@@ -191,7 +191,8 @@ def frontier_lines(report: dict[str, Any]) -> list[str]:
             fails = r["rejected_by"]
             first = fails[0]
             more = f" (+{len(fails) - 1} more)" if len(fails) > 1 else ""
-            out.append(f"{head}  FAIL {_short(first['gate'])}@{first['group'] or '-'} {_num(first['value'])} > {_num(first['threshold'])}{more}")
+            rel = "<" if first["gate"].startswith("min_") else ">"  # a floor (agreement, cosine) is missed from below
+            out.append(f"{head}  FAIL {_short(first['gate'])}@{first['group'] or '-'} {_num(first['value'])} {rel} {_num(first['threshold'])}{more}")
         else:
             near = [(v["value"] / v["threshold"], n, v) for n, v in r["worst"].items()
                     if isinstance(v.get("value"), (int, float)) and v.get("threshold") and v.get("value") is not None and not n.startswith("min_")]
