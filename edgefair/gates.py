@@ -29,7 +29,7 @@ first step uses): what the gate can see. ``decision = "point"`` compares point e
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -79,7 +79,7 @@ class Harm:
     counts: tuple[float, float, float] | None = None  # (lost, gained, n) of a paired rate change
     where: str | None = None  # e.g. "class 3" for a multiclass rate
     reason: str | None = None  # why there is no decision-grade estimate
-    p_holm: float | None = field(default=None)
+    p_holm: float | None = None
     p_zero: float | None = None  # one-sided p-value of "harm <= 0" (is there any harm?), change gates only
     p_zero_holm: float | None = None
 
@@ -327,9 +327,9 @@ def step_gates(step: dict[str, Any], thresholds: dict[str, float], rule: Rule, *
         for name, threshold in thresholds.items():
             limit = _limit(name, threshold)
             if name in SCOPE_GATES:
-                field_ = SCOPE_GATES[name]
-                harms = {scope: [_normal(d.get(f"{field_}_growth"), d.get(f"{field_}_growth_ci"), d.get(f"{field_}_growth_se"), limit, None)
-                                 if d.get(f"{field_}_growth") is not None else Harm(None, None, reason="fewer than two groups with data")]
+                metric = SCOPE_GATES[name]
+                harms = {scope: [_normal(d.get(f"{metric}_growth"), d.get(f"{metric}_growth_ci"), d.get(f"{metric}_growth_se"), limit, None)
+                                 if d.get(f"{metric}_growth") is not None else Harm(None, None, reason="fewer than two groups with data")]
                          for scope, d in step.get("disparity", {}).items()}
             else:
                 harms = {key: (GROUP_HARMS[name](g, limit, rule, positive_label) if g.get("status") == "ok"

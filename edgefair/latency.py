@@ -438,8 +438,7 @@ def measure_interleaved(
     per_batch: dict[int, list[np.ndarray]] = {b: [] for b in batch_sizes}  # per session: (M, R_s)
     with _pinned(settings.pin_cpus):
         if models:
-            del_me = make(models[0])  # process-wide onnxruntime set-up, so model 0 is not charged for it
-            del del_me
+            make(models[0])  # process-wide onnxruntime set-up, so model 0 is not charged for it
         for s, budget in enumerate(budgets):
             # rotated each session: no model is always created first or always runs first in a round
             order = [(s + k) % n for k in range(n)]

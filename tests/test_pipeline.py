@@ -188,8 +188,6 @@ def test_onnx_source_with_external_data(recipe_dir, tiny_run, tmp_path):
 def test_quantized_probability_outputs_are_read_like_the_baseline(recipe_dir, tmp_path):
     """A softmax-output model: int8 QDQ on the Softmax output leaves rows summing to 1 +- K/255.
     The step must still be read as probabilities (decided once, on the baseline), not softmaxed again."""
-    import torch
-
     from edgefair.metrics import ece
 
     save_softmax_model(recipe_dir / "soft.pt2", scale=3.0)
