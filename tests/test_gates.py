@@ -532,3 +532,16 @@ def test_a_recipe_without_gates_is_judged_by_the_defaults(recipe_dir, tmp_path):
         assert pruned["overall"]["agreement"] < 0.9 and not pruned["passed"]
         assert report["selected"] is None or report["selected"]["name"] != "prune"
         assert result.exit_code == (0 if report["selected"] else 1), result.output
+
+
+def test_tpr_on_too_few_positives_is_undecided_not_judged():
+    """README: fewer than min_group_size positives leave the TPR gate undecided for that group,
+    however large its observed drop."""
+    rng = np.random.default_rng(7)
+    n = 400
+    y = (rng.random(n) < 0.08).astype(int)  # about 32 positives, below min_group_size 50
+    base = y.copy()
+    step = flip(base, np.flatnonzero(y == 1)[:10])  # a third of the positives lost
+    g = gate(judge(y, base, step, np.array(["a"] * n), max_group_tpr_drop=0.02, on_undecided="warn"), "g=a")
+    assert g["decision"] == "undecided" and "min_group_size" in g["reason"] and g["value"] > 0.25
+    assert g["n"] == int(y.sum()) < 50
