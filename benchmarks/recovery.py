@@ -34,9 +34,21 @@ VARIANTS = {
     "labelled + groups (train, 2 ep)": (
         'finetune_epochs = 2\ndistill = true\nrecovery_data = "train"\nrecovery_weighting = "groups"'
     ),
+    "labelled + groups, no cap (train, 2 ep)": (
+        'finetune_epochs = 2\ndistill = true\nrecovery_data = "train"\nrecovery_weighting = "groups"\n'
+        'recovery_max_weight = 1000.0'
+    ),
     "label-free distillation (calib, 20 ep)": 'finetune_epochs = 20\ndistill = true\nrecovery_data = "calibration"',
     "label-free + groups (calib, 20 ep)": (
         'finetune_epochs = 20\ndistill = true\nrecovery_data = "calibration"\nrecovery_weighting = "groups"'
+    ),
+    "label-free + groups, cap 10 (calib, 20 ep)": (
+        'finetune_epochs = 20\ndistill = true\nrecovery_data = "calibration"\nrecovery_weighting = "groups"\n'
+        'recovery_max_weight = 10.0'
+    ),
+    "label-free + groups, no cap (calib, 20 ep)": (
+        'finetune_epochs = 20\ndistill = true\nrecovery_data = "calibration"\nrecovery_weighting = "groups"\n'
+        'recovery_max_weight = 1000.0'
     ),
     "label-free + disagreement (calib, 20 ep)": (
         'finetune_epochs = 20\ndistill = true\nrecovery_data = "calibration"\nrecovery_weighting = "disagreement"'

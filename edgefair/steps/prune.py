@@ -66,6 +66,7 @@ class PruneConfig:
     recovery_weighting: Literal["none", "groups", "disagreement"] = "none"
     recovery_groups: tuple[str, ...] = ()  # "groups" weighting: attributes whose cells weigh equally (default data.groups)
     disagreement_weight: float = check(lambda v: v >= 1, "must be >= 1", default=4.0)  # "disagreement": weight of a disagreeing row
+    recovery_max_weight: float = check(lambda v: v >= 1, "must be >= 1", default=5.0)  # "groups": cap on a row's weight (mean 1)
 
     def __post_init__(self) -> None:
         for name in ("recovery_data", "distill_loss", "recovery_weighting"):  # build() checks these too; direct use as well
@@ -94,6 +95,8 @@ class PruneConfig:
             raise ValueError("recovery_groups: names a group twice")
         if self.disagreement_weight != 4.0 and self.recovery_weighting != "disagreement":
             raise ValueError("disagreement_weight: applies to recovery_weighting = 'disagreement' only")
+        if self.recovery_max_weight != 5.0 and self.recovery_weighting != "groups":
+            raise ValueError("recovery_max_weight: applies to recovery_weighting = 'groups' only")
 
 
 def prunable(model: Any, exclude: tuple[str, ...] = ()) -> list[tuple[Any, str, str]]:
@@ -148,7 +151,8 @@ def _structured_with_recovery(cfg: PruneConfig, src: Path, dst: Path, ctx: StepC
     """Prune structurally (without structured.py's own fine-tuning), then recover here, then export."""
     source, data, labels = _recovery_data(cfg, ctx)  # refuse before the pruning work
     plain = dataclasses.replace(cfg, finetune_epochs=0, distill=False, recovery_data="auto", distill_loss="auto",
-                                recovery_weighting="none", recovery_groups=(), disagreement_weight=4.0)
+                                recovery_weighting="none", recovery_groups=(), disagreement_weight=4.0,
+                                recovery_max_weight=5.0)
     exported: list[Path] = []
     pruned = structured_step(plain, src, dst, dataclasses.replace(ctx, export=lambda model, path: exported.append(path)))
     model = pruned.torch_model
@@ -164,7 +168,7 @@ def _structured_with_recovery(cfg: PruneConfig, src: Path, dst: Path, ctx: StepC
         raise StepError("prune.recovery_weighting: 'disagreement' compares predicted classes; this model's output is an embedding")
     weights, weighting = None, {}
     if cfg.recovery_weighting == "groups":
-        weights, weighting = group_weights(data, cfg.recovery_groups or ctx.groups, source)
+        weights, weighting = group_weights(data, cfg.recovery_groups or ctx.groups, source, cfg.recovery_max_weight)
     settings = FinetuneSettings(
         epochs=cfg.finetune_epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=ctx.seed,
         temperature=cfg.temperature, alpha=cfg.distill_alpha if labels is not None else 1.0,
@@ -209,23 +213,44 @@ def _recovery_data(cfg: PruneConfig, ctx: StepContext) -> tuple[str, Any, np.nda
     return "data.calibration", ctx.calibration, None  # label-free: a label column in the file is never read
 
 
-def group_weights(data: Any, groups: tuple[str, ...] | list[str], source: str) -> tuple[np.ndarray, dict[str, Any]]:
+def group_weights(
+    data: Any, groups: tuple[str, ...] | list[str], source: str, max_weight: float = float("inf")
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Row weights giving every cell (combination of the `groups` values) the same total weight,
-    normalised to mean 1; and what the step's details report about them."""
+    normalised to mean 1 and capped at `max_weight` (a cell of 2 rows among 500 would otherwise weigh
+    its rows ~50x and recovery would overfit them); and what the step's details report about them."""
     if not groups:
         raise StepError("prune.recovery_weighting = \"groups\": no groups to weight by (set data.groups or recovery_groups)")
     columns = group_columns(data, tuple(groups), source)
     cells = list(zip(*(columns[g] for g in groups)))
     counts = Counter(cells)
     w = np.array([1.0 / counts[c] for c in cells])
-    w *= len(w) / w.sum()
+    w = capped_mean_one(w, max_weight)
     smallest = min(counts.items(), key=lambda kv: (kv[1], kv[0]))
     return w, {
         "weighting_groups": list(groups),
         "cells": len(counts),
         "smallest_cell": {"cell": "&".join(f"{g}={v}" for g, v in zip(groups, smallest[0])), "rows": smallest[1]},
         "max_row_weight": round(float(w.max()), 4),
+        "weight_cap": None if not np.isfinite(max_weight) else max_weight,
+        "capped_rows": int(np.count_nonzero(w >= max_weight * (1 - 1e-9))) if np.isfinite(max_weight) else 0,
     }
+
+
+def capped_mean_one(w: np.ndarray, cap: float) -> np.ndarray:
+    """`w` scaled to mean 1, then every weight above `cap` clipped to it and the rest scaled up so
+    the mean stays 1 (repeated until nothing exceeds the cap: weight trimming). Order is kept."""
+    w = np.asarray(w, dtype=np.float64) * (len(w) / np.sum(w))
+    for _ in range(len(w)):
+        over = w > cap * (1 + 1e-12)
+        if not over.any():
+            break
+        w[over] = cap
+        free = ~over & (w < cap)
+        if not free.any():
+            break
+        w[free] *= (len(w) - cap * np.count_nonzero(w >= cap)) / w[free].sum()
+    return w
 
 
 def group_columns(data: Any, groups: tuple[str, ...], source: str) -> dict[str, np.ndarray]:
