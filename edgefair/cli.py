@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 import traceback
 from pathlib import Path
@@ -42,6 +43,45 @@ def handle_errors(fn):
     return wrapper
 
 
+def _evict(cache, max_bytes: int) -> None:
+    """After a run: least recently used cache entries go until the cache fits its bound."""
+    if cache.enabled:
+        removed, freed = cache.remove(max_bytes=max_bytes)
+        if removed:
+            click.echo(f"cache: evicted {removed} least recently used entries ({_size(freed)}) to stay under {_size(max_bytes)}", err=True)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+def json_summary(report: dict, out_dir: Path) -> dict:
+    """What `edgefair run --json` prints: the verdict, the model to ship, each step's result and
+    worst group per gate, and every check observed beyond its limit (report.json has the rest)."""
+    from . import render as r
+
+    steps = []
+    for s in report.get("steps") or []:
+        worst = {}
+        for name in r.gated_names(report):
+            g = r.worst_gate(s, name)
+            if g is not None:
+                worst[name] = {k: g.get(k) for k in ("group", "value", "threshold", "status", "n")}
+        lat = s.get("latency") or {}
+        steps.append({"index": s.get("index"), "name": s.get("name"), "kind": s.get("kind"), "model": s.get("model"),
+                      "passed": s.get("passed"), "size_bytes": s.get("size_bytes"), "p50_ms": lat.get("p50_ms"),
+                      "p95_ms": lat.get("p95_ms"), "worst": worst})
+    exceeded = [{k: e.get(k) for k in ("step", "name", "gate", "group", "value", "threshold", "status", "n")} for e in r.exceeded(report)]
+    return {"verdict": report.get("verdict"), "exit_code": EXIT_OK if report.get("verdict") == "pass" else EXIT_GATE_FAILED,
+            "selected": report.get("selected"), "out_dir": str(out_dir),
+            "checks": {k: len(v) for k, v in (report.get("gate_summary") or {}).items() if isinstance(v, list)},
+            "exceeded": exceeded, "steps": steps}
+
+
 def check_writable(out_dir: Path) -> None:
     """Fail before any work when the output folder cannot be written."""
     import os
@@ -58,7 +98,13 @@ def check_writable(out_dir: Path) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgefair")
 def main() -> None:
-    """Check what compression does to every group before a model ships to an edge CPU."""
+    """Check what compression does to every group before a model ships to an edge CPU.
+
+    \b
+    Example:
+      edgefair init model.pt2 eval.npz --out recipe.toml
+      edgefair run recipe.toml --out edgefair-out
+    """
     import warnings
 
     # torch's own deprecation chatter while copying exported modules says nothing about the user's model
@@ -72,14 +118,21 @@ def main() -> None:
 @click.option("--no-cache", is_flag=True, help="Recompute every step and evaluation instead of reusing cached ones.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Cache folder (default: $EDGEFAIR_CACHE_DIR or ~/.cache/edgefair).")
 @click.option("--latency-from", "latency_from", multiple=True, type=click.Path(dir_okay=False, path_type=Path), help="Latency JSON from `edgefair probe` on the device; replaces local latency for models with the same sha256 (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (verdict, model to ship, steps, checks beyond a limit) on stdout instead of the table.")
 @handle_errors
-def run(recipe: Path | None, out_dir: Path, quiet: bool, no_cache: bool, cache_dir: Path | None, latency_from: tuple[Path, ...]) -> None:
+def run(recipe: Path | None, out_dir: Path, quiet: bool, no_cache: bool, cache_dir: Path | None, latency_from: tuple[Path, ...], as_json: bool) -> None:
     """Export, compress step by step, evaluate every step per group, gate, and write reports.
 
     Without RECIPE, runs the bundled reference recipe (UCI Adult MLP).
+
+    \b
+    Example:
+      edgefair run recipe.toml --out edgefair-out
+      edgefair run --json > summary.json    # the bundled recipe; exit code 0/1 = pass/fail
     """
-    from .cache import Cache, default_dir
+    from .cache import Cache, default_dir, max_bytes_from_env
     from .pipeline import run as run_pipeline
+    from .progress import Progress
     from .recipe import load_recipe
     from .report import summary_lines, terminal_table
 
@@ -88,13 +141,17 @@ def run(recipe: Path | None, out_dir: Path, quiet: bool, no_cache: bool, cache_d
         raise EdgefairError(f"bundled recipe not found at {path} (install from a clone with `pip install -e .`, or pass RECIPE)")
     parsed = load_recipe(path)
     check_writable(out_dir)
-    progress = (lambda s: None) if quiet else (lambda s: click.echo(f"· {s}", err=True))
     cache = Cache(None if no_cache else (cache_dir or default_dir()))
+    max_bytes = max_bytes_from_env()  # a bad value is bad input before any work
     for f in latency_from:
         if not f.is_file():
             raise EdgefairError(f"--latency-from: file not found: {f}")
-    report = run_pipeline(parsed, out_dir, cache=cache, latency_from=latency_from, progress=progress)
-    if quiet:
+    with Progress(enabled=not quiet) as progress:
+        report = run_pipeline(parsed, out_dir, cache=cache, latency_from=latency_from, progress=progress)
+    _evict(cache, max_bytes)
+    if as_json:
+        click.echo(json.dumps(json_summary(report, out_dir), indent=2))
+    elif quiet:
         click.echo("\n".join(summary_lines(report)))
     else:
         click.echo(terminal_table(report))
@@ -106,7 +163,12 @@ def run(recipe: Path | None, out_dir: Path, quiet: bool, no_cache: bool, cache_d
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @handle_errors
 def validate(recipe: Path) -> None:
-    """Check RECIPE, its model source, data and export parity without compressing anything."""
+    """Check RECIPE, its model source, data and export parity without compressing anything.
+
+    \b
+    Example:
+      edgefair validate recipe.toml
+    """
     import tempfile
 
     from .cache import Cache
@@ -134,8 +196,12 @@ def validate(recipe: Path) -> None:
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @handle_errors
 def report(out_dir: Path) -> None:
-    """Re-render the human reports of OUT_DIR from its report.json."""
-    import json
+    """Re-render the human reports of OUT_DIR from its report.json.
+
+    \b
+    Example:
+      edgefair report edgefair-out
+    """
 
     from .publish import render_all
 
@@ -172,8 +238,13 @@ def tune(recipe: Path, out_dir: Path, budget: str | None, no_cache: bool, cache_
     reason. Selects by RECIPE's [select] by (default: fastest) and writes the usual reports, the
     frontier of every candidate, and tuned.toml, a recipe with the chosen pipeline. Exit 0 when a
     model to ship was found; Ctrl-C stops the search, reports what was found and exits 130.
+
+    \b
+    Example:
+      edgefair tune recipe.toml --out edgefair-tune --budget 10m
     """
-    from .cache import Cache, default_dir
+    from .cache import Cache, default_dir, max_bytes_from_env
+    from .progress import Progress
     from .recipe import load_recipe
     from .report import terminal_table
     from .tune import frontier_lines, parse_budget, search, tune_recipe, write_tuned_recipe
@@ -182,7 +253,10 @@ def tune(recipe: Path, out_dir: Path, budget: str | None, no_cache: bool, cache_
     parsed = tune_recipe(load_recipe(recipe))
     check_writable(out_dir)
     cache = Cache(None if no_cache else (cache_dir or default_dir()))
-    report = search(parsed, out_dir, cache=cache, progress=lambda s: click.echo(f"· {s}", err=True), budget_s=budget_s)
+    max_bytes = max_bytes_from_env()
+    with Progress() as progress:
+        report = search(parsed, out_dir, cache=cache, progress=progress, budget_s=budget_s)
+    _evict(cache, max_bytes)
     info = report["search"]
     click.echo(terminal_table(report))
     click.echo("\n".join(frontier_lines(report)))
@@ -218,7 +292,114 @@ def probe(args: tuple[str, ...]) -> None:
 
     The same command as `python -m edgefair.probe` (which runs without click): one parser, whose
     options `edgefair probe --help` lists.
+
+    \b
+    Example:
+      edgefair probe edgefair-out/*.onnx --dim seq=128 --out device.json
     """
     from .probe import main as probe_main
 
     sys.exit(probe_main(list(args), prog="edgefair probe"))
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out", default="recipe.toml", show_default=True, type=click.Path(dir_okay=False, path_type=Path), help="Recipe file to write.")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@handle_errors
+def init(model: Path, data: Path, out: Path, force: bool) -> None:
+    """Write a starter recipe for MODEL (.pt2, .onnx or pkg.module:factory) and DATA (.npz or .csv).
+
+    Input names come from the model; group columns are proposed from the data (columns with 2 to
+    12 values, with each group's size as a comment); the default gates are written out, and every
+    key has a comment. The recipe is checked as `edgefair run` will read it before it is written.
+
+    \b
+    Example:
+      edgefair init models/adult_mlp.pt2 calibration_data/adult_eval.npz --out recipe.toml
+      edgefair run recipe.toml
+    """
+    from .init import summary, write_starter
+
+    text = write_starter(model, data, out, force=force)
+    info = summary(text)
+    click.echo(f"recipe written to {out}: groups {', '.join(info['groups'])}; "
+               f"label {info['label'] or 'none (fidelity gates only)'}; gates {', '.join(info['gates'])}")
+    click.echo(f"next: check it, then `edgefair run {out}`")
+
+
+@main.group()
+def cache() -> None:
+    """See or clear the cache of step models and statistics.
+
+    The cache is $EDGEFAIR_CACHE_DIR, else ~/.cache/edgefair; after every run the least recently
+    used entries are evicted until it fits $EDGEFAIR_CACHE_MAX_BYTES (default 2GB).
+
+    \b
+    Example:
+      edgefair cache info
+      edgefair cache clear --older-than 30d
+    """
+
+
+@cache.command("info")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Cache folder (default: $EDGEFAIR_CACHE_DIR or ~/.cache/edgefair).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@handle_errors
+def cache_info(cache_dir: Path | None, as_json: bool) -> None:
+    """Show where the cache is, how many entries it holds, their total size and the size bound.
+
+    \b
+    Example:
+      edgefair cache info
+      EDGEFAIR_CACHE_DIR=/tmp/ef edgefair cache info --json
+    """
+    import time
+
+    from .cache import Cache, default_dir, max_bytes_from_env
+
+    c = Cache(cache_dir or default_dir())
+    entries = c.entries()
+    by_kind: dict[str, dict[str, int]] = {}
+    for e in entries:
+        k = by_kind.setdefault("partial" if e.partial else e.kind, {"entries": 0, "bytes": 0})
+        k["entries"] += 1
+        k["bytes"] += e.size
+    info = {"location": str(c.root), "entries": len(entries), "bytes": sum(e.size for e in entries),
+            "max_bytes": max_bytes_from_env(), "kinds": by_kind,
+            "oldest_use": min((e.last_used for e in entries), default=None)}
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"location: {info['location']}" + ("" if c.root.is_dir() else " (not created yet)"))
+    click.echo(f"entries: {info['entries']}, {_size(info['bytes'])} of {_size(info['max_bytes'])} allowed (EDGEFAIR_CACHE_MAX_BYTES)")
+    for kind, k in sorted(by_kind.items()):
+        click.echo(f"  {kind}: {k['entries']} {'entry' if k['entries'] == 1 else 'entries'}, {_size(k['bytes'])}")
+    if info["oldest_use"] is not None:
+        days = (time.time() - info["oldest_use"]) / 86400
+        click.echo(f"least recently used entry: {days:.1f} days ago")
+
+
+@cache.command("clear")
+@click.option("--older-than", default=None, metavar="AGE", help="Only entries not used for this long, e.g. 30d, 12h, 90m.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Cache folder (default: $EDGEFAIR_CACHE_DIR or ~/.cache/edgefair).")
+@handle_errors
+def cache_clear(older_than: str | None, cache_dir: Path | None) -> None:
+    """Remove cached entries: all of them, or those not used for --older-than AGE.
+
+    Safe while other runs use the cache: it waits for their writes, and a run whose entry is
+    removed recomputes it.
+
+    \b
+    Example:
+      edgefair cache clear --older-than 30d
+      edgefair cache clear
+    """
+    from .cache import Cache, default_dir, parse_age
+
+    age = parse_age(older_than) if older_than is not None else None
+    c = Cache(cache_dir or default_dir())
+    removed, freed = c.remove(older_than_s=age)
+    which = f" not used for {older_than}" if older_than else ""
+    click.echo(f"removed {removed} entries{which} ({_size(freed)}) from {c.root}")

@@ -216,7 +216,12 @@ def _dim(text: str) -> tuple[str, int]:
 
 def build_parser(prog: str = "python -m edgefair.probe") -> argparse.ArgumentParser:
     """The options of `python -m edgefair.probe` and of `edgefair probe` (which hands its arguments here)."""
-    ap = argparse.ArgumentParser(prog=prog, description="Latency of ONNX models on this machine (numpy and onnxruntime only).")
+    ap = argparse.ArgumentParser(
+        prog=prog, description="Latency of ONNX models on this machine (numpy and onnxruntime only).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"Example:\n  {prog} edgefair-out/*.onnx --out device.json\n"
+               f"  {prog} encoder.onnx --dim seq=128 --batch-size 1 --out device.json   # a dynamic sequence axis",
+    )
     ap.add_argument("models", nargs="+", metavar="MODEL.onnx", help="models to time interleaved; identical files are timed once")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads (0: onnxruntime's choice); default 1")
     ap.add_argument("--inter-op-threads", type=int, default=1, help="inter-op threads; default 1")
