@@ -1,4 +1,5 @@
-"""Labelled evaluation data: model inputs, labels and sensitive attributes, read from .npz or .csv.
+"""Labelled evaluation data: model inputs, labels and sensitive attributes, read from .npz, .csv,
+.parquet, image folders and indexes, or a user's loader function (see formats.py).
 
 A Dataset never holds pickled objects: .npz files are read with `allow_pickle=False`.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import zipfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -14,6 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .errors import DataError
+from .formats import ReadOptions, call_loader, image_paths, near, read_image_folder, read_parquet, stack_images
 
 DEFAULT_LABEL = "label"
 CSV_INPUT = "__features__"  # placeholder name until the model's input name is known
@@ -52,39 +55,70 @@ def load(
     features: Sequence[str] | None = None,
     require_labels: bool = False,
     ignore: Sequence[str] = (),
+    optional_groups: Sequence[str] = (),
+    options: ReadOptions | None = None,
 ) -> Dataset:
-    """Read a data file. `key` names the recipe key (e.g. `data.eval`) for error messages.
+    """Read a data file (or image folder). `key` names the recipe key (e.g. `data.eval`) for error messages.
 
-    `ignore` names columns that are never model inputs (label, groups) but need not be present.
+    `ignore` names columns that are never model inputs (label, groups) but need not be present;
+    `optional_groups` are group attributes read when the file has them (calibration and train data).
+    `options` carries the recipe's loader and image settings (formats.ReadOptions).
     """
-    if not path.is_file():
-        raise DataError(f"{key}: file not found: {path}")
+    options = options or ReadOptions()
     suffix = path.suffix.lower()
-    if suffix == ".npz":
+    images = None  # (n, ...) float32 images: the single model input
+    if options.loader is not None:
+        if not path.exists():
+            raise DataError(f"{key}: file not found: {path}")
+        columns = call_loader(options.loader, path, key, options.base)
+        kind = "arrays"
+    elif path.is_dir():
+        images, columns = read_image_folder(path, key, options)
+        kind = "images"
+    elif not path.is_file():
+        raise DataError(f"{key}: file not found: {path}")
+    elif suffix == ".npz":
         columns = _read_npz(path, key)
-    elif suffix == ".csv":
-        columns = _read_csv(path, key, text=set(groups))
+        kind = "arrays"
+    elif suffix in (".csv", ".parquet"):
+        text = set(groups) | set(optional_groups)
+        columns = _read_csv(path, key, text=text) if suffix == ".csv" else read_parquet(path, key, text=text)
+        kind = "table"
+        if options.image_column is not None:
+            if options.image_column not in columns:
+                raise DataError(f"{key}: image column {options.image_column!r} not in {path}{near(options.image_column, list(columns))}")
+            images = stack_images(image_paths(path, columns[options.image_column], options.image_column, key), key, options)
+            kind = "images"
     else:
-        raise DataError(f"{key}: unsupported data format {suffix!r} in {path} (use .npz or .csv)")
+        raise DataError(f"{key}: unsupported data format {suffix!r} in {path} (use .npz, .csv, .parquet, an image folder or data.loader)")
+    if not columns and images is None:
+        raise DataError(f"{key}: {path} holds no arrays")
 
     label_name = label if label is not None else (DEFAULT_LABEL if DEFAULT_LABEL in columns else None)
     if label is not None and label not in columns:
-        raise DataError(f"{key}: label column {label!r} not in {path} (has: {', '.join(sorted(columns))})")
+        raise DataError(f"{key}: label column {label!r} not in {path}{near(label, list(columns))}")
     if require_labels and label_name is None:
         raise DataError(f"{key}: no label column in {path} (set data.label)")
     for g in groups:
         if g not in columns:
-            raise DataError(f"{key}: group column {g!r} not in {path} (has: {', '.join(sorted(columns))})")
+            raise DataError(f"{key}: group column {g!r} not in {path}{near(g, list(columns))}")
+    extra_groups = [g for g in optional_groups if g in columns and g not in groups]
 
-    reserved = set(groups) | set(ignore) | ({label_name} if label_name else set())
-    if suffix == ".csv":
+    reserved = set(groups) | set(optional_groups) | set(ignore) | ({label_name} if label_name else set())
+    if kind == "images":
+        if features:
+            raise DataError(f"{key}: data.features applies to .csv and .parquet tables, not to images ({path.name})")
+        inputs = {CSV_INPUT: images}
+    elif kind == "table":
         names = list(features) if features else [c for c in columns if c not in reserved]
         missing = [c for c in names if c not in columns]
         if missing:
-            raise DataError(f"{key}: feature column {missing[0]!r} not in {path}")
+            raise DataError(f"{key}: feature column {missing[0]!r} not in {path}{near(missing[0], list(columns))}")
         if not names:
             raise DataError(f"{key}: no feature columns in {path}")
         for c in names:
+            if columns[c].ndim != 1:
+                raise DataError(f"{key}: feature column {c!r} in {path} holds lists; a table's features are scalar columns")
             if columns[c].dtype.kind not in "iufb":
                 empty = np.flatnonzero(np.char.strip(columns[c].astype(str)) == "")
                 if len(empty):
@@ -94,15 +128,14 @@ def load(
         inputs = {CSV_INPUT: x}
     else:
         if features:
-            raise DataError(f"{key}: data.features applies to .csv files only, not {path.name}")
+            raise DataError(f"{key}: data.features applies to .csv and .parquet tables, not {path.name}")
         inputs = {k: v for k, v in columns.items() if k not in reserved}
         if not inputs:
-            raise DataError(f"{key}: no model input arrays in {path}")
+            raise DataError(f"{key}: no model input arrays in {path} (has only: {', '.join(sorted(columns))})")
 
+    others = [*([label_name] if label_name else []), *groups, *extra_groups]
+    _check_rows(path, key, inputs, {name: columns[name] for name in others})
     n = len(next(iter(inputs.values())))
-    for name, arr in [*inputs.items(), *((g, columns[g]) for g in groups)]:
-        if arr.ndim == 0 or len(arr) != n:
-            raise DataError(f"{key}: array {name!r} in {path} has {arr.shape[0] if arr.ndim else 0} rows, expected {n}")
     if n == 0:
         raise DataError(f"{key}: {path} has no rows")
 
@@ -110,7 +143,7 @@ def load(
     if label_name is not None:
         labels = _labels(columns[label_name], n, key=f"{key}: label {label_name!r} in {path}")
     attributes = {}
-    for g in groups:
+    for g in [*groups, *extra_groups]:
         col = columns[g]
         if col.ndim != 1:
             raise DataError(f"{key}: group column {g!r} in {path} must be 1-D, has shape {col.shape}")
@@ -122,6 +155,26 @@ def load(
     return Dataset(path, inputs, labels, attributes)
 
 
+def _check_rows(path: Path, key: str, inputs: Mapping[str, np.ndarray], others: Mapping[str, np.ndarray]) -> None:
+    """Every array has the same number of rows. When they disagree, the odd ones out are named
+    against the count most arrays agree on (ties: the label and group arrays' count), so a short
+    input array is blamed, not the label or group arrays beside it."""
+    for name, arr in [*inputs.items(), *others.items()]:
+        if arr.ndim == 0:
+            raise DataError(f"{key}: array {name!r} in {path} is a single value, not one value per row")
+    rows = {name: arr.shape[0] for name, arr in [*inputs.items(), *others.items()]}
+    if len(set(rows.values())) <= 1:
+        return
+    votes = Counter(rows.values())
+    reference = Counter(rows[k] for k in others) if others else votes
+    top = max(votes.values())
+    expected = max((c for c in votes if votes[c] == top), key=lambda c: reference.get(c, 0))
+    odd = [k for k in rows if rows[k] != expected]
+    agree = [k for k in rows if rows[k] == expected]
+    shown = ", ".join(repr(k) for k in agree[:4]) + (", ..." if len(agree) > 4 else "")
+    raise DataError(f"{key}: array {odd[0]!r} in {path} has {rows[odd[0]]} rows, but {shown} {'has' if len(agree) == 1 else 'have'} {expected}")
+
+
 def _labels(arr: np.ndarray, n: int, *, key: str) -> np.ndarray:
     if arr.ndim != 1 or len(arr) != n:
         raise DataError(f"{key} must be 1-D with {n} rows, has shape {arr.shape}")
@@ -129,6 +182,11 @@ def _labels(arr: np.ndarray, n: int, *, key: str) -> np.ndarray:
         out = arr.astype(np.int64)
     elif arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
         out = arr.astype(np.int64)
+    elif arr.dtype.kind == "U" and len(arr) and np.all(np.char.isdigit(arr)):  # folder names "0", "1", ...
+        out = arr.astype(np.int64)
+    elif arr.dtype.kind == "U":
+        bad = next(v for v in arr if not v.isdigit()) if len(arr) else ""
+        raise DataError(f"{key} must hold integer class ids (0, 1, ...), has {bad!r}")
     else:
         raise DataError(f"{key} must hold integer class ids, has dtype {arr.dtype}")
     if out.min() < 0:

@@ -109,18 +109,30 @@ def _load(recipe: Recipe) -> ModelSource:
     )
 
 
+def read_options(recipe: Recipe) -> data_mod.ReadOptions:
+    """The recipe's loader and image settings, as data.load takes them."""
+    d = recipe.data
+    return data_mod.ReadOptions(
+        base=recipe.base, loader=d.loader, image_column=d.image_column, subfolders=d.subfolders,
+        image_size=tuple(d.image_size) if d.image_size else None, mean=d.mean, std=d.std, channels=d.channels, layout=d.layout,
+    )
+
+
 def _load_data(recipe: Recipe):
     d = recipe.data
-    eval_data = data_mod.load(recipe.resolve(d.eval), key="data.eval", label=d.label, groups=d.groups, features=d.features)
+    options = read_options(recipe)
+    eval_data = data_mod.load(recipe.resolve(d.eval), key="data.eval", label=d.label, groups=d.groups, features=d.features, options=options)
     calib = train = None
+    # calibration and train rows keep the group attributes they have (group-aware steps use them)
     if d.calibration:
         calib = data_mod.load(
             recipe.resolve(d.calibration), key="data.calibration", label=None, groups=(), features=d.features,
-            ignore=(d.label or data_mod.DEFAULT_LABEL, *d.groups),
+            ignore=(d.label or data_mod.DEFAULT_LABEL,), optional_groups=d.groups, options=options,
         )
     if d.train:
         train = data_mod.load(
-            recipe.resolve(d.train), key="data.train", label=d.label, groups=(), features=d.features, require_labels=True, ignore=d.groups
+            recipe.resolve(d.train), key="data.train", label=d.label, groups=(), features=d.features, require_labels=True,
+            optional_groups=d.groups, options=options,
         )
     return eval_data, calib, train
 
@@ -278,7 +290,7 @@ def _name_csv(input_names: list[str], data: data_mod.Dataset | None) -> data_mod
     if data is None or data_mod.CSV_INPUT not in data.inputs:
         return data
     if len(input_names) != 1:
-        raise DataError(f"{data.path}: a .csv file feeds one model input, the model has {len(input_names)}")
+        raise DataError(f"{data.path}: a table's features or an image set feed one model input, the model has {len(input_names)}")
     return data.rename_input(data_mod.CSV_INPUT, input_names[0])
 
 
@@ -289,6 +301,13 @@ def _check_torch_inputs(source: ModelSource, data: data_mod.Dataset) -> None:
     if missing:
         have = ", ".join(sorted(data.inputs)) or "none"
         raise DataError(f"data.eval: {data.path} has no array {missing[0]!r} for model input {missing[0]!r} (inputs there: {have})")
+    expected = _traced_shapes(source.module)
+    for name in source.input_names:  # before running: torch's own message would be a guard ("Guard failed: ...")
+        want, arr = expected.get(name), data.inputs[name]
+        if want is not None and (arr.ndim != len(want) or any(w is not None and w != a for w, a in zip(want[1:], arr.shape[1:]))):
+            shown = tuple("batch" if i == 0 else w if w is not None else "any" for i, w in enumerate(want))
+            table = f" ({arr.shape[1]} feature columns)" if data.path.suffix.lower() in (".csv", ".parquet") and arr.ndim == 2 else ""
+            raise DataError(f"data.eval: array {name!r} in {data.path.name} has shape {arr.shape}{table}, model input expects {shown}")
     args = [torch.from_numpy(np.ascontiguousarray(data.inputs[n][:2])) for n in source.input_names]
     try:
         with torch.no_grad():
@@ -297,3 +316,18 @@ def _check_torch_inputs(source: ModelSource, data: data_mod.Dataset) -> None:
         shapes = ", ".join(f"{n}: {tuple(data.inputs[n].shape)}" for n in source.input_names)
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise DataError(f"data.eval: arrays ({shapes}) in {data.path.name} do not fit the model: {first}") from e
+
+
+def _traced_shapes(module: Any) -> dict[str, tuple[int | None, ...]]:
+    """Input shapes a torch.export program was traced with (None for a dynamic axis), by input name;
+    empty for a factory's plain module, whose shapes are only known by running it."""
+    import torch
+
+    if not isinstance(module, torch.fx.GraphModule):
+        return {}
+    out = {}
+    for node in module.graph.nodes:
+        shape = getattr(node.meta.get("val"), "shape", None) if node.op == "placeholder" else None
+        if shape is not None:
+            out[str(node.target)] = tuple(d if isinstance(d, int) else None for d in shape)
+    return out

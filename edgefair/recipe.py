@@ -15,8 +15,10 @@ from typing import Any, Literal
 
 from .config import as_dict, build, check, in_range, positive
 from .errors import RecipeError
+from .formats import LOADER_RE
 from .io import sha256_bytes
 from .latency import DEFAULT_MIN_TIME_S
+from . import hf_source
 from .source import is_factory
 from .steps import REGISTRY
 
@@ -56,6 +58,29 @@ class DataConfig:
     min_group_size: int = check(lambda v: v >= 1, "must be >= 1", default=50)
     features: tuple[str, ...] | None = None  # csv only; default: every non-label, non-group column
     positive_label: int = check(lambda v: v >= 0, "must be >= 0", default=1)  # the favourable class: TPR, FPR, selection rate
+    # other formats (README, "Data formats"): a loader runs the user's code on each data path
+    loader: str | None = None  # "pkg.module:function" or "file.py:function", returning named arrays
+    image_column: str | None = None  # a .csv/.parquet index whose column holds image paths (relative to the index)
+    subfolders: tuple[str, ...] = ("label",)  # an image folder: what each directory level names (label or group)
+    image_size: tuple[int, ...] | None = check(positive, "must be > 0", default=None)  # [height, width]
+    mean: tuple[float, ...] = (0.0,)  # per channel (or one for all), after scaling pixels to [0, 1]
+    std: tuple[float, ...] = check(positive, "must be > 0", default=(1.0,))
+    channels: Literal["rgb", "bgr", "gray"] = "rgb"
+    layout: Literal["nchw", "nhwc"] = "nchw"
+
+    def __post_init__(self) -> None:  # ValueError "<field>: <problem>" becomes a RecipeError naming data.<field>
+        if self.loader is not None and not LOADER_RE.match(self.loader):
+            raise ValueError(f"loader: must be \"pkg.module:function\" or \"path/file.py:function\" (got {self.loader!r})")
+        if self.loader is not None and self.image_column is not None:
+            raise ValueError("image_column: a loader returns arrays; image_column applies to .csv/.parquet indexes")
+        if self.image_size is not None and len(self.image_size) != 2:
+            raise ValueError(f"image_size: must be [height, width] (got {list(self.image_size)})")
+        channels = 1 if self.channels == "gray" else 3
+        for name in ("mean", "std"):
+            if len(getattr(self, name)) not in (1, channels):
+                raise ValueError(f"{name}: needs 1 or {channels} values for channels = {self.channels!r} (got {len(getattr(self, name))})")
+        if not self.subfolders or len(set(self.subfolders)) != len(self.subfolders):
+            raise ValueError("subfolders: must name each folder level once (e.g. [\"label\"] or [\"region\", \"label\"])")
 
 
 @dataclass(frozen=True)
@@ -192,14 +217,16 @@ def parse_recipe(raw: dict[str, Any], *, path: Path, sha256: str = "") -> Recipe
     model = build(ModelConfig, raw["model"], "model")
     data = build(DataConfig, raw["data"], "data")
     base = path.parent
-    _check_file(base, model.source, "model.source", skip=is_factory(model.source))
+    if hf_source.is_hf(model.source):  # a checkpoint folder: its config decides what it outputs
+        hf_source.check_output(model.source, base, model.output)
+    _check_file(base, model.source, "model.source", skip=is_factory(model.source) or hf_source.is_hf(model.source))
     if model.weights is not None:
         if not is_factory(model.source):
             raise RecipeError("model.weights: only used with a `pkg.module:factory` source")
         _check_file(base, model.weights, "model.weights")
     for key in ("eval", "calibration", "train"):
         if getattr(data, key) is not None:
-            _check_file(base, getattr(data, key), f"data.{key}")
+            _check_file(base, getattr(data, key), f"data.{key}", skip=(base / getattr(data, key)).resolve().is_dir())  # image folder
     if not data.groups:
         raise RecipeError("data.groups: name at least one sensitive attribute (e.g. groups = [\"sex\"])")
     if len(set(data.groups)) != len(data.groups):
