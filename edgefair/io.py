@@ -13,6 +13,10 @@ from typing import Any, Iterator
 
 def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
+    if Path(path).is_dir():  # an image folder (data.eval): every file's relative name and content, in sorted order
+        for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(path).as_posix()}\0{sha256_file(f, chunk=chunk)}\n".encode())
+        return h.hexdigest()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
