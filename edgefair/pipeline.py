@@ -358,6 +358,47 @@ def evaluate(
     ]
 
 
+def compare_previous(report: dict[str, Any], inputs: Inputs, models: list[StepModel], release: Any, progress: Progress) -> None:
+    """Every model of this run against the last release's selected model, per group, on the same
+    eval rows: `report["previous"]` says what was compared, each step gets `vs_previous`."""
+    from .previous import paired_changes
+
+    recipe = inputs.recipe
+    if recipe.model.output == "embedding":
+        raise DataError("--previous: embedding models have no predictions to compare with the last release's")
+    progress("previous release: inference on eval data")
+    d = recipe.data
+    batch = eval_batch_size(release.model, configured=recipe.evaluate.batch_size, deployed=recipe.latency.batch_size)
+    try:
+        prev_out = predict(release.model, inputs.eval, batch_size=batch)
+    except Exception as e:  # noqa: BLE001 - any failure to run it on this data is the folder's, not a bug
+        text = str(e).strip().splitlines()
+        raise DataError(f"--previous {release.model}: cannot run on this run's eval inputs ({text[0] if text else type(e).__name__})") from None
+    preds, widths = [], []
+    for m in models:
+        out = predict(m.path, inputs.eval, batch_size=eval_batch_size(m.path, configured=recipe.evaluate.batch_size,
+                                                                        deployed=recipe.latency.batch_size))
+        widths.append(out.shape[1:])
+        bad = _nonfinite_mask(out)
+        probs = _probs(_zero_nonfinite(out) if bad.any() else out, inputs.output_kind, m)
+        base_pred = preds[0] if preds else probs.argmax(axis=1)
+        preds.append(_wrong_where(probs, bad, inputs.eval.labels, base_pred).argmax(axis=1))
+    if prev_out.shape[1:] != widths[0]:
+        raise DataError(f"--previous {release.model}: gives outputs of shape {list(prev_out.shape[1:])}, this run's baseline "
+                        f"{list(widths[0])}: not the same task")
+    prev_bad = _nonfinite_mask(prev_out)
+    prev_probs = _probs(_zero_nonfinite(prev_out) if prev_bad.any() else prev_out, inputs.output_kind, models[0])
+    prev_pred = _wrong_where(prev_probs, prev_bad, inputs.eval.labels, preds[0]).argmax(axis=1)
+    labelled = inputs.eval.labels is not None
+    reference = inputs.eval.labels if labelled else preds[0]
+    masks = group_masks(inputs.eval.attributes, intersections=d.intersections)
+    for step, pred in zip(report["steps"], preds):
+        table = paired_changes(masks, reference, prev_pred, pred, min_group_size=d.min_group_size, confidence=recipe.evaluate.confidence)
+        step["vs_previous"] = {"overall": table.pop("overall"), "groups": table}
+    report["previous"] = {**release.describe(), "measure": "accuracy" if labelled else "agreement with this run's baseline",
+                          "rows": int(inputs.eval.n)}
+
+
 def environment() -> dict[str, Any]:
     from .machine import cpu_info
 
@@ -381,13 +422,22 @@ def run(
     cache: Cache | None = None,
     latency_from: tuple[Path, ...] = (),
     progress: Progress = lambda s: None,
+    previous: Path | None = None,
 ) -> dict[str, Any]:
     """The whole job. Raises EdgefairError on bad input before anything is written to `out_dir`.
+    `previous`: the output folder of the last release, whose selected model every model of this
+    run is compared with per group (`previous.py`).
     (`edgefair tune`, whose steps are alternatives, is `tune.search`.)"""
     from .gates import apply_gates
-    from .publish import publish
+    from .publish import check_target, publish
     from .report import build_report
 
+    check_target(out_dir)  # an unwritable output folder fails now, not after the whole run
+    last_release = None
+    if previous is not None:
+        from .previous import load_previous
+
+        last_release = load_previous(previous)  # bad folder: exit 2 before any work
     cache = cache or Cache(None)
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="edgefair-") as tmp:
@@ -403,6 +453,8 @@ def run(
         timings["evaluate"] = time.perf_counter() - t0
         report = build_report(recipe=recipe, inputs=inputs, models=models, results=results, environment=environment(), timings=timings)
         report["mode"] = "run"
+        if last_release is not None:
+            compare_previous(report, inputs, models, last_release, progress)
         apply_gates(report, recipe.gates, confidence=recipe.evaluate.confidence, min_group_size=recipe.data.min_group_size,
                     positive_label=recipe.data.positive_label, output=recipe.model.output, select=recipe.select)
         publish(out_dir, report, {m.index: m.path for m in models})
