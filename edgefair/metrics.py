@@ -356,6 +356,17 @@ class Groups:
         return out
 
 
+def row_terms(y: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-row quantities behind ``grouped_classification``: ``conf`` (top-label probability),
+    ``pred`` (argmax), ``sq`` (Brier term) and ``nll`` (log-loss term), each (N,). Row by row, so
+    computing them batch by batch gives the same values as on all rows at once."""
+    k = probs.shape[1]
+    conf, pred = top_label(probs)
+    sq = ((probs - np.eye(k)[y]) ** 2).sum(axis=1) / (2.0 if k == 2 else 1.0)
+    nll = -np.log(np.clip(probs[np.arange(len(probs)), y], LOG_EPS, 1.0 - LOG_EPS))
+    return {"conf": conf, "pred": pred, "sq": sq, "nll": nll}
+
+
 def grouped_classification(
     y: np.ndarray, probs: np.ndarray, groups: Groups, *, positive_label: int = 1, n_bins: int = 15
 ) -> dict[str, np.ndarray]:
@@ -365,15 +376,21 @@ def grouped_classification(
     sums ``bin_count``, ``bin_confidence``, ``bin_correct``: (G, n_bins) each. ``y`` and ``probs``
     must already be checked (``check_labels``, ``check_probs``).
     """
-    k = probs.shape[1]
-    conf, pred = top_label(probs)
+    return grouped_from_terms(y, probs.shape[1], **row_terms(y, probs), groups=groups,
+                              positive_label=positive_label, n_bins=n_bins)
+
+
+def grouped_from_terms(
+    y: np.ndarray, k: int, *, conf: np.ndarray, pred: np.ndarray, sq: np.ndarray, nll: np.ndarray, groups: Groups,
+    positive_label: int = 1, n_bins: int = 15,
+) -> dict[str, np.ndarray]:
+    """``grouped_classification`` from the rows' ``row_terms`` (K classes): what a caller that
+    reads the model's outputs batch by batch keeps instead of the (N, K) probabilities."""
     correct = (pred == y).astype(np.float64)
     out = grouped_rates(groups.counts(y * k + pred, k * k).reshape(-1, k, k), positive_label=positive_label)
     n = groups.sizes.astype(np.float64)
     count, conf_sum, acc_sum = _group_bins(conf, correct, groups, bin_edges(conf, n_bins, "uniform"))
     gap = np.abs(conf_sum - acc_sum)
-    sq = ((probs - np.eye(k)[y]) ** 2).sum(axis=1) / (2.0 if k == 2 else 1.0)
-    nll = -np.log(np.clip(probs[np.arange(len(probs)), y], LOG_EPS, 1.0 - LOG_EPS))
     with np.errstate(divide="ignore", invalid="ignore"):
         out["ece"] = np.where(n > 0, gap.sum(axis=1) / n, np.nan)
         per_bin = np.where(count > 0, gap / count, -np.inf)

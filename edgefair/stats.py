@@ -4,17 +4,18 @@
 steps against one baseline (the resamples and the baseline's work are done once). Point metrics of
 every group come from one vectorised pass (``metrics.grouped_classification``).
 
-Uncertainty comes from a *paired, stratified* bootstrap: the rows are split into cells of
-identical group membership (``groups.finest_cells``), each replicate resamples rows with
-replacement inside every cell (so every group keeps its size), and the step's and the baseline's
-predictions of a resampled row travel together. Replicate statistics are linear sums of per-row
-feature columns (correct, flipped, per-bin ``confidence - correct``...), so every group's
-replicates come from one (B, n_cell) count matrix times a (n_cell, F) feature matrix per cell,
-then a sum over the cells that make up each group: no Python loop over replicates. Confidence
-intervals are percentile intervals of those replicates; ``accuracy_delta_ci`` and
-``flip_rate_ci`` are then widened to at least Tango's paired score / Clopper-Pearson's exact
-interval (``intervals``), because a percentile bootstrap of a group without flips is [0, 0]; the
-raw ones are kept as ``*_ci_bootstrap``.
+Uncertainty comes from a *paired, stratified* Poisson bootstrap (``edgefair.bootstrap``): the
+rows are split into cells of identical group membership (``groups.finest_cells``), each replicate
+gives every row a Poisson(1) weight, rescaled inside every cell to the cell's size (so every group
+keeps its size), and the step's and the baseline's features of a row get the same weight.
+Replicate statistics are linear sums of per-row feature columns (correct, true and false
+positive, per-bin ``confidence - correct``, flipped...), accumulated chunk by chunk of rows into
+(replicates, cells, features) sums and then summed over the cells that make up each group: memory
+grows with replicates x cells, not with replicates x rows, and the weights depend only on (seed,
+row, replicate). Confidence intervals are percentile intervals of those replicates;
+``accuracy_delta_ci`` and ``flip_rate_ci`` are then widened to at least Tango's paired score /
+Clopper-Pearson's exact interval (``intervals``), because a percentile bootstrap of a group
+without flips is [0, 0]; the raw ones are kept as ``*_ci_bootstrap``.
 
 Per group, ``lost_correct``/``gained_correct`` and ``paired_counts`` carry everything a paired
 rate change rests on; ``mcnemar_p`` (two-sided, as statsmodels) and ``mcnemar_p_drop`` (one-sided)
@@ -24,7 +25,7 @@ limit, lives in ``edgefair.gates``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,6 +36,7 @@ from scipy import stats as sps
 
 from edgefair import groups as grp
 from edgefair import metrics as mt
+from edgefair.bootstrap import CHUNK_ROWS, PoissonBootstrap
 from edgefair.errors import DataError, RecipeError
 from edgefair.intervals import widen_intervals
 
@@ -53,10 +55,7 @@ REASON_TOO_SMALL = "n < min_group_size ({min_group_size})"
 CLASSIFICATION_KEYS = ("accuracy", "balanced_accuracy", "tpr", "fpr", "precision", "f1",
                        "selection_rate", "ece", "ece_equal_mass", "mce", "brier", "nll")
 FIDELITY_KEYS = ("agreement", "flip_rate", "cosine_mean", "cosine_min", "rel_error_mean")
-SE_FLOOR = 1e-9  # below this a bootstrap spread is float rounding, not variation
-BOOT_CHUNK_ELEMENTS = 4_000_000  # bound one (replicates x rows) block of counts to ~16 MB of float32
-MAX_CACHED_COUNTS = 64_000_000  # keep the resamples up to ~256 MB of float32 (1,000 x 64,000 rows)
-BOOT_RATES = 4  # leading columns of a model's resampled sums: correct, true positive, false positive, predicted positive
+BOOT_RATES = 4  # leading columns of a model's resampled sums: positive label, correct, true positive, false positive
 
 
 def _is_int(value: object) -> bool:
@@ -138,77 +137,6 @@ def holm(pvalues: list[float]) -> list[float]:
 # Bootstrap engine
 
 
-class Resampler:
-    """Stratified bootstrap resamples of N rows split into cells, drawn once and reused.
-
-    Replicate b draws, inside each cell of size m, m row indices uniformly with replacement; the
-    sum of a feature over the resampled rows of a cell is then ``counts[b] @ features[cell]``.
-    Cells are visited in index order and replicates in blocks of a size that depends only on the
-    cell size, so a seed gives the same resamples anywhere. Up to ``MAX_CACHED_COUNTS`` count
-    elements are kept, so every model evaluated on these rows (the baseline once, then each step)
-    costs one matrix product and not a fresh draw, and all are resampled identically (common
-    random numbers: step-vs-baseline differences are paired replicate by replicate).
-    """
-
-    def __init__(self, cell_of_row: np.ndarray, n_cells: int, *, n_boot: int, seed: int) -> None:
-        self.n_boot, self.seed, self.n_cells = n_boot, seed, n_cells
-        order = np.argsort(cell_of_row, kind="stable")
-        bounds = np.searchsorted(cell_of_row[order], np.arange(n_cells + 1))
-        self.cells = [order[bounds[c]:bounds[c + 1]] for c in range(n_cells)]
-        self._kept: list[tuple[int, int, np.ndarray]] | None = None
-        self._keep = n_boot * len(cell_of_row) <= MAX_CACHED_COUNTS
-
-    def _draw(self):
-        rng = np.random.default_rng(self.seed)
-        for c, rows in enumerate(self.cells):
-            m = len(rows)
-            if m == 0:
-                continue
-            block = max(1, min(self.n_boot, BOOT_CHUNK_ELEMENTS // m))
-            for b0 in range(0, self.n_boot, block):
-                nb = min(block, self.n_boot - b0)
-                draws = rng.integers(0, m, size=(nb, m))
-                draws += np.arange(nb)[:, None] * m  # one bincount for the whole block
-                counts = np.bincount(draws.ravel(), minlength=nb * m).reshape(nb, m).astype(np.float32)
-                yield c, b0, counts
-
-    def sums(self, features: np.ndarray) -> np.ndarray:
-        """Per-cell sums of ``features`` (N, F) over every replicate: (B, C, F) float64."""
-        if self._keep and self._kept is None:
-            self._kept = list(self._draw())
-        x = np.asarray(features, dtype=np.float32)
-        out = np.zeros((self.n_boot, self.n_cells, x.shape[1]), dtype=np.float64)
-        for c, b0, counts in self._kept if self._kept is not None else self._draw():
-            out[b0:b0 + len(counts), c] = counts @ x[self.cells[c]]  # (nb, m) @ (m, F)
-        return out
-
-
-def resample_sums(
-    features: np.ndarray, cell_of_row: np.ndarray, n_cells: int, *, n_boot: int, seed: int
-) -> np.ndarray:
-    """Per-cell sums of ``features`` (N, F) over ``n_boot`` stratified resamples: (B, C, F) float64
-    (one-off use of ``Resampler``)."""
-    return Resampler(cell_of_row, n_cells, n_boot=n_boot, seed=seed).sums(features)
-
-
-def simultaneous_ci(replicates: np.ndarray, point: np.ndarray, confidence: float) -> np.ndarray:
-    """Intervals that hold for all G groups at once with probability ``confidence``: (G, 2).
-
-    Max-|z| bootstrap band: each group's replicates are standardized by their bootstrap standard
-    error, ``c`` is the ``confidence`` quantile over replicates of the largest |z| across groups,
-    and the band is ``point +- c * se``. The joint replicates carry the overlap between groups
-    (``sex=Female`` contains ``sex=Female&race=Black``), so this is narrower than Bonferroni while
-    keeping family-wise coverage. A group with zero bootstrap spread gets ``[point, point]``.
-    """
-    se = replicates.std(axis=0, ddof=1) if len(replicates) > 1 else np.zeros(replicates.shape[1])
-    live = se > SE_FLOOR
-    half = np.zeros_like(point, dtype=np.float64)
-    if live.any():
-        z = np.abs(replicates[:, live] - point[live]) / se[live]
-        half[live] = np.quantile(z.max(axis=1), confidence) * se[live]
-    return np.stack([point - half, point + half], axis=1)
-
-
 def _ci(replicates: np.ndarray, confidence: float) -> np.ndarray:
     """Percentile interval along axis 0: (2, ...) lower and upper bounds."""
     tail = (1.0 - confidence) / 2.0
@@ -220,17 +148,15 @@ BOOTSTRAP_MEMORY_ERROR = ("evaluate.bootstrap: {n_boot} replicates over {cells} 
                           "need about {need:.1f} GB, more than half of this machine's {have:.1f} GB; lower it")
 
 
-def bootstrap_bytes(*, n_boot: int, rows: int, cells: int, groups: int, bins: int, labelled: bool) -> int:
-    """Peak memory of one step's bootstrap, in bytes: the step's and the baseline's resampled sums
-    (B, cells, F) and their per-group aggregates (B, groups + 1, F) in float64, ~14 (B, groups + 1)
-    replicate arrays, and the resample counts kept as float32 (B x rows, at most MAX_CACHED_COUNTS)
-    or drawn in blocks of BOOT_CHUNK_ELEMENTS. F = BOOT_RATES + calibration bins."""
+def bootstrap_bytes(*, n_boot: int, cells: int, groups: int, bins: int, labelled: bool) -> int:
+    """Peak memory of one step's bootstrap, in bytes, whatever the number of rows: the per-cell sums
+    of one pass (int64, and two float64 copies) over the step's and the baseline's features
+    (BOOT_RATES + calibration bins each), the flips and the cell weights, one chunk's float64
+    weights (``bootstrap.CHUNK_ROWS`` rows), the per-group aggregates (B, groups + 1, F) of both
+    models and ~14 (B, groups + 1) replicate arrays."""
     g = groups + 1
-    if not labelled:
-        return 8 * n_boot * (cells + 3 * g)
-    f = BOOT_RATES + bins
-    counts = n_boot * rows if n_boot * rows <= MAX_CACHED_COUNTS else 5 * BOOT_CHUNK_ELEMENTS
-    return 8 * n_boot * (2 * cells * f + 2 * g * f + 14 * g) + 4 * counts
+    f = 2 + (2 * (BOOT_RATES + bins) if labelled else 0)
+    return 8 * n_boot * (3 * cells * f + CHUNK_ROWS + 2 * g * f + 14 * g)
 
 
 def check_bootstrap_memory(masks: Mapping[str, np.ndarray], n: int, config: StatsConfig, *, labelled: bool) -> None:
@@ -238,7 +164,7 @@ def check_bootstrap_memory(masks: Mapping[str, np.ndarray], n: int, config: Stat
     import os
 
     cells = grp.finest_cells(masks, n)[1].shape[1] if masks else 1
-    need = bootstrap_bytes(n_boot=config.n_boot, rows=n, cells=cells, groups=len(masks), bins=config.n_bins, labelled=labelled)
+    need = bootstrap_bytes(n_boot=config.n_boot, cells=cells, groups=len(masks), bins=config.n_bins, labelled=labelled)
     have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need > BOOTSTRAP_MEMORY_SHARE * have:
         raise RecipeError(BOOTSTRAP_MEMORY_ERROR.format(n_boot=config.n_boot, cells=cells, groups=len(masks), rows=n,
@@ -255,23 +181,25 @@ FOREIGN_MODEL_ERROR = "compare: both models must come from this Evaluator's mode
 
 @dataclass
 class Model:
-    """One model's outputs on the evaluation rows and what is derived from them once, however
-    many steps it is compared with (the baseline's point metrics and bootstrap sums)."""
+    """One model's per-row quantities on the evaluation rows and what is derived from them once,
+    however many steps it is compared with (the baseline's point metrics and bootstrap sums). No
+    (N, K) probabilities are kept: ``Evaluator.model_from_batches`` reads them batch by batch."""
 
-    probs: np.ndarray
-    outputs: np.ndarray
-    pred: np.ndarray
-    correct: np.ndarray | None = None  # (N,) float, with labels
+    k: int  # classes
+    outputs: np.ndarray  # raw outputs as given (float32 from onnxruntime), for cosine and relative error
+    pred: np.ndarray  # (N,) predicted class
+    correct: np.ndarray | None = None  # (N,) bool, with labels
     point: dict[str, np.ndarray] | None = None  # grouped_classification over Evaluator.groups
-    ece_terms: np.ndarray | None = None  # (N, bins used): one-hot(bin) * (confidence - correct)
-    boot: np.ndarray | None = None  # (B, C, BOOT_RATES + bins used) resampled sums (see Evaluator._boot)
+    ece_bin: np.ndarray | None = None  # (N,) uniform calibration bin of the confidence, with labels
+    ece_value: np.ndarray | None = None  # (N,) confidence - correct, with labels
+    boot: np.ndarray | None = None  # (B, C, BOOT_RATES + bins used) resampled sums (see Evaluator._features)
     owner: object = None  # the Evaluator whose groups ``point`` and ``boot`` are over
 
 
 class Evaluator:
     """Statistics of models on one set of evaluation rows, groups and settings.
 
-    What depends only on the rows is built once: the group index, the bootstrap resamples, and for
+    What depends only on the rows is built once: the group index, the bootstrap's cells, and for
     each ``Model`` its point metrics and resampled sums. ``compare`` then costs the step's own
     share, so evaluating a recipe's steps one after another does not redo the baseline's work.
     """
@@ -286,7 +214,8 @@ class Evaluator:
         # row 0 is "overall", row 1 + i the i-th group
         self.groups = mt.Groups([np.ones(n, dtype=bool), *self.masks.values()])
         self._cells: tuple[np.ndarray, np.ndarray] | None = None
-        self._resampler: Resampler | None = None
+        self._engine: PoissonBootstrap | None = None
+        self._checked: tuple[int, np.ndarray] | None = None  # (K, labels checked against K classes)
 
     # -- cells and resamples, built on first use ----------------------------------------------
     def _membership(self) -> np.ndarray:
@@ -297,12 +226,13 @@ class Evaluator:
             self._cells = (cell_of_row, np.vstack([np.ones((1, n_cells), dtype=bool), membership]))
         return self._cells[1]
 
-    def _resample(self, features: np.ndarray) -> np.ndarray:
+    def _resample(self, builders: list) -> list[np.ndarray]:
+        """Per-cell replicate sums of each ``(build, fixed)`` feature set, from one set of weights."""
         membership = self._membership()
-        if self._resampler is None:
-            self._resampler = Resampler(self._cells[0], membership.shape[1], n_boot=self.config.n_boot,
-                                        seed=self.config.seed)
-        return self._resampler.sums(features)
+        if self._engine is None:
+            self._engine = PoissonBootstrap(self._cells[0], membership.shape[1], n_boot=self.config.n_boot,
+                                            seed=self.config.seed)
+        return self._engine.sums(builders)
 
     # -- one model ------------------------------------------------------------------------------
     def model(self, probs: np.ndarray, outputs: np.ndarray | None = None) -> Model:
@@ -311,34 +241,86 @@ class Evaluator:
         n, k = p.shape
         if n != self.n:
             raise DataError(SHAPE_MISMATCH_ERROR.format(what="probabilities", got=p.shape, expected=(self.n, k)))
-        out = p if outputs is None else np.asarray(outputs)
-        conf, pred = mt.top_label(p)
-        model = Model(probs=p, outputs=out, pred=pred, owner=self)
+        return self._finish(k, p if outputs is None else np.asarray(outputs), [self._row_terms(p, 0)])
+
+    def model_from_batches(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> Model:
+        """``model`` from (probabilities, raw outputs) batches of consecutive rows, in order. Keeps
+        the raw outputs and a few per-row quantities, never the (N, K) float64 probabilities; the
+        result is the same as ``model`` on all rows at once, whatever the batch size."""
+        outputs, terms, row, k = None, [], 0, None
+        for probs, out in batches:
+            p, out = mt.check_probs(probs), np.asarray(out)
+            if k is None:
+                k = p.shape[1]
+                outputs = np.empty((self.n, *out.shape[1:]), dtype=out.dtype)
+            if p.shape[1] != k or len(out) != len(p) or row + len(p) > self.n:
+                raise DataError(SHAPE_MISMATCH_ERROR.format(what="a batch of probabilities", got=p.shape,
+                                                            expected=(min(len(p), max(self.n - row, 0)), k)))
+            outputs[row:row + len(p)] = out
+            terms.append(self._row_terms(p, row))
+            row += len(p)
+        if row != self.n:
+            raise DataError(SHAPE_MISMATCH_ERROR.format(what="probabilities", got=(row, k), expected=(self.n, k)))
+        return self._finish(k, outputs, terms)
+
+    def _row_terms(self, p: np.ndarray, start: int) -> dict[str, np.ndarray]:
+        """Per-row quantities of rows ``start, start + 1, ...`` (see ``metrics.row_terms``)."""
+        if self.y_true is None:
+            return {"pred": p.argmax(axis=1)}
+        return mt.row_terms(self._labels(p.shape[1])[start:start + len(p)], p)
+
+    def _finish(self, k: int, outputs: np.ndarray, parts: list[dict[str, np.ndarray]]) -> Model:
+        terms = {name: np.concatenate([t[name] for t in parts]) for name in parts[0]}
+        model = Model(k=k, outputs=outputs, pred=terms["pred"], owner=self)
         if self.y_true is not None:
             y = self._labels(k)
-            model.correct = (pred == y).astype(np.float64)
-            model.point = mt.grouped_classification(y, p, self.groups, positive_label=self.config.positive_label,
-                                                    n_bins=self.config.n_bins)
-            idx = mt.bin_index(conf, mt.bin_edges(conf, self.config.n_bins, "uniform"))
-            used = np.bincount(idx, minlength=self.config.n_bins) > 0  # empty bins add nothing to any sum
-            column = np.cumsum(used) - 1
-            model.ece_terms = np.zeros((n, int(used.sum())))
-            model.ece_terms[np.arange(n), column[idx]] = conf - model.correct
+            cfg = self.config
+            model.point = mt.grouped_from_terms(y, k, **terms, groups=self.groups, positive_label=cfg.positive_label,
+                                                n_bins=cfg.n_bins)
+            model.correct = model.pred == y
+            conf = terms["conf"]
+            model.ece_bin = mt.bin_index(conf, mt.bin_edges(conf, cfg.n_bins, "uniform")).astype(np.int16)
+            model.ece_value = conf - model.correct
         return model
 
     def _labels(self, k: int) -> np.ndarray:
-        y = mt.check_labels(self.y_true, self.n, k)
-        if self.config.positive_label >= k:
-            raise DataError(mt.LABELS_ERROR.format(n=self.n, k=k, detail=f"positive_label {self.config.positive_label}"))
-        return y
+        """The labels checked against K classes (once: batches of a model ask for them again)."""
+        if self._checked is None or self._checked[0] != k:
+            y = mt.check_labels(self.y_true, self.n, k)
+            if self.config.positive_label >= k:
+                raise DataError(mt.LABELS_ERROR.format(n=self.n, k=k, detail=f"positive_label {self.config.positive_label}"))
+            self._checked = (k, y)
+        return self._checked[1]
 
-    def _boot(self, model: Model) -> np.ndarray:
-        """Resampled sums of [correct, true positive, false positive, predicted positive, ece terms...]."""
-        if model.boot is None:
-            pos = model.pred == self.config.positive_label
-            rates = np.stack([model.correct, pos & self._positive, pos & ~self._positive, pos], axis=1).astype(np.float64)
-            model.boot = self._resample(np.hstack([rates, model.ece_terms]))
-        return model.boot
+    def _features(self, model: Model):
+        """The bootstrap features of a labelled model: positive label, correct, true positive, false
+        positive, then ``confidence - correct`` in the column of its calibration bin (bins used)."""
+        positive, label = self._positive, self.config.positive_label
+        used = np.bincount(model.ece_bin, minlength=self.config.n_bins) > 0  # empty bins add nothing to any sum
+        column = BOOT_RATES + np.cumsum(used) - 1
+
+        def build(rows: np.ndarray) -> np.ndarray:
+            x = np.zeros((len(rows), BOOT_RATES + int(used.sum())))
+            hit, pos = model.pred[rows] == label, positive[rows]
+            x[:, 0], x[:, 1], x[:, 2], x[:, 3] = pos, model.correct[rows], hit & pos, hit & ~pos
+            x[np.arange(len(rows)), column[model.ece_bin[rows]]] = model.ece_value[rows]
+            return x
+
+        return build, np.arange(BOOT_RATES + int(used.sum())) >= BOOT_RATES
+
+    def _boot_sums(self, step: Model, base: Model | None, flip: np.ndarray | None) -> np.ndarray | None:
+        """Fill ``step.boot`` and ``base.boot`` (labelled models) and return the flips' resampled
+        sums (B, C, 1), in one pass over the rows: the sums are exact, so which ones share a pass
+        does not change them."""
+        models = [m for m in (step, base) if m is not None and m.correct is not None and m.boot is None]
+        models = [m for i, m in enumerate(models) if m is not models[0] or i == 0]  # the baseline compared with itself
+        builders = [self._features(m) for m in models]
+        if flip is not None:
+            builders.append((lambda rows: flip[rows, None], np.zeros(1, dtype=bool)))
+        sums = self._resample(builders) if builders else []
+        for m, s in zip(models, sums):
+            m.boot = s
+        return sums[-1] if flip is not None else None
 
     @property
     def _positive(self) -> np.ndarray:
@@ -356,9 +338,9 @@ class Evaluator:
         cfg = self.config
         labels, paired = step.correct is not None, base is not None
         if paired:
-            if base.probs.shape != step.probs.shape:
-                raise DataError(SHAPE_MISMATCH_ERROR.format(what="base_probs", got=base.probs.shape,
-                                                            expected=step.probs.shape))
+            if base.k != step.k:
+                raise DataError(SHAPE_MISMATCH_ERROR.format(what="base_probs", got=(self.n, base.k),
+                                                            expected=(self.n, step.k)))
             if len(step.outputs) != self.n or len(base.outputs) != self.n:
                 raise DataError(SHAPE_MISMATCH_ERROR.format(
                     what="outputs", got=(len(step.outputs), len(base.outputs)), expected=(self.n, self.n)))
@@ -409,15 +391,6 @@ class Evaluator:
 
         ok = [k for k in self.keys if groups[k]["status"] == "ok"]
 
-        if labels and paired:  # family-wise intervals over the ok groups, for gates that fail builds
-            for name in ("accuracy_delta", "ece_delta"):
-                band = None
-                if reps and ok:
-                    point = np.array([groups[k][name] for k in ok], dtype=np.float64)
-                    band = simultaneous_ci(reps[name][:, [boot_col[k] for k in ok]], point, cfg.confidence)
-                for i, key in enumerate(ok):
-                    groups[key][f"{name}_ci_simultaneous"] = None if band is None else [float(v) for v in band[i]]
-
         # 4. family-wide quantities over the final ok groups
         if flip is not None:
             total_flips = float(flip.sum())
@@ -454,7 +427,7 @@ class Evaluator:
                 cols["mcnemar_p_drop"] = [float(v) for v in _mcnemar(counts[:, 0], counts[:, 1], "drop")]
                 cols["paired_counts"] = self._paired_counts(step, base)
         if paired:
-            cosine, rel = mt.row_fidelity(step.outputs, base.outputs)
+            cosine, rel = _row_fidelity(step.outputs, base.outputs)
             flips = np.zeros(len(cosine)) if flip is None else flip  # an embedding has no argmax to flip
             sums = self.groups.sums(np.stack([flips, cosine, rel], axis=1))
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -482,7 +455,7 @@ class Evaluator:
         A class's FPR rise is (fp_added - fp_removed) / other_n, its recall drop
         (recall_lost - recall_gained) / class_n, its selection-rate change
         (added - removed over all rows) / n with added = recall_gained + fp_added."""
-        k = step.probs.shape[1]
+        k = step.k
         y = self._labels(k)
         g = self.groups
         base_hit, step_hit = base.pred == y, step.pred == y
@@ -506,31 +479,42 @@ class Evaluator:
         """Replicate statistics for overall (column 0) and each of ``keys``: name -> (B, 1 + len(keys))."""
         index = {key: i for i, key in enumerate(self.keys, start=1)}
         rows = [0] + [index[k] for k in keys]
-        member = self._membership()[rows].astype(np.float64)  # (G', C)
+        cells_of = [np.flatnonzero(m) for m in self._membership()[rows]]
         sizes = self.groups.sizes[rows].astype(np.float64)
-        agg = lambda cell_sums: np.matmul(member, cell_sums)  # noqa: E731  (G', C) @ (B, C, F) -> (B, G', F)
+        flips = self._boot_sums(step, base, flip)
+
+        def agg(cell_sums: np.ndarray) -> np.ndarray:  # (B, C, F) -> (B, G', F); no BLAS: the same sums on any machine
+            return np.stack([cell_sums[:, c].sum(axis=1) for c in cells_of], axis=1)
+
         out: dict[str, np.ndarray] = {}
         with np.errstate(divide="ignore", invalid="ignore"):
             if step.correct is not None:
-                # every model's sums come from the same feature layout (``_boot``), so a step identical
-                # to the baseline gets identical replicates whatever BLAS does with the threads
-                s = agg(self._boot(step))
-                out["accuracy"] = s[..., 0] / sizes
+                s = agg(step.boot)  # columns: positive label, correct, true positive, false positive, bins...
+                out["accuracy"] = s[..., 1] / sizes
                 out["ece"] = np.abs(s[..., BOOT_RATES:]).sum(-1) / sizes
                 if base is not None:
-                    b = agg(self._boot(base))
-                    out["base_accuracy"] = b[..., 0] / sizes
+                    b = agg(base.boot)
+                    out["base_accuracy"] = b[..., 1] / sizes
                     out["accuracy_delta"] = out["accuracy"] - out["base_accuracy"]
                     out["ece_delta"] = out["ece"] - np.abs(b[..., BOOT_RATES:]).sum(-1) / sizes
-                    positives = agg(self._resample(self._positive[:, None]))[..., 0]
+                    positives = s[..., 0]  # the same weights: equal to b[..., 0]
                     negatives = sizes - positives
-                    for name, sums in (("", s), ("base_", b)):  # columns 1-3: true positive, false positive, predicted positive
-                        out[f"{name}positive_tpr"] = sums[..., 1] / positives
-                        out[f"{name}positive_fpr"] = sums[..., 2] / negatives
-                        out[f"{name}selection_rate"] = sums[..., 3] / sizes
-            if flip is not None:
-                out["flip_rate"] = agg(self._resample(flip[:, None]))[..., 0] / sizes
+                    for name, sums in (("", s), ("base_", b)):
+                        out[f"{name}positive_tpr"] = sums[..., 2] / positives
+                        out[f"{name}positive_fpr"] = sums[..., 3] / negatives
+                        out[f"{name}selection_rate"] = (sums[..., 2] + sums[..., 3]) / sizes
+            if flips is not None:
+                out["flip_rate"] = agg(flips)[..., 0] / sizes
         return out
+
+
+def _row_fidelity(outputs: np.ndarray, base_outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``metrics.row_fidelity`` chunk by chunk of rows (same values), so that the float64 copies it
+    makes stay small however many rows there are."""
+    if len(outputs) != len(base_outputs):
+        return mt.row_fidelity(outputs, base_outputs)  # its shape error
+    parts = [mt.row_fidelity(outputs[a:a + CHUNK_ROWS], base_outputs[a:a + CHUNK_ROWS]) for a in range(0, len(outputs), CHUNK_ROWS)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _summary(values: dict[str, float | None], higher_is_better: bool) -> dict:
@@ -639,9 +623,8 @@ def evaluate_step(
 
         Per ok group with labels and a baseline: ``*_delta`` for every metric, percentile
         ``accuracy_delta_ci``/``ece_delta_ci`` (each at ``confidence`` on its own; accuracy
-        and flip-rate intervals widened, see the module docstring) and
-        ``accuracy_delta_ci_simultaneous``/``ece_delta_ci_simultaneous`` (all ok groups at once,
-        see ``simultaneous_ci``), ``lost_correct``/``gained_correct``, ``mcnemar_p``,
+        and flip-rate intervals widened, see the module docstring),
+        ``lost_correct``/``gained_correct``, ``mcnemar_p``,
         ``mcnemar_p_drop`` (descriptive), ``flip_share_ratio``. Interval
         fields are ``None`` when ``n_boot = 0``.
     """

@@ -1,0 +1,108 @@
+"""Stratified Poisson bootstrap whose memory does not grow with the rows.
+
+Replicate b gives row i a weight ``w[b, i] ~ Poisson(1)`` (the Poisson bootstrap of Hanley and
+MacGibbon 2006; Chamandy et al. 2012), independent across rows, so the rows can be visited in
+chunks and each replicate's per-cell sums accumulated as they go: what is kept is one (B, C, F)
+array of sums (replicates x cells x features), never a replicates x rows matrix. Inside each cell
+(rows of identical group membership) the weights are then rescaled to add up to the cell's size,
+so every cell, and every group made of cells, keeps its size in every replicate, as the
+stratified multinomial bootstrap it replaces did; a cell whose weights are all zero (only likely
+for a cell of a few rows) keeps its rows unweighted.
+
+Reproducible anywhere: rows are visited in a fixed order (by cell, then row index), in chunks of
+``CHUNK_ROWS``; the weights of chunk k, replicates ``[j * REPLICATE_BLOCK, ...)``, come from a
+Philox counter-based generator keyed by the seed with the counter at (block j, chunk k), so they
+depend only on (seed, row, replicate), not on how the rows were read or batched. Sums are exact:
+features are integers or fixed-point values (``FIXED_POINT``) whose products with the small
+integer weights add up below 2**53 within a chunk, so the float64 matrix product is exact in any
+order and the result does not depend on BLAS or its threads; chunks are added in int64.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+CHUNK_ROWS = 2048  # rows per chunk: (B x 2048) float64 weights are 16 MB at B = 1,000
+REPLICATE_BLOCK = 256  # replicates drawn per generator call (prefixes of a larger n_boot are identical)
+FIXED_POINT = 2.0 ** 32  # a real feature in [-1, 1] counts in units of 2**-32
+# Poisson(1) by table lookup: a uniform 16-bit value indexes the inverse CDF, so P[w = k] is
+# P[Poisson(1) = k] rounded to multiples of 2**-16 (variance 0.99997; weights above 8, together
+# 1e-6 likely, are cut). Within-cell rescaling makes the mean immaterial.
+_CDF = np.cumsum([math.exp(-1.0) / math.factorial(k) for k in range(12)])
+_WEIGHT_OF = np.searchsorted(np.round(_CDF * 2**16), np.arange(2**16), side="right").astype(np.float64)
+MAX_WEIGHT = int(_WEIGHT_OF.max())
+_EXACT_LIMIT = 2.0 ** 53
+
+Builder = Callable[[np.ndarray], np.ndarray]  # row indices (m,) -> features (m, F): integers or reals in [-1, 1]
+
+
+def poisson_weights(seed: int, chunk: int, n_boot: int, rows: int) -> np.ndarray:
+    """(n_boot, rows) float64 Poisson(1) weights of one chunk (see the module docstring)."""
+    key = np.random.SeedSequence(seed).generate_state(2, np.uint64)
+    out = np.empty((n_boot, rows))
+    for block, b0 in enumerate(range(0, n_boot, REPLICATE_BLOCK)):
+        nb = min(REPLICATE_BLOCK, n_boot - b0)
+        philox = np.random.Philox(key=key, counter=[0, 0, block, chunk])
+        u = philox.random_raw(-(-nb * rows // 4)).view(np.uint16)[:nb * rows]  # 4 uniform 16-bit values per draw
+        _WEIGHT_OF.take(u, out=out[b0:b0 + nb].reshape(-1))
+    return out
+
+
+class PoissonBootstrap:
+    """Per-cell replicate sums of features of N rows split into cells (see the module docstring)."""
+
+    def __init__(self, cell_of_row: np.ndarray, n_cells: int, *, n_boot: int, seed: int) -> None:
+        self.n_boot, self.seed, self.n_cells = n_boot, seed, n_cells
+        self.order = np.argsort(cell_of_row, kind="stable")  # a chunk then spans few cells
+        self.bounds = np.searchsorted(cell_of_row[self.order], np.arange(n_cells + 1))
+        self.sizes = np.diff(self.bounds).astype(np.float64)
+
+    def sums(self, builders: Sequence[tuple[Builder, np.ndarray]]) -> list[np.ndarray]:
+        """For each ``(build, fixed)``: (B, C, F) float64 replicate sums of ``build``'s features per
+        cell, each cell rescaled to its size. ``fixed`` (F,) bool marks real-valued columns (in
+        [-1, 1], summed in fixed point); the others must be small integers. All builders share
+        one set of weights, so their replicates are paired."""
+        widths = [len(fixed) for _, fixed in builders]
+        scale = np.concatenate([[1.0], *[np.where(f, FIXED_POINT, 1.0) for _, f in builders]])
+        f_all = len(scale)
+        acc = np.zeros((self.n_boot, self.n_cells, f_all), dtype=np.int64)
+        point = np.zeros((self.n_cells, f_all), dtype=np.int64)
+        n = len(self.order)
+        for chunk, a in enumerate(range(0, n, CHUNK_ROWS)):
+            b = min(n, a + CHUNK_ROWS)
+            rows = self.order[a:b]
+            x = np.empty((b - a, f_all))
+            x[:, 0] = 1.0
+            col = 1
+            for (build, _), width in zip(builders, widths):
+                x[:, col:col + width] = build(rows)
+                col += width
+            x = np.rint(x * scale)
+            if np.abs(x).max(initial=0.0) * MAX_WEIGHT * CHUNK_ROWS >= _EXACT_LIMIT:
+                raise ValueError("bootstrap features must be small integers or reals in [-1, 1]")
+            w = poisson_weights(self.seed, chunk, self.n_boot, b - a)
+            first, last = np.searchsorted(self.bounds, [a, b - 1], side="right") - 1
+            for c in range(first, last + 1):
+                s0, s1 = max(a, self.bounds[c]) - a, min(b, self.bounds[c + 1]) - a
+                if s1 <= s0:
+                    continue
+                acc[:, c] += (w[:, s0:s1] @ x[s0:s1]).astype(np.int64)  # exact integers: no rounding to undo
+                point[c] += x[s0:s1].sum(axis=0).astype(np.int64)
+        weight = acc[:, :, 0].astype(np.float64)  # (B, C): each replicate's weight in each cell
+        with np.errstate(divide="ignore", invalid="ignore"):
+            factor = np.where(weight > 0, self.sizes / weight, 0.0)[:, :, None]
+        total = np.where(weight[:, :, None] > 0, acc * factor, point[None].astype(np.float64)) / scale
+        out, col = [], 1
+        for width in widths:
+            out.append(total[:, :, col:col + width])
+            col += width
+        return out
+
+
+def bootstrap_bytes(*, n_boot: int, cells: int, features: int) -> int:
+    """Peak memory of one ``PoissonBootstrap.sums`` call: int64 sums and their float64 rescaled
+    copies (B, C, F + 1), and one chunk's float64 weights."""
+    return 3 * 8 * n_boot * cells * (features + 1) + 8 * n_boot * CHUNK_ROWS
