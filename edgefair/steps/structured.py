@@ -470,19 +470,11 @@ def structured_step(cfg: Any, src: Path, dst: Path, ctx: StepContext) -> StepOut
     names, batch = onnx_inputs(src)
     example = example_inputs(names, ctx, batch)
     model = copy.deepcopy(ctx.torch_model)
-    groups, skipped = find_groups(trace_graph(model, example))
-    for g in groups:  # a layer that keeps its output channels keeps them for everything sharing them
-        excluded = [w for w in (*g.weights, *g.biases, *g.depthwise, *g.norm) if w in cfg.exclude]
-        if excluded:
-            skipped.update({w: f"shares its channels with {excluded[0]}, which is excluded"
-                            for w in g.weights if w not in excluded})
-    groups = [g for g in groups if not any(w in cfg.exclude for w in (*g.weights, *g.biases, *g.depthwise, *g.norm))]
-    if not groups:
-        raise StepError(f"prune: no neuron or channel can be removed structurally ({_reasons(skipped)})")
-    scores = [group_importance([_get(model, w).detach().numpy() for w in g.weights], cfg.importance) for g in groups]
-    keeps = select_channels(scores, cfg.sparsity, cfg.scope)
     before = sum(p.numel() for p in model.parameters())
-    channels = prune_groups(model, groups, keeps)
+    if isinstance(model, torch.fx.GraphModule):  # a .pt2 program: aten calls, no layer modules to trace
+        engine, channels, skipped, counts = "graph", *_prune_graph(model, example, cfg)
+    else:
+        engine, channels, skipped, counts = "torch-pruning", *_prune_modules(model, example, cfg)
     try:
         with torch.no_grad():
             model(*example)
@@ -490,11 +482,13 @@ def structured_step(cfg: Any, src: Path, dst: Path, ctx: StepContext) -> StepOut
         raise StepError(f"prune: the structurally pruned model no longer runs: {e}") from e
     details: dict[str, Any] = {
         "structured": True,
+        "engine": engine,
         "importance": cfg.importance,
         "channels": channels,
         "skipped": skipped,
         "params_before": before,
         "params_after": sum(p.numel() for p in model.parameters()),
+        **counts,
     }
     warnings = []
     if cfg.finetune_epochs > 0:
@@ -512,6 +506,32 @@ def structured_step(cfg: Any, src: Path, dst: Path, ctx: StepContext) -> StepOut
         warnings.append("data.train is given but finetune_epochs = 0: the pruned model was not fine-tuned")
     ctx.export(model, dst)
     return StepOutcome(torch_model=model, warnings=warnings, details=details)
+
+
+def _prune_graph(model: Any, example: tuple, cfg: Any) -> tuple[dict, dict, dict]:
+    """The hand-written engine, for exported programs (see the module docstring)."""
+    groups, skipped = find_groups(trace_graph(model, example))
+    for g in groups:  # a layer that keeps its output channels keeps them for everything sharing them
+        excluded = [w for w in (*g.weights, *g.biases, *g.depthwise, *g.norm) if w in cfg.exclude]
+        if excluded:
+            skipped.update({w: f"shares its channels with {excluded[0]}, which is excluded"
+                            for w in g.weights if w not in excluded})
+    groups = [g for g in groups if not any(w in cfg.exclude for w in (*g.weights, *g.biases, *g.depthwise, *g.norm))]
+    if not groups:
+        raise StepError(f"prune: no neuron or channel can be removed structurally ({_reasons(skipped)})")
+    scores = [group_importance([_get(model, w).detach().numpy() for w in g.weights], cfg.importance) for g in groups]
+    keeps = select_channels(scores, cfg.sparsity, cfg.scope)
+    return prune_groups(model, groups, keeps), skipped, {"groups_pruned": len(groups)}
+
+
+def _prune_modules(model: Any, example: tuple, cfg: Any) -> tuple[dict, dict, dict]:
+    """Torch-Pruning's dependency graph, for nn.Modules (see depgraph.py)."""
+    from .depgraph import Engine
+
+    result = Engine(model, example, exclude=cfg.exclude).prune(cfg.sparsity, cfg.importance, cfg.scope)
+    if not result.channels:
+        raise StepError(f"prune: no neuron or channel can be removed structurally ({_reasons(result.skipped)})")
+    return result.channels, result.skipped, {"groups_pruned": result.groups_pruned, "groups_unchecked": result.groups_unchecked}
 
 
 def _reasons(skipped: dict[str, str]) -> str:
