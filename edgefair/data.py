@@ -185,7 +185,7 @@ def _labels(arr: np.ndarray, n: int, *, key: str) -> np.ndarray:
     elif arr.dtype.kind == "U" and len(arr) and np.all(np.char.isdigit(arr)):  # folder names "0", "1", ...
         out = arr.astype(np.int64)
     elif arr.dtype.kind == "U":
-        bad = next(v for v in arr if not v.isdigit()) if len(arr) else ""
+        bad = next(str(v) for v in arr if not v.isdigit()) if len(arr) else ""
         raise DataError(f"{key} must hold integer class ids (0, 1, ...), has {bad!r}")
     else:
         raise DataError(f"{key} must hold integer class ids, has dtype {arr.dtype}")
