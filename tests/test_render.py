@@ -107,7 +107,7 @@ def first_screen_md(md: str) -> str:
 
 
 def first_screen_html(page: str) -> str:
-    return page[:page.index("<table><tr><th")]  # the context table follows the first screen
+    return page[:page.index('<div class="scroll context">')]  # the context table follows the first screen
 
 
 def first_screen_card(card: str) -> str:
@@ -292,28 +292,110 @@ def test_html_escapes_every_user_string(run):
     report["environment"]["cpu"] = EVIL_SCRIPT
     report["selected"]["reason"] = EVIL_SCRIPT
     page = render_html(report)
-    assert "<script" not in page.lower() and EVIL_VALUE not in page
-    assert page.count("&lt;script&gt;") >= 4
+    # the page's one script is edgefair's own (it opens folded sections for printing)
+    assert page.lower().count("<script") == 1 and f"<script>{R.html.SCRIPT}</script>" in page
+    assert EVIL_VALUE not in page
+    assert page.count("&lt;script&gt;") >= 3  # the warning, the CPU, the reason
+    assert "<code>script&gt;.toml</code>" in page  # the recipe, by its file name (no local folder)
     tags = _Tags()
     tags.feed(page)
-    assert "script" not in tags.starts
+    assert tags.starts.count("script") == 1
     assert EVIL_VALUE in "".join(tags.text)  # shown as text
     # no <b> element has the group's text as content
     assert "<b>*x*" not in page
+
+
+def _svgs(page: str) -> list[str]:
+    return [page[i:page.index("</svg>", i) + 6] for i in range(len(page)) if page.startswith("<svg", i)]
 
 
 def test_html_is_self_contained_with_charts(run):
     page = render_html(clean(run))
     tags = _Tags()
     tags.feed(page)
-    assert {"svg", "style", "table"} <= set(tags.starts)
-    assert not {"script", "link", "img", "iframe"} & set(tags.starts)
-    assert not [v for k, v in tags.attrs if k in ("src", "href")]
+    assert {"svg", "style", "table", "input", "label"} <= set(tags.starts)
+    assert not {"link", "img", "iframe", "object", "embed", "form"} & set(tags.starts)
+    assert not [v for k, v in tags.attrs if k in ("src", "href", "action")]
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in page
-    svgs = [page[i:page.index("</svg>", i) + 6] for i in range(len(page)) if page.startswith("<svg", i)]
-    assert len(svgs) == 2
-    for svg in svgs:
-        ET.fromstring(svg)
+    assert "url(" not in page and "@import" not in page
+    for svg in _svgs(page):
+        ET.fromstring(svg)  # well-formed, entities included
+
+
+# ---- charts: every gate at every step, latency, frontier, per-group reliability ----------------------
+
+def _panel(page: str, index: int) -> str:
+    start = page.index(f'<div class="panel p-{index}"')
+    end = page.find('<div class="panel p-', start + 10)
+    return page[start:page.index("</section>", start) if end < 0 else end]
+
+
+def test_html_forest_plot_of_every_gate_at_every_step(run):
+    """A forest plot per gate in force at every compressed step, each group's observed harm with its
+    interval and min_detectable beside it, and the limit line; groups with too little data say so."""
+    report = clean(run)
+    page = render_html(report)
+    names = [n for n in run["gates_applied"]["thresholds"]]
+    for step in run["steps"][1:]:
+        panel = _panel(page, step["index"])
+        charts = _svgs(panel)
+        assert len(charts) == len(names)
+        for name, svg in zip(names, charts):
+            assert f"{R.gate_words(name)} per group at step {step['index']}" in svg
+            assert "limit " + R.html.esc(fmt_limit(name, run["gates_applied"]["thresholds"][name])) in svg
+            for g in step["gates"]:
+                if g["gate"] != name or g["value"] is None:
+                    continue
+                assert f">{R.html.esc(R.who(g))}</text>" in svg
+                assert (f"{R.html.esc(fmt_observed(g))}</tspan>" in svg
+                        and f"det. {R.html.esc(fmt_detectable(g, unit=False))}</tspan>" in svg)
+                # a marker whose shape tells the gate's status, not only its colour
+                shape = {"pass": "<circle", "warn": "<path", "fail": "<rect"}[g["status"]]
+                assert re.search(shape + r"[^>]*><title>" + re.escape(R.html.esc(R.who(g))) + ":", svg)
+            for key, grp in step["groups"].items():
+                if grp["status"] != "ok":
+                    assert f">{R.html.esc(key)}</text>" in svg and "n &lt; min_group_size" in svg
+
+
+def test_html_step_selector_needs_no_script(run):
+    """A radio button per compressed step, the model to ship checked; a CSS rule per step shows its
+    panel; print shows every panel."""
+    page = render_html(clean(run))
+    radios = re.findall(r'<input type="radio" class="vh" name="forest-step" id="fs-(\d+)" value="\d+"( checked)?>', page)
+    assert [int(i) for i, _ in radios] == [s["index"] for s in run["steps"][1:]]
+    assert [int(i) for i, c in radios if c] == [run["selected"]["step"]]
+    css = page[page.index("<style>"):page.index("</style>")]
+    for step in run["steps"][1:]:
+        i = step["index"]
+        assert f"#fs-{i}:checked~.panels .p-{i}{{display:block}}" in css
+        assert f'<label class="tab" for="fs-{i}">{i} {R.html.esc(step["name"])}' in page
+    assert ".panel{display:none}" in css and "@media print" in css and ".panel{display:block!important" in css
+
+
+def test_html_latency_frontier_and_reliability(run):
+    report = clean(run)
+    page = render_html(report)
+    lat = page[page.index("<h2>Latency per step</h2>"):page.index("<h2>Reliability per group</h2>")]
+    for step in run["steps"]:
+        p50 = step["latency"]["p50_ms"]
+        assert f"{R.fmt_ms(p50)} ms ({R.fmt_ms(step['latency']['p50_ci'][0])}–{R.fmt_ms(step['latency']['p50_ci'][1])})" in lat
+    front = page[page.index("<h2>Latency against worst-group harm</h2>"):page.index('<section class="forest">')]
+    for step in run["steps"][1:]:
+        worst = max((g for g in step["gates"] if R.harm_ratio(g) is not None), key=R.harm_ratio)
+        assert f"{R.harm_ratio(worst):.2f}×" in front and f"<code>{R.html.esc(step['name'])}</code>" in front
+    assert R.harm_ratio({"gate": "max_group_tpr_drop", "value": 0.06, "threshold": 0.02}) == pytest.approx(3.0)
+    assert R.harm_ratio({"gate": "min_group_agreement", "value": 0.9, "threshold": 0.95, "direction": "min"}) == pytest.approx(2.0)
+    rel = page[page.index("<h2>Reliability per group</h2>"):page.index("<h2>Per-step details</h2>")]
+    sel = next(s for s in run["steps"] if s["index"] == run["selected"]["step"])
+    for key, g in sel["groups"].items():
+        if g["status"] == "ok":
+            assert f"<code>{R.html.esc(key)}</code> <span class=\"muted\">n={g['n']}, ECE " in rel
+    assert rel.count('aria-label="reliability diagram') == 1 + len([g for g in sel["groups"].values() if g["status"] == "ok"])
+
+
+def test_html_uses_no_absolute_local_path(run):
+    page = render_html(clean(run))
+    assert run["_root"] not in page and "<code>r.toml</code>" in page and "<code>data/eval.npz</code>" in page
 
 
 # ---- paths and units in the model card ---------------------------------------------------------------

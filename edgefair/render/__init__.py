@@ -475,6 +475,79 @@ def worst_gate(step: dict[str, Any], name: str) -> dict[str, Any] | None:
     return max(entries, key=lambda g: g["value"])
 
 
+def harm_ratio(gate: dict[str, Any]) -> float | None:
+    """The observed harm as a multiple of its limit (1 = at the limit, above 1 = beyond it), so harms
+    in different units compare: value / threshold for a ceiling, (1 - score) / (1 - floor) for a
+    floor on agreement or cosine. None for latency, size and checks without a number."""
+    name, v, t = str(gate.get("gate")), gate.get("value"), gate.get("threshold")
+    if name not in GATE_TEXT or not _is_num(v) or not _is_num(t):
+        return None
+    if is_lower_limit(gate):
+        return (1.0 - v) / (1.0 - t) if t < 1 else None
+    return v / t if t > 0 else None
+
+
+def worst_harm(step: dict[str, Any]) -> dict[str, Any] | None:
+    """The step's group or between-group check with the largest harm relative to its limit; on a
+    tie, a failure first, then the first in the step's order."""
+    rank = {"fail": 0, "warn": 1, "pass": 2}
+    best, key = None, None
+    for g in step.get("gates") or []:
+        r = harm_ratio(g)
+        if r is None:
+            continue
+        k = (r, -rank.get(str(g.get("status")), 3))
+        if key is None or k > key:
+            best, key = g, k
+    return best
+
+
+def largest_harm(report: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(step, gate entry) of the largest observed harm of any compressed step, relative to its limit
+    (`harm_ratio`), whatever the gate decided; None when no compressed step has a harm check."""
+    best = None
+    for s in steps(report):
+        if s.get("index", 0) == 0:
+            continue
+        g = worst_harm(s)
+        if g is not None and (best is None or harm_ratio(g) > harm_ratio(best[1])):
+            best = (s, g)
+    return best
+
+
+def frontier_points(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every step (or tune candidate) with a latency: p50, its interval, and its worst harm relative to
+    its limit (`harm_ratio`; the baseline: 0), pass/fail, and whether no other step is both at least
+    as fast and at most as harmful (the frontier)."""
+    sel = (report.get("selected") or {}).get("step")
+    pts = []
+    for s in steps(report):
+        lat = s.get("latency") or {}
+        if not _is_num(lat.get("p50_ms")):
+            continue
+        worst = worst_harm(s) if s.get("index", 0) > 0 else None
+        ratio = harm_ratio(worst) if worst else (0.0 if s.get("index", 0) == 0 else None)
+        pts.append({"step": s, "p50": lat["p50_ms"], "ci": lat.get("p50_ci"), "ratio": ratio, "worst": worst,
+                    "passed": bool(s.get("passed", True)), "selected": s.get("index") == sel})
+    for p in pts:
+        p["front"] = p["ratio"] is not None and not any(
+            q is not p and q["ratio"] is not None and q["p50"] <= p["p50"] and q["ratio"] <= p["ratio"]
+            and (q["p50"] < p["p50"] or q["ratio"] < p["ratio"]) for q in pts)
+    return pts
+
+
+def harm_sentence(step: dict[str, Any], gate: dict[str, Any], ci_label: str,
+                  name_fmt: Callable[[str], str] = str) -> str:
+    """'true positive rate drop 7.9 pp at sex=Female (step 6 int8): 4.0× its limit ≤ 2.0 pp, 95% CI
+    5.4–11.6, fail' — the group through `name_fmt`, the step name too; the rest is edgefair's text."""
+    ratio = harm_ratio(gate)
+    ci = fmt_gate_ci(gate.get("gate"), gate.get("ci"))
+    return (f"{gate_words(gate.get('gate'))} {fmt_observed(gate)} at {who(gate, name_fmt)} "
+            f"(step {step.get('index')} {name_fmt(str(step.get('name')))}): "
+            f"{DASH if ratio is None else format(ratio, '.1f')}× its limit {fmt_limit(gate)}"
+            + (f", {ci_label} {ci}" if ci != DASH else "") + f", {status_text(gate)}")
+
+
 def group_gates(step: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
     """{group key: {gate: entry}} of the step's group-level gate entries."""
     out: dict[str, dict[str, dict[str, Any]]] = {}

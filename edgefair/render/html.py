@@ -1,11 +1,18 @@
-"""report.html: one self-contained page (inline CSS and SVG, no scripts, no external resources) with
-the Markdown summary's content plus every step's per-group table, a per-group change chart with CI
-error bars and a reliability diagram. Every string from the report goes through `esc`."""
+"""report.html: one self-contained page that works from file:// (inline CSS and SVG, one small inline
+script that opens the folded sections for printing; no external resources, no network).
+
+Its first screen: the verdict, the model to ship, the largest harm (group, gate and size), and every
+check whose observed harm is beyond its limit. Then the steps; the latency / worst-group-harm
+frontier; for every gate in force a forest plot of every group's change at every step, one step at a
+time through a selector made of radio buttons and CSS (no script, no server); latency per step;
+reliability diagrams per group (baseline vs the model to ship); and every step's tables. Colours are
+Okabe-Ito's and outcomes also have a shape; the page fits a 420 px screen (wide tables and charts
+scroll in their own box) and prints every step. Every string from the report goes through `esc`.
+"""
 
 from __future__ import annotations
 
 import html
-import math
 import re
 from typing import Any, Iterable
 
@@ -14,6 +21,7 @@ from . import (
     UNITS_NOTE,
     baseline_step,
     confidence_label,
+    dig,
     exceeded,
     failed_steps,
     fmt_ci,
@@ -35,11 +43,15 @@ from . import (
     gate_words,
     gated_names,
     gates_cell,
+    harm_sentence,
     insufficient_summary,
     is_labelled,
+    largest_harm,
     metric_cell,
     metric_columns,
     no_failure_note,
+    ok_groups,
+    portable_path,
     rule_text,
     status_text,
     step_result,
@@ -49,33 +61,60 @@ from . import (
     who,
     why_failed,
     worst_gate,
+    worst_harm,
+)
+from .charts import (
+    BLACK,
+    BLUE,
+    esc,
+    forest_axis,
+    forest_chart,
+    frontier_chart,
+    frontier_points,
+    latency_chart,
+    reliability_chart,
+    status_legend,
 )
 
 CSS = """
+*{box-sizing:border-box}
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;
- padding:0 1em;color:#1b1f24}
+ padding:0 1em;color:#1b1f24;overflow-wrap:anywhere}
 h1{font-size:1.6em;margin:.2em 0} h2{margin-top:1.8em;border-bottom:1px solid #d0d7de;padding-bottom:.2em}
 h3{font-size:1em;margin:1.2em 0 .2em}
-.scroll{overflow-x:auto;max-width:100%}
+.scroll,.chart{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;margin:.6em 0;font-variant-numeric:tabular-nums}
-th,td{border:1px solid #d0d7de;padding:3px 8px;text-align:right;vertical-align:top}
+th,td{border:1px solid #d0d7de;padding:3px 8px;text-align:right;vertical-align:top;overflow-wrap:normal}
 th{background:#f6f8fa} td.l,th.l{text-align:left} td.n,th.n{white-space:nowrap}
-td.note{text-align:left;color:#7d4e00}
+td.note{text-align:left;color:#8a4600}
+table.meta td code{word-break:break-all}
 .banner{padding:.8em 1em;border-radius:6px;font-size:1.2em;font-weight:600}
-.pass{background:#dafbe1;color:#116329} .fail{background:#ffebe9;color:#a40e26} .warn{background:#fff8c5;color:#7d4e00}
-tr.fail td{background:#ffebe9} tr.warn td,tr.insufficient td{background:#fff8c5} tr.selected td{font-weight:600}
-tr.selected td:first-child{box-shadow:inset 4px 0 0 #0969da}
-.badge{display:inline-block;font-size:.8em;font-weight:600;padding:0 .45em;border-radius:1em;background:#ddf4ff;color:#0550ae}
+.pass{background:#d5efe6;color:#00573f} .fail{background:#fbe1d3;color:#8f3500} .warn{background:#fcefc9;color:#6b4500}
+tr.fail td{background:#fbe1d3} tr.warn td,tr.insufficient td{background:#fcefc9} tr.selected td{font-weight:600}
+tr.selected td:first-child{box-shadow:inset 4px 0 0 #0072B2}
+.badge{display:inline-block;font-size:.8em;font-weight:600;padding:0 .45em;border-radius:1em;background:#dcecf7;color:#00507d}
 .grp{display:block;font-size:.85em;color:#57606a;font-weight:normal}
 code{font-size:.92em;background:#f6f8fa;padding:0 .25em;border-radius:3px}
-.muted{color:#57606a} ul.loud li{font-weight:600;color:#7d4e00}
-p.warnnote{color:#7d4e00;font-weight:600;margin-bottom:.3em}
+.muted{color:#57606a} ul.loud li{font-weight:600;color:#6b4500}
+p.warnnote{color:#6b4500;font-weight:600;margin-bottom:.3em}
+p.largest{font-size:1.08em;border-left:4px solid #D55E00;padding:.3em .8em;background:#fdf3ee}
+p.largest.ok{border-left-color:#009E73;background:#eef8f4}
 details{margin:.5em 0} summary{cursor:pointer;font-weight:600}
 details>:not(summary){margin-left:.6em}
 svg{max-width:100%;height:auto}
-b.over{color:#a40e26} ul.limits{columns:2 22em;margin:.2em 0} ul.fail li{color:#a40e26}
+.chart svg{display:block}
+.smalls{display:flex;flex-wrap:wrap;gap:.8em 1.2em} .smalls figure{margin:0;width:228px;max-width:100%}
+.smalls svg{display:block;width:228px;max-width:100%}
+b.over{color:#8f3500} ul.limits{columns:2 22em;margin:.2em 0} ul.fail li{color:#8f3500}
 td code{white-space:nowrap}
-@media (max-width:600px){body{margin:1em auto;padding:0 .5em} .banner{font-size:1em} ul.limits{columns:1}
+p.legend span{display:inline-block;margin-right:1.2em;white-space:nowrap} p.legend svg{vertical-align:middle}
+.picker{margin:.4em 0 .8em} .picker-title{font-weight:600;margin-right:.4em}
+input.vh{position:absolute;opacity:0;width:1px;height:1px;margin:0}
+label.tab{display:inline-block;margin:.15em .2em .15em 0;padding:.15em .6em;border:1px solid #0072B2;border-radius:1em;
+ cursor:pointer;color:#00507d;background:#fff}
+input.vh:focus-visible+label.tab{outline:3px solid #E69F00;outline-offset:1px}
+.panel{display:none}
+@media (max-width:600px){body{margin:1em auto;padding:0 .5em} .chart svg{max-width:none;width:600px} .banner{font-size:1em} ul.limits{columns:1}
  table.cards thead{display:none} table.cards,table.cards tbody,table.cards tr{display:block;width:100%}
  table.cards tr{border:1px solid #d0d7de;border-radius:6px;margin:0 0 .6em;overflow:hidden}
  table.cards td{display:flex;justify-content:space-between;gap:1em;border:none;border-bottom:1px solid #eaeef2;
@@ -83,26 +122,35 @@ td code{white-space:nowrap}
  table.cards td::before{content:attr(data-label);font-weight:600;text-align:left;color:#57606a}
  table.cards td code{white-space:normal;word-break:break-all}}
 svg text{font:12px system-ui,sans-serif;fill:#1b1f24} svg text.m{fill:#57606a} svg text.b{font-weight:600}
+svg text.lim{fill:#8f3500;font-size:11px}
+@media print{body{max-width:none;margin:0;padding:0;font-size:11px} .picker{display:none}
+ .panel{display:block!important;break-inside:avoid-page} .panel h3.step{display:block}
+ .scroll,.chart{overflow:visible} .chart svg{min-width:0;width:100%} h2,h3{break-after:avoid}
+ tr,svg,p.largest{break-inside:avoid} .banner,tr.fail td,tr.warn td,.pass,.fail,.warn{-webkit-print-color-adjust:exact;print-color-adjust:exact}}
 """
 
-
-def esc(s: Any) -> str:
-    """Escape any report value for HTML text and attribute context."""
-    return html.escape(str(s), quote=True)
+# Opens every folded section before printing and folds it back afterwards: the only script.
+SCRIPT = ("(function(){var o=[];addEventListener('beforeprint',function(){document.querySelectorAll('details:not([open])')"
+          ".forEach(function(d){d.open=true;o.push(d)})});addEventListener('afterprint',function(){o.forEach(function(d)"
+          "{d.open=false});o=[]})})();")
 
 
 def render_html(report: dict[str, Any]) -> str:
     """The self-contained report page (report.html)."""
     ci_label = confidence_label(report)
     verdict = str(report.get("verdict") or "unknown")
+    forest_css, forest = _forest_section(report, ci_label)
     body = [
         "<h1>edgefair report</h1>",
         _first_screen(report, ci_label),
         _context(report),
         _warnings(report),
         "<h2>Steps</h2>", _step_table(report),
+        _frontier_section(report),
+        forest,
+        _latency_section(report),
+        _reliability_section(report),
         _repairs(report),
-        _charts(report, ci_label),
         "<h2>Per-step details</h2>",
         f"<p class=\"muted\">Rates in percent; changes from the baseline in brackets ({esc(UNITS_NOTE)}). "
         "<i>det.</i> = min_detectable: the smallest harm that fails on evidence at the group's size.</p>",
@@ -111,8 +159,39 @@ def render_html(report: dict[str, Any]) -> str:
     ]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
-            f"<title>edgefair report: {esc(verdict.upper())}</title><style>{CSS}</style></head><body>\n"
-            + "\n".join(b for b in body if b) + "\n</body></html>\n")
+            f"<title>edgefair report: {esc(verdict.upper())}</title><style>{CSS}{forest_css}</style></head><body>\n"
+            + "\n".join(b for b in body if b) + f"\n<script>{SCRIPT}</script>\n</body></html>\n")
+
+
+def largest_harm_html(report: dict[str, Any], ci_label: str) -> str:
+    """The largest harm of any compressed step relative to its limit (group, gate, size), and the
+    largest at the model to ship when that is another step."""
+    found = largest_harm(report)
+    if found is None:
+        return ""
+    step, gate = found
+    beyond = bool(gate.get("exceeds"))
+    out = [f'<p class="largest{"" if beyond else " ok"}"><b>Largest harm:</b> {_sentence(step, gate, ci_label)}.</p>']
+    sel = report.get("selected")
+    sel_step = next((s for s in steps(report) if sel and s.get("index") == sel.get("step")), None)
+    if sel_step is not None and sel_step is not step and sel_step.get("index", 0) > 0:
+        g = worst_harm(sel_step)
+        if g is not None:
+            ok = " ok" if not g.get("exceeds") else ""
+            out.append(f'<p class="largest{ok}"><b>At the model to ship:</b> {_sentence(sel_step, g, ci_label)}.</p>')
+    return "".join(out)
+
+
+def _sentence(step: dict[str, Any], gate: dict[str, Any], ci_label: str) -> str:
+    """`harm_sentence` as HTML: its words escaped, the group and step names as <code> (escaped too)."""
+    names: list[str] = []
+
+    def token(key: str) -> str:
+        names.append(key)
+        return f"\x00{len(names) - 1}\x00"
+
+    text = esc(harm_sentence(step, gate, ci_label, token))
+    return re.sub("\x00(\\d+)\x00", lambda m: _code(names[int(m.group(1))]), text)
 
 
 def _first_screen(report: dict[str, Any], ci_label: str) -> str:
@@ -121,7 +200,8 @@ def _first_screen(report: dict[str, Any], ci_label: str) -> str:
     sel = report.get("selected")
     what = (f"ship step {esc(sel.get('step'))} <code>{esc(sel.get('name'))}</code> "
             f"(<code>{esc(sel.get('model'))}</code>)") if sel else "no model selected"
-    out = [f'<div class="banner {"pass" if verdict == "pass" else "fail"}">{esc(verdict.upper())} — {what}</div>']
+    out = [f'<div class="banner {"pass" if verdict == "pass" else "fail"}">{esc(verdict.upper())} — {what}</div>',
+           largest_harm_html(report, ci_label)]
     if sel and sel.get("reason"):
         out.append(f"<p><b>Why this model:</b> {esc(sel['reason'])}.</p>")
     elif not sel:
@@ -230,18 +310,24 @@ def _table(head: Iterable[str], rows: Iterable[tuple[str, list[Any]]], left: int
 
 
 def _context(report: dict[str, Any]) -> str:
+    """What was run, on what: paths as the recipe names them (relative to its folder), never this
+    machine's absolute ones."""
     src = report.get("source") or {}
     ev = (report.get("data") or {}).get("eval") or {}
     recipe = report.get("recipe") or {}
     items = [
-        ("recipe", recipe.get("path")), ("recipe sha256", recipe.get("sha256")),
-        ("model source", src.get("spec")), ("source sha256", src.get("sha256")),
-        ("eval data", ev.get("path")), ("eval rows", ev.get("n")),
+        ("recipe", None if recipe.get("path") is None else portable_path(report, recipe.get("path"))),
+        ("recipe sha256", recipe.get("sha256")),
+        ("model source", None if src.get("spec") is None else portable_path(report, src.get("spec"))),
+        ("source sha256", src.get("sha256")),
+        ("eval data", None if ev.get("path") is None else portable_path(report, ev.get("path"))),
+        ("eval rows", ev.get("n")),
         ("labels", None if not ev else ("yes" if is_labelled(report) else "no (label-free fidelity only)")),
+        ("written", report.get("created_at")),
     ]
     rows = "".join(f"<tr><th class=\"l\">{esc(k)}</th><td class=\"l\"><code>{esc(v)}</code></td></tr>"
                    for k, v in items if v is not None)
-    return f"<table>{rows}</table>" if rows else ""
+    return f'<div class="scroll context"><table class="meta">{rows}</table></div>' if rows else ""
 
 
 def _warnings(report: dict[str, Any]) -> str:
@@ -399,223 +485,144 @@ def _step_details(report: dict[str, Any], step: dict[str, Any], ci_label: str) -
     return "".join(parts)
 
 
-def _charts(report: dict[str, Any], ci_label: str) -> str:
-    step, title = focus_step(report)
-    if step is None:
+def _forest_section(report: dict[str, Any], ci_label: str) -> tuple[str, str]:
+    """(CSS, HTML): a forest plot per gate in force for every compressed step, one step shown at a time.
+
+    The selector is a radio button per step followed by the panels, and one CSS rule per step shows
+    that step's panel when its button is checked: no script, no server, so it works from file://.
+    Print shows every step. The x axis of a gate is the same at every step."""
+    names = [n for n in gated_names(report) if any(g.get("gate") == n for s in steps(report) for g in s.get("gates") or [])]
+    compressed = [s for s in steps(report) if s.get("index", 0) > 0 and s.get("gates")]
+    if not names or not compressed:
+        return "", ""
+    focus, _ = focus_step(report)
+    default = focus if focus in compressed else compressed[-1]
+    axes = {n: forest_axis(report, n) for n in names}
+    css, radios, panels = [], [], []
+    for s in compressed:
+        i = int(s.get("index", 0))
+        css.append(f"#fs-{i}:checked~.panels .p-{i}{{display:block}}"
+                   f"#fs-{i}:checked+label.tab{{background:{BLUE};color:#fff}}")
+        mark = " ✓" if s is focus else ""
+        bad = " ✗" if step_result(s) == "fail" else ""
+        radios.append(f'<input type="radio" class="vh" name="forest-step" id="fs-{i}" value="{i}"'
+                      f'{" checked" if s is default else ""}><label class="tab" for="fs-{i}">{i} '
+                      f'{esc(s.get("name"))}{mark}{bad}</label>')
+        charts = []
+        for n in names:
+            limit = next((g.get("threshold") for g in s.get("gates") or [] if g.get("gate") == n), None)
+            charts.append(f"<h4>{esc(gate_words(n))} <span class=\"muted\">(limit {esc(fmt_limit(n, limit))}; "
+                          f"<code>{esc(n)}</code>)</span></h4>"
+                          f"<div class=\"chart\">{forest_chart(s, n, axes[n], ci_label)}</div>")
+        panels.append(f'<div class="panel p-{i}" data-step="{i}"><h3 class="step">Step {i} <code>{esc(s.get("name"))}</code> '
+                      f'— {esc(step_result(s))}; gate checks: {esc(gates_cell(s))}</h3>{"".join(charts)}</div>')
+    html_ = ("<section class=\"forest\"><h2>Every group's change, per gate and step</h2>"
+             f"<p class=\"muted\">For each gate in force, each group's observed harm at the chosen step (for a floor "
+             f"on agreement or cosine: the score) with its {esc(ci_label)}, the gate's limit, and on the right the "
+             "numbers and <i>det.</i> = min_detectable, the smallest harm that fails on evidence at the group's size. "
+             "Same axis at every step; an arrow: the interval goes on beyond the axis.</p>"
+             + status_legend()
+             + '<span class="picker-title">Step:</span>' + "".join(radios)
+             + '<div class="panels">' + "".join(panels) + "</div></section>")
+    return "".join(css), html_
+
+
+def _frontier_section(report: dict[str, Any]) -> str:
+    """Latency against the worst group's harm for every step or tune candidate, the frontier (no other
+    step is both faster and less harmful), and for `edgefair tune` what was skipped or not tried."""
+    pts = frontier_points(report)
+    chart = frontier_chart(report)
+    if not chart and not report.get("skipped") and not report.get("not_tried"):
         return ""
-    out = []
-    if is_labelled(report) and step.get("index") != 0:
-        out.append(f"<h2>Accuracy change per group, {esc(title)}</h2>"
-                   f"<p class=\"muted\">Points: step minus baseline, in percentage points (left of 0: accuracy fell); "
-                   f"bars: {esc(ci_label)}; colour: the step's gate on that group, as decided by the gate.</p>")
-        out.append(interval_chart(step, "accuracy_delta", "accuracy_delta_ci", signed=True))
-    elif step.get("index") != 0:
-        out.append(f"<h2>Flip rate per group, {esc(title)}</h2>"
-                   f"<p class=\"muted\">Share of rows whose predicted class differs from the baseline's, in percent; "
-                   f"bars: {esc(ci_label)}.</p>")
-        out.append(interval_chart(step, "flip_rate", "flip_rate_ci", signed=False))
-    base = baseline_step(report)
-    curves = [(s, c) for s, c in ((base, "#57606a"), (step, "#cf222e")) if s is not None
-              and (s.get("overall") or {}).get("reliability")]
-    if curves:
-        out.append("<h2>Reliability diagram (overall)</h2><p class=\"muted\">Accuracy per confidence bin against "
-                   "the bin's mean confidence; points below the diagonal are over-confident.</p>")
-        out.append(reliability_chart(curves if step is not base else curves[:1]))
+    out = ["<h2>Latency against worst-group harm</h2>"]
+    if chart:
+        out.append("<p class=\"muted\">Each step (tune: each candidate) at its p50 latency and the largest harm of "
+                   "any group on any gate, as a multiple of that gate's limit (above the dashed line: beyond the "
+                   "limit). Circles passed every gate, squares failed; the ring is the model to ship; the blue line "
+                   "joins the frontier, the steps no other step beats on both.</p>")
+        out.append(f'<div class="chart">{chart}</div>')
+        base = baseline_step(report)
+        rows = []
+        for p in sorted(pts, key=lambda p: (p["p50"], p["step"].get("index", 0))):
+            s, w = p["step"], p["worst"]
+            worst = (f"{esc(gate_words(w.get('gate')))} {esc(fmt_observed(w))} at {who(w, _code)}"
+                     if w else ("baseline" if s.get("index", 0) == 0 else DASH))
+            ratio = DASH if p["ratio"] is None else f"{p['ratio']:.2f}×"
+            fails = [g for g in s.get("gates") or [] if g.get("status") == "fail"]
+            outcome = ("pass" if p["passed"] else "fail: " + _why_failed(fails)) if s.get("gates") else DASH
+            rows.append(("selected" if p["selected"] else "fail" if not p["passed"] else "", [
+                esc(s.get("index")) + (' <span class="badge">selected</span>' if p["selected"] else ""),
+                f"<code>{esc(s.get('name'))}</code>", esc(fmt_ms(p["p50"])), _ratio_cell(s, base),
+                esc(fmt_mb(s.get("size_bytes"))), worst, esc(ratio), "yes" if p["front"] else "", outcome]))
+        out.append(_table(["#", "step", "p50 ms", "p50 vs base", "size MB", "worst harm", "÷ limit", "frontier",
+                           "outcome"], rows, left=2, nowrap=(0, 2, 3, 4, 6), also_left=(5, 8), cards=True))
+    skipped, not_tried = report.get("skipped") or [], report.get("not_tried") or []
+    if skipped:
+        out.append("<h3>Skipped candidates</h3><ul>" + "".join(
+            f"<li><code>{esc(s.get('name'))}</code> ({esc(s.get('kind'))}): {esc(s.get('reason'))}</li>" for s in skipped)
+            + "</ul>")
+    if not_tried:
+        reasons: dict[str, list[str]] = {}
+        for s in not_tried:
+            reasons.setdefault(str(s.get("reason") or ""), []).append(f"<code>{esc(s.get('name'))}</code>")
+        out.append("<h3>Not tried</h3><ul>" + "".join(
+            f"<li>{', '.join(names)}{': ' + esc(r) if r else ''}</li>" for r, names in reasons.items()) + "</ul>")
     return "".join(out)
 
 
-# Colours of a group's point: the status of the step's gate on that group, as in the tables.
-_STATUS_COLOUR = {"pass": "#1a7f37", "warn": "#bf8700", "fail": "#cf222e"}
-_NEUTRAL, _DROP = "#0969da", "#cf222e"
-_CHART_GATE = {"accuracy_delta": "max_group_accuracy_drop", "flip_rate": "max_group_flip_rate"}
+def _latency_section(report: dict[str, Any]) -> str:
+    limit = dict(thresholds(report)).get("max_latency_p95_ms")
+    chart = latency_chart(report, limit)
+    if not chart:
+        return ""
+    lat = next(((s.get("latency") or {}) for s in steps(report) if s.get("latency")), {})
+    how = (f"{lat.get('threads', DASH)} thread(s), batch {lat.get('batch_size', DASH)}, "
+           f"{lat.get('sessions', DASH)} session(s) per model, interleaved")
+    return ("<h2>Latency per step</h2>"
+            f"<p class=\"muted\">onnxruntime on the machine that ran edgefair ({esc(how)}), or the device "
+            "measurements given with <code>--latency-from</code>. The ratio to the baseline is paired (measured "
+            "interleaved).</p>"
+            f'<div class="chart">{chart}</div>')
 
 
-def _ticks(lo: float, hi: float, n: int = 6) -> list[float]:
-    """Round tick values (steps of 1, 2, 2.5 or 5 x 10^k) covering [lo, hi]."""
-    raw = (hi - lo) / max(n, 1)
-    mag = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    t, out = math.ceil(lo / step) * step, []
-    while t <= hi + step * 1e-9:
-        out.append(0.0 if abs(t) < step * 1e-9 else t)
-        t += step
-    return out
+def _reliability_section(report: dict[str, Any]) -> str:
+    """The overall reliability diagram and one per group that has enough data, baseline vs the model to
+    ship (else the last step)."""
+    base = baseline_step(report)
+    step, title = focus_step(report)
+    if base is None or step is None or not (base.get("overall") or {}).get("reliability"):
+        return ""
+    pair = step is not base
 
+    def curves(key: str | None) -> list[tuple[str, dict[str, Any] | None, str, bool]]:
+        block = (lambda s: s.get("overall")) if key is None else (lambda s: (s.get("groups") or {}).get(key))
+        out = [(f"step 0 {base.get('name')}", block(base), BLACK, True)]
+        if pair:
+            out.append((f"step {step.get('index')} {step.get('name')}", block(step), BLUE, False))
+        return out
 
-def _scope(key: str) -> str:
-    """'sex=Male&race=Black' -> 'sex&race': the attribute(s) a group key is over."""
-    return "&".join(part.split("=", 1)[0] for part in str(key).split("&"))
+    def ece(key: str | None) -> str:
+        get = (lambda s: (s.get("overall") or {}).get("ece")) if key is None else \
+            (lambda s: ((s.get("groups") or {}).get(key) or {}).get("ece"))
+        return fmt_pct(get(base)) + (f" → {fmt_pct(get(step))}" if pair else "")
 
-
-def interval_chart(step: dict[str, Any], field: str, ci_field: str, *, signed: bool) -> str:
-    """Horizontal dot-and-whisker SVG of one fraction per group (scaled to points/percent).
-
-    Every group of the step gets a row, in the report's order, with a rule between attributes (sex,
-    race, sex&race); groups with too little data say so instead of silently missing. A point is
-    coloured by the step's gate on that group (pass / undecided / fail) as the gate decided it, blue
-    without a gate: the chart never judges significance itself. The gate's limit is a dashed red line.
-    """
-    groups = list((step.get("groups") or {}).items())
-    items = [(k, g.get(field), g.get(ci_field), g) for k, g in groups]
-    measured = [(k, v, ci) for k, v, ci, g in items if g.get("status") == "ok" and isinstance(v, (int, float))]
-    if not measured:
-        return "<p class=\"muted\">No group has this measurement.</p>"
-    gate_name = _CHART_GATE.get(field)
-    status = {g.get("group"): str(g.get("status")) for g in step.get("gates") or []
-              if g.get("gate") == gate_name and g.get("group")}
-    limit = next((g.get("threshold") for g in step.get("gates") or [] if g.get("gate") == gate_name
-                  and isinstance(g.get("threshold"), (int, float)) and not isinstance(g.get("threshold"), bool)), None)
-    limit_x = None if limit is None else (-limit * 100 if signed else limit * 100)
-
-    def ok_ci(ci: Any) -> bool:
-        return bool(ci) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci)
-
-    vals = [v * 100 for _, v, _ in measured] + [c * 100 for _, _, ci in measured if ok_ci(ci) for c in ci] + [0.0]
-    if limit_x is not None:
-        vals.append(limit_x)
-    lo, hi = min(vals), max(vals)
-    if hi - lo < 1e-9:
-        lo, hi = lo - 1, hi + 1
-    pad = (hi - lo) * 0.04
-    lo, hi = lo - pad, hi + pad
-    ticks = _ticks(lo, hi)
-    lo, hi = min(lo, ticks[0]), max(hi, ticks[-1])
-
-    longest = max(len(str(k)) for k, *_ in items)
-    label_w = min(max(int(longest * 7.3) + 24, 120), 380)
-    plot_w, row_h, top, value_w = 540, 22, 40, 170
-    seps = sum(1 for i in range(1, len(items)) if _scope(items[i][0]) != _scope(items[i - 1][0]))
-    rows_end = top + row_h * len(items) + 6 * seps
-    legend_y = rows_end + 56
-    width, height = label_w + plot_w + value_w, legend_y + 12
-    unit = "percentage points" if signed else "percent of rows"
-    axis_title = ("accuracy change, step minus baseline (percentage points)" if field == "accuracy_delta"
-                  else f"{field.replace('_', ' ')} ({unit})")
-
-    def x(v: float) -> float:
-        return label_w + (v - lo) / (hi - lo) * plot_w
-
-    def tick_text(t: float) -> str:
-        return format(t, "+g" if signed and t != 0 else "g")
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" aria-label="{esc(field)} per group">',
-             f'<text x="{label_w - 10}" y="{top - 10}" text-anchor="end" class="b">group</text>',
-             f'<text x="{label_w + plot_w + 14}" y="{top - 10}" class="b">'
-             f'{"change, pp" if signed else "percent"}</text>']
-    for t in ticks:  # grid and tick labels, top and bottom
-        grid = 'stroke="#8c959f" stroke-dasharray="3,3"' if t == 0 else 'stroke="#eaeef2"'
-        parts.append(f'<line x1="{x(t):.1f}" y1="{top - 4}" x2="{x(t):.1f}" y2="{rows_end}" {grid}/>')
-        for ty in (top - 10, rows_end + 16):
-            parts.append(f'<text x="{x(t):.1f}" y="{ty}" text-anchor="middle" class="m">{esc(tick_text(t))}</text>')
-    parts.append(f'<text x="{label_w + plot_w / 2:.1f}" y="{rows_end + 34}" text-anchor="middle">{esc(axis_title)}</text>')
-    if limit_x is not None:
-        parts.append(f'<line x1="{x(limit_x):.1f}" y1="{top - 4}" x2="{x(limit_x):.1f}" y2="{rows_end}" '
-                     f'stroke="{_DROP}" stroke-width="1.5" stroke-dasharray="6,3"/>')
-    y0, stripes = top, []
-    for i, (key, v, ci, g) in enumerate(items):
-        if i and _scope(key) != _scope(items[i - 1][0]):
-            parts.append(f'<line x1="8" y1="{y0 + 3:.1f}" x2="{width - 8}" y2="{y0 + 3:.1f}" stroke="#d0d7de"/>')
-            y0 += 6
-        y = y0 + row_h / 2
-        if i % 2:
-            stripes.append(f'<rect x="0" y="{y0:.1f}" width="{width}" height="{row_h}" fill="#f6f8fa"/>')
-        parts.append(f'<text x="{label_w - 10}" y="{y + 4:.1f}" text-anchor="end">{esc(key)}</text>')
-        y0 += row_h
-        if g.get("status") != "ok" or not isinstance(v, (int, float)):
-            parts.append(f'<text x="{x(0) + 8:.1f}" y="{y + 4:.1f}" class="m">not measured: too little data '
-                         f'(n={esc(fmt_num(g.get("n"), "d"))})</text>')
-            continue
-        color = _STATUS_COLOUR.get(status.get(key, ""), _NEUTRAL)  # the gate's decision, never recomputed
-        if ok_ci(ci):
-            parts.append(f'<line x1="{x(ci[0] * 100):.1f}" y1="{y:.1f}" x2="{x(ci[1] * 100):.1f}" y2="{y:.1f}" '
-                         f'stroke="{color}" stroke-width="2"/>')
-            for c in ci:
-                parts.append(f'<line x1="{x(c * 100):.1f}" y1="{y - 5:.1f}" x2="{x(c * 100):.1f}" y2="{y + 5:.1f}" '
-                             f'stroke="{color}" stroke-width="1.5"/>')
-        parts.append(f'<circle cx="{x(v * 100):.1f}" cy="{y:.1f}" r="4.5" fill="{color}" stroke="#fff"/>')
-        text = fmt_pp(v) if signed else fmt_pct(v, 2)
-        ci_text = fmt_ci(ci, signed=signed, digits=1 if signed else 2) if ok_ci(ci) else ""
-        ci_span = f' <tspan class="m">({esc(ci_text)})</tspan>' if ci_text else ""
-        parts.append(f'<text x="{label_w + plot_w + 14}" y="{y + 4:.1f}">{esc(text)}{ci_span}</text>')
-    parts[3:3] = stripes  # under the grid (parts[:3] are the svg tag and the column headers)
-    # legend
-    legend: list[tuple[str, str]] = []
-    if status:
-        used = set(status.values())
-        legend += [(_STATUS_COLOUR[s], {"pass": "gate passed", "warn": "gate undecided", "fail": "gate failed"}[s])
-                   for s in ("pass", "warn", "fail") if s in used]
-    else:
-        legend += [(_NEUTRAL, "no gate on this measurement")]
-    lx = 10.0
-    for color, label in legend:
-        parts.append(f'<circle cx="{lx + 5:.1f}" cy="{legend_y - 4}" r="4.5" fill="{color}"/>'
-                     f'<text x="{lx + 14:.1f}" y="{legend_y}">{esc(label)}</text>')
-        lx += 30 + len(label) * 6.8
-    if limit_x is not None:
-        parts.append(f'<line x1="{lx:.1f}" y1="{legend_y - 4}" x2="{lx + 22:.1f}" y2="{legend_y - 4}" stroke="{_DROP}" '
-                     f'stroke-width="1.5" stroke-dasharray="6,3"/><text x="{lx + 28:.1f}" y="{legend_y}">'
-                     f'{esc(gate_name)} limit ({esc(tick_text(round(limit_x, 6)))}{" pp" if signed else "%"})</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def reliability_chart(curves: list[tuple[dict[str, Any], str]]) -> str:
-    """Reliability diagram (accuracy vs confidence per bin) of each step's overall predictions.
-
-    A point's area grows with the rows in its bin, so a wild point from a bin of a few rows reads as such.
-    """
-    size, ml, mt, mb = 340, 56, 16, 48
-    legend_x = ml + size + 28
-
-    def px(v: float) -> float:
-        return ml + v * size
-
-    def py(v: float) -> float:
-        return mt + (1 - v) * size
-
-    all_bins = [[b for b in (st.get("overall") or {}).get("reliability") or []
-                 if b.get("count") and isinstance(b.get("confidence"), (int, float))
-                 and isinstance(b.get("accuracy"), (int, float))] for st, _ in curves]
-    biggest = max((b["count"] for bins in all_bins for b in bins), default=1) or 1
-    width, height = legend_x + 300, mt + size + mb
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" aria-label="reliability diagram">']
-    for i in range(6):
-        t = i / 5
-        parts.append(f'<line x1="{px(t):.1f}" y1="{py(0):.1f}" x2="{px(t):.1f}" y2="{py(1):.1f}" stroke="#eaeef2"/>'
-                     f'<line x1="{px(0):.1f}" y1="{py(t):.1f}" x2="{px(1):.1f}" y2="{py(t):.1f}" stroke="#eaeef2"/>'
-                     f'<text x="{px(t):.1f}" y="{py(0) + 16:.1f}" text-anchor="middle" class="m">{t:.1f}</text>'
-                     f'<text x="{px(0) - 6:.1f}" y="{py(t) + 4:.1f}" text-anchor="end" class="m">{t:.1f}</text>')
-    parts += [f'<rect x="{ml}" y="{mt}" width="{size}" height="{size}" fill="none" stroke="#d0d7de"/>',
-              f'<line x1="{px(0)}" y1="{py(0)}" x2="{px(1)}" y2="{py(1)}" stroke="#8c959f" stroke-dasharray="3,3"/>',
-              f'<text x="{px(0.5)}" y="{py(0) + 36:.1f}" text-anchor="middle">mean confidence in bin</text>',
-              f'<text x="14" y="{py(0.5)}" transform="rotate(-90 14 {py(0.5)})" text-anchor="middle">'
-              'accuracy in bin</text>']
-    for j, ((step, color), bins) in enumerate(zip(curves, all_bins)):
-        pts = " ".join(f"{px(b['confidence']):.1f},{py(b['accuracy']):.1f}" for b in bins)
-        if pts:
-            parts.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2" stroke-opacity="0.8"/>')
-        for b in bins:
-            r = 2.5 + 5.5 * math.sqrt(b["count"] / biggest)
-            parts.append(f'<circle cx="{px(b["confidence"]):.1f}" cy="{py(b["accuracy"]):.1f}" r="{r:.1f}" '
-                         f'fill="{color}" fill-opacity="0.75" stroke="#fff" stroke-width="0.8">'
-                         f'<title>{esc(step.get("name"))}: n={esc(b["count"])}, confidence '
-                         f'{esc(format(b["confidence"], ".3f"))}, accuracy {esc(format(b["accuracy"], ".3f"))}'
-                         f'</title></circle>')
-        ece = fmt_num((step.get("overall") or {}).get("ece"), ".4f")
-        ly = mt + 14 + 24 * j
-        parts.append(f'<line x1="{legend_x}" y1="{ly - 4}" x2="{legend_x + 24}" y2="{ly - 4}" stroke="{color}" '
-                     f'stroke-width="2"/><circle cx="{legend_x + 12}" cy="{ly - 4}" r="4" fill="{color}"/>'
-                     f'<text x="{legend_x + 32}" y="{ly}">step {esc(step.get("index"))} {esc(step.get("name"))} '
-                     f'(ECE {esc(ece)})</text>')
-    ly = mt + 14 + 24 * len(curves)
-    parts.append(f'<line x1="{legend_x}" y1="{ly - 4}" x2="{legend_x + 24}" y2="{ly - 4}" stroke="#8c959f" '
-                 f'stroke-dasharray="3,3"/><text x="{legend_x + 32}" y="{ly}" class="m">perfect calibration</text>'
-                 f'<text x="{legend_x}" y="{ly + 24}" class="m">point area: rows in the bin</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
+    smalls = []
+    for key in [None, *ok_groups(step)]:
+        label = "overall" if key is None else key
+        n = ((step.get("overall") if key is None else (step.get("groups") or {}).get(key)) or {}).get("n")
+        svg = reliability_chart(curves(key), label)
+        if svg:
+            name = "<b>overall</b>" if key is None else _code(key)
+            smalls.append(f"<figure><figcaption>{name} <span class=\"muted\">n={esc(fmt_num(n, 'd'))}, "
+                          f"ECE {esc(ece(key))}</span></figcaption>{svg}</figure>")
+    if not smalls:
+        return ""
+    legend = (f"dashed, hollow: step 0 <code>{esc(base.get('name'))}</code>"
+              + (f"; solid, filled: {esc(title)} (<code>{esc(step.get('name'))}</code>)" if pair else ""))
+    return ("<h2>Reliability per group</h2>"
+            "<p class=\"muted\">Accuracy per confidence bin against the bin's mean confidence (15 equal-width bins, "
+            "empty ones left out); below the diagonal: over-confident. A point's area grows with its bin's rows. "
+            f"{legend}.</p><div class=\"smalls\">" + "".join(smalls) + "</div>")
 
 def _environment(report: dict[str, Any]) -> str:
     env = dict(report.get("environment") or {})

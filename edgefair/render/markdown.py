@@ -18,6 +18,7 @@ from . import (
     exceeded,
     failed_steps,
     fmt_detectable,
+    fmt_gate,
     fmt_gate_ci,
     fmt_limit,
     fmt_mb,
@@ -31,8 +32,12 @@ from . import (
     gated_names,
     gates_cell,
     group_gates,
+    harm_ratio,
+    harm_sentence,
     insufficient_summary,
     is_labelled,
+    is_lower_limit,
+    largest_harm,
     md_code,
     md_table,
     md_text,
@@ -49,6 +54,7 @@ from . import (
     who,
     why_failed,
     worst_gate,
+    worst_harm,
 )
 
 
@@ -58,7 +64,8 @@ MAX_CHARS = 60_000  # GitHub refuses comments over 65,536 characters
 def render_markdown(report: dict[str, Any]) -> str:
     """The pull-request summary (report.md) of one edgefair run."""
     ci_label = confidence_label(report)
-    head = first_screen(report, ci_label) + _context(report) + _warnings(report) + _step_table(report) + _repairs(report)
+    head = (first_screen(report, ci_label) + _context(report) + _warnings(report) + _step_table(report)
+            + _frontier(report) + _repairs(report))
     tail = ["_Charts: `report.html`; every number: `report.json`; CI results: `junit.xml`._"]
     text = "\n".join(head + _per_step(report, ci_label) + tail) + "\n"
     if len(text) > MAX_CHARS:  # a PR comment has a size limit: keep the selected step's tables only
@@ -71,7 +78,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 def first_screen(report: dict[str, Any], ci_label: str, *, heading: str = "##") -> list[str]:
     """Verdict, model to ship and why, thresholds, every exceeded check, failed steps, undecided count.
     Shared with the model card (which passes its own heading level)."""
-    out = [_verdict_line(report, heading), ""]
+    out = [_verdict_line(report, heading), ""] + largest_harm_lines(report, ci_label)
     sel = report.get("selected")
     if sel and sel.get("reason"):
         out += [f"**Why this model:** {md_text(sel['reason'])}.", ""]
@@ -83,6 +90,22 @@ def first_screen(report: dict[str, Any], ci_label: str, *, heading: str = "##") 
     note = undecided_note(report)
     if note:
         out += [f"⚠️ **{md_text(note)}**", ""]
+    return out
+
+
+def largest_harm_lines(report: dict[str, Any], ci_label: str) -> list[str]:
+    """The largest harm of any compressed step relative to its limit (group, gate and size), and the
+    largest at the model to ship when that is another step."""
+    found = largest_harm(report)
+    if found is None:
+        return []
+    step, gate = found
+    out = [f"**Largest harm:** {harm_sentence(step, gate, ci_label, md_code)}.", ""]
+    sel = selected_step(report)
+    if sel is not None and sel is not step and sel.get("index", 0) > 0:
+        g = worst_harm(sel)
+        if g is not None:
+            out += [f"**At the model to ship:** {harm_sentence(sel, g, ci_label, md_code)}.", ""]
     return out
 
 
@@ -202,6 +225,54 @@ def _step_table(report: dict[str, Any]) -> list[str]:
     if names:
         out += [f"Worst group per gate ({md_text(units)}); ❗ = beyond the limit; ✅ = the model to ship.", ""]
     return out + md_table(head, rows) + [""]
+
+
+def _frontier(report: dict[str, Any]) -> list[str]:
+    """`edgefair tune`'s frontier (every candidate, fastest first: latency, size, its worst group's harm
+    relative to the limit, and what rejected it), then the candidates skipped and not tried."""
+    rows = sorted(report.get("frontier") or [], key=lambda r: (r.get("p50_ratio_vs_baseline") is None,
+                                                               r.get("p50_ratio_vs_baseline") or 0, r.get("step", 0)))
+    skipped, not_tried = report.get("skipped") or [], report.get("not_tried") or []
+    if not rows and not skipped and not not_tried:
+        return []
+    out = ["### Frontier", ""]
+    if rows:
+        out += ["Every candidate, fastest first: p50 latency over the baseline's, size, the largest harm of any group "
+                "on any gate as a multiple of its limit (1 = at the limit), and the outcome. ✅ = the model to ship.", ""]
+        body = []
+        for r in rows:
+            worst = [(harm_ratio({"gate": n, **v}), n, v) for n, v in (r.get("worst") or {}).items()]
+            worst = [w for w in worst if w[0] is not None]
+            if worst:
+                ratio, name, v = max(worst, key=lambda w: w[0])
+                g = {"gate": name, **v}
+                harm = f"{md_text(gate_words(name))} {fmt_observed(g)} at {who(g, md_code)} ({ratio:.2f}×)"
+            else:
+                harm = "baseline" if r.get("step") == 0 else DASH
+            ratio_s = DASH if r.get("p50_ratio_vs_baseline") is None else f"{r['p50_ratio_vs_baseline']:.2f}×"
+            fails = r.get("rejected_by") or []
+            if r.get("step") == 0:
+                outcome = "reference"
+            elif r.get("passed"):
+                outcome = "✅ pass" if r.get("selected") else "pass"
+            else:
+                first = {**fails[0]} if fails else {}
+                rel = "<" if first and is_lower_limit(first) else ">"
+                outcome = (f"❌ {md_text(gate_words(first.get('gate')))} at {who(first, md_code)} {fmt_observed(first)} "
+                           f"{rel} {fmt_gate(first.get('gate'), first.get('threshold'))}"
+                           + (f" (+{len(fails) - 1} more)" if len(fails) > 1 else "")) if fails else "❌ fail"
+            body.append([f"{md_text(r.get('step'))}{' ✅' if r.get('selected') else ''}", md_code(r.get("name")),
+                         md_text(r.get("kind")), ratio_s, fmt_mb(r.get("size_bytes")), harm, outcome])
+        out += md_table(["#", "candidate", "kind", "p50 vs base", "size MB", "worst harm (÷ limit)", "outcome"], body) + [""]
+    for s in skipped:
+        out.append(f"- skipped {md_code(s.get('name'))} ({md_text(s.get('kind'))}): {md_text(s.get('reason'))}")
+    if not_tried:
+        by_reason: dict[str, list[str]] = {}
+        for s in not_tried:
+            by_reason.setdefault(str(s.get("reason") or ""), []).append(md_code(s.get("name")))
+        for reason, names in by_reason.items():
+            out.append(f"- not tried{' (' + md_text(reason) + ')' if reason else ''}: {', '.join(names)}")
+    return out + ([""] if skipped or not_tried else [])
 
 
 def _repairs(report: dict[str, Any]) -> list[str]:
