@@ -119,8 +119,10 @@ def main() -> None:
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Cache folder (default: $EDGEFAIR_CACHE_DIR or ~/.cache/edgefair).")
 @click.option("--latency-from", "latency_from", multiple=True, type=click.Path(dir_okay=False, path_type=Path), help="Latency JSON from `edgefair probe` on the device; replaces local latency for models with the same sha256 (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (verdict, model to ship, steps, checks beyond a limit) on stdout instead of the table.")
+@click.option("--previous", "previous", default=None, type=click.Path(path_type=Path), help="Output folder of the last release: compare every model with the model it shipped, per group ([gates] max_group_regression_vs_previous can fail a regression).")
 @handle_errors
-def run(recipe: Path | None, out_dir: Path, quiet: bool, no_cache: bool, cache_dir: Path | None, latency_from: tuple[Path, ...], as_json: bool) -> None:
+def run(recipe: Path | None, out_dir: Path, quiet: bool, no_cache: bool, cache_dir: Path | None, latency_from: tuple[Path, ...], as_json: bool,
+        previous: Path | None) -> None:
     """Export, compress step by step, evaluate every step per group, gate, and write reports.
 
     Without RECIPE, runs the bundled reference recipe (UCI Adult MLP).
@@ -129,6 +131,7 @@ def run(recipe: Path | None, out_dir: Path, quiet: bool, no_cache: bool, cache_d
     Example:
       edgefair run recipe.toml --out edgefair-out
       edgefair run --json > summary.json    # the bundled recipe; exit code 0/1 = pass/fail
+      edgefair run recipe.toml --previous releases/v1 --out releases/v2
     """
     from .cache import Cache, default_dir, max_bytes_from_env
     from .pipeline import run as run_pipeline
@@ -147,7 +150,7 @@ def run(recipe: Path | None, out_dir: Path, quiet: bool, no_cache: bool, cache_d
         if not f.is_file():
             raise EdgefairError(f"--latency-from: file not found: {f}")
     with Progress(enabled=not quiet) as progress:
-        report = run_pipeline(parsed, out_dir, cache=cache, latency_from=latency_from, progress=progress)
+        report = run_pipeline(parsed, out_dir, cache=cache, latency_from=latency_from, progress=progress, previous=previous)
     _evict(cache, max_bytes)
     if as_json:
         click.echo(json.dumps(json_summary(report, out_dir), indent=2))

@@ -60,7 +60,11 @@ GATE_TEXT = {
     "max_accuracy_gap_growth": "best-to-worst accuracy gap growth",
     "max_equalized_odds_growth": "equalized odds difference growth",
     "max_demographic_parity_growth": "demographic parity difference growth",
+    "max_group_regression_vs_previous": "drop vs the last release",
 }
+# judged on each step's `vs_previous` (edgefair run --previous DIR): net loss of accuracy (or, without
+# labels, of agreement with this run's baseline) against the last release's selected model
+PREVIOUS_GATE = "max_group_regression_vs_previous"
 LOWER_LIMIT_GATES = ("min_group_agreement", "min_group_cosine")  # the limit is a floor on a score
 SCOPE_GATES = {"max_accuracy_gap_growth": "accuracy_gap", "max_equalized_odds_growth": "equalized_odds",
                "max_demographic_parity_growth": "demographic_parity"}
@@ -261,7 +265,7 @@ def _min_detectable(name: str, harm: Harm, limit: float, level: float) -> float 
 def effective_thresholds(gates: Any, *, labelled: bool, output: str) -> dict[str, float]:
     """The thresholds in force: the recipe's, and where it says nothing, the defaults (unless
     ``defaults = false``). Quality gates that need labels are dropped for label-free runs."""
-    names = [*GROUP_HARMS, *SCOPE_GATES]
+    names = [*GROUP_HARMS, PREVIOUS_GATE, *SCOPE_GATES]
     chosen = {n: getattr(gates, n) for n in names if getattr(gates, n, None) is not None}
     if gates.defaults:
         defaults = DEFAULTS_EMBEDDING if output == "embedding" else DEFAULTS_LABELLED if labelled else DEFAULTS_UNLABELLED
@@ -271,7 +275,7 @@ def effective_thresholds(gates: Any, *, labelled: bool, output: str) -> dict[str
     if not labelled or output == "embedding":
         chosen = {n: t for n, t in chosen.items() if n not in needs_labels}
     if output == "embedding":  # no argmax: flips mean nothing for an embedding
-        chosen = {n: t for n, t in chosen.items() if n not in ("max_group_flip_rate", "min_group_agreement")}
+        chosen = {n: t for n, t in chosen.items() if n not in ("max_group_flip_rate", "min_group_agreement", PREVIOUS_GATE)}
     return {n: chosen[n] for n in names if n in chosen}
 
 
@@ -323,8 +327,18 @@ def step_gates(step: dict[str, Any], thresholds: dict[str, float], rule: Rule, *
     if step["overall"].get("nonfinite_rows"):  # always checked: a model that emits NaN/inf cannot ship
         bad = step["overall"]["nonfinite_rows"]
         yield _entry("finite_outputs", None, Harm(float(bad), None), 0.0, FAIL, "fail", f"{bad} eval rows gave NaN or infinite outputs")
+    if PREVIOUS_GATE in thresholds and step.get("vs_previous"):  # every model, the baseline too: none may regress
+        threshold = thresholds[PREVIOUS_GATE]
+        harms = {key: ([_paired(g["lost"], g["gained"], g["n"], threshold, rule)] if g.get("status") == "ok"
+                       else [Harm(None, None, n=g.get("n"), reason=g.get("reason", "insufficient data"))])
+                 for key, g in step["vs_previous"]["groups"].items()}
+        for entry in _family(PREVIOUS_GATE, harms, threshold, threshold, rule):
+            step["vs_previous"]["groups"][entry["group"]]["min_detectable"] = entry["min_detectable"]
+            yield entry
     if step["index"] > 0:
         for name, threshold in thresholds.items():
+            if name == PREVIOUS_GATE:
+                continue
             limit = _limit(name, threshold)
             if name in SCOPE_GATES:
                 metric = SCOPE_GATES[name]
@@ -395,6 +409,8 @@ def apply_gates(report: dict[str, Any], gates: Any, *, confidence: float, min_gr
     report["gates_applied"] = {"thresholds": thresholds, "defaults": bool(gates.defaults), "decision": gates.decision,
                                "on_undecided": gates.on_undecided, "confidence": confidence, "min_group_size": min_group_size,
                                "select": by, "require": require}
+    if PREVIOUS_GATE in thresholds and not any(s.get("vs_previous") for s in steps):
+        report["gates_applied"]["not_applied"] = {PREVIOUS_GATE: "no last release to compare with (edgefair run --previous DIR)"}
     every = [(s, g) for s in steps for g in s["gates"]]
     report["gate_summary"] = {
         "failed": [_where(s, g) for s, g in every if g["status"] == FAIL],

@@ -17,7 +17,7 @@ from . import __version__
 from .cache import Cache, make_key
 from .config import as_dict
 from .errors import DataError
-from .evaluate import eval_batch_size, predict
+from .evaluate import eval_batch_size, predict, predict_batches
 from .groups import group_masks
 from .io import sha256_file
 from .latency import LatencySettings, measure_interleaved, speed_warnings
@@ -275,6 +275,24 @@ def _wrong_where(probs: np.ndarray, bad: np.ndarray, labels: np.ndarray | None, 
     return out
 
 
+def _read_outputs(inputs: Inputs, model: StepModel, batch_size: int, base, nonfinite: list[int]):
+    """(probabilities, raw outputs) of `model`, batch by batch of eval rows: only what the
+    statistics keep outlives a batch. A compressed model that overflows (fp16, bad ranges) is a
+    failed step, not bad input: its non-finite rows count as wrong (and flipped) predictions and
+    a gate fails it; their number is added to ``nonfinite[0]``."""
+    start, labels = 0, inputs.eval.labels
+    for out in predict_batches(model.path, inputs.eval, batch_size=batch_size):
+        rows = slice(start, start + len(out))
+        bad = _nonfinite_mask(out)
+        if bad.any():
+            nonfinite[0] += int(bad.sum())
+            out = _zero_nonfinite(out)
+        probs = _probs(out, inputs.output_kind, model)  # kind decided once, in prepare
+        base_pred = probs.argmax(axis=1) if base is None else base.pred[rows]
+        yield _wrong_where(probs, bad, None if labels is None else labels[rows], base_pred), out
+        start += len(out)
+
+
 def measure_latency(
     inputs: Inputs, models: list[StepModel], shas: list[str], latency_from: tuple[Path, ...], progress: Progress
 ) -> list[dict[str, Any] | None]:
@@ -331,26 +349,21 @@ def evaluate(
         progress("evaluate: inference on eval data")
         masks = group_masks(inputs.eval.attributes, intersections=d.intersections)
         need = sorted(set(missing) | ({0} if any(i > 0 for i in missing) else set()))
-        outputs = {i: predict(models[i].path, inputs.eval, batch_size=batch[i]) for i in need}
-        bad = {i: _nonfinite_mask(o) for i, o in outputs.items()}
-        nonfinite = {i: int(b.sum()) for i, b in bad.items()}
-        if nonfinite.get(0):
-            raise DataError(f"model.source: the baseline gives non-finite outputs for {nonfinite[0]} of {inputs.eval.n} eval rows")
-        # a compressed model that overflows (fp16, bad ranges) is a failed step, not bad input:
-        # its non-finite rows count as wrong (and flipped) predictions and a gate fails it
-        outputs = {i: _zero_nonfinite(o) if nonfinite[i] else o for i, o in outputs.items()}
-        kind = inputs.output_kind  # decided once, in prepare: fine-tuning reads outputs the same way
-        probs = {i: _probs(o, kind, models[i]) for i, o in outputs.items()}
-        probs = {i: _wrong_where(p, bad[i], inputs.eval.labels, probs[0].argmax(axis=1)) for i, p in probs.items()}
-        progress("statistics: groups, bootstrap, tests")
         labels = None if config.embedding else inputs.eval.labels  # an embedding is judged by fidelity alone
         evaluator = Evaluator(masks, labels, inputs.eval.n, config)
-        base = evaluator.model(probs[0], outputs[0])  # its metrics and resamples serve every step
-        for i in missing:
-            step = evaluator.model(probs[i], outputs[i]) if i else base
-            stats[i] = evaluator.compare(step, base if i else None)
-            stats[i]["overall"]["nonfinite_rows"] = nonfinite[i]
-            cache.put_json("stats", keys[i], stats[i])
+        base = None
+        for i in need:  # the baseline first: its metrics and resamples serve every step
+            nonfinite = [0]
+            model = evaluator.model_from_batches(_read_outputs(inputs, models[i], batch[i], base, nonfinite))
+            if i == 0:
+                if nonfinite[0]:
+                    raise DataError(f"model.source: the baseline gives non-finite outputs for {nonfinite[0]} of {inputs.eval.n} eval rows")
+                base = model
+                progress("statistics: groups, bootstrap, tests")
+            if i in missing:
+                stats[i] = evaluator.compare(model, base if i else None)
+                stats[i]["overall"]["nonfinite_rows"] = nonfinite[0]
+                cache.put_json("stats", keys[i], stats[i])
     latency = measure_latency(inputs, models, shas, latency_from, progress)
     return [
         {"stats": s, "latency": latency[i], "eval_batch_size": batch[i], "cache": {"model": models[i].cache, "stats": "off" if not cache.enabled else ("miss" if i in missing else "hit")}}

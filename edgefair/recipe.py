@@ -135,6 +135,9 @@ class GatesConfig:
     max_accuracy_gap_growth: float | None = _fraction()
     max_equalized_odds_growth: float | None = _fraction()
     max_demographic_parity_growth: float | None = _fraction()
+    # vs the last release (edgefair run --previous DIR): net drop of a group's accuracy (without labels:
+    # agreement with the baseline) from the previously shipped model to this one; not applied without --previous
+    max_group_regression_vs_previous: float | None = _fraction()
     max_latency_p95_ms: float | None = check(positive, "must be > 0", default=None)
     max_size_mb: float | None = check(positive, "must be > 0", default=None)
     defaults: bool = True  # gates the recipe does not set get the documented defaults (README, "How the gates decide")
