@@ -1,4 +1,5 @@
-"""Model sources: a torch.export program (.pt2), a `pkg.module:factory` entry point, or an ONNX file.
+"""Model sources: a torch.export program (.pt2), a `pkg.module:factory` entry point, an ONNX file, or
+a local Hugging Face checkpoint folder (`hf:PATH`, see hf_source.py).
 
 Loading never unpickles arbitrary objects by default: state dicts are read with
 `torch.load(weights_only=True)` or safetensors, and a .pt2 archive whose payloads would be
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import hf_source
 from .errors import ModelSourceError
 from .io import sha256_file
 
@@ -29,22 +31,27 @@ FACTORY_RE = re.compile(r"^([A-Za-z_][\w.]*|[^:]+\.py):[A-Za-z_]\w*$")
 class ModelSource:
     """A loaded model source. `module` is None for ONNX sources (export is skipped)."""
 
-    kind: str  # "pt2" | "factory" | "onnx"
+    kind: str  # "pt2" | "factory" | "onnx" | "hf"
     spec: str  # what the recipe named
-    path: Path | None  # file for pt2/onnx; weights file for factories (may be None)
+    path: Path | None  # file for pt2/onnx; weights file for factories (may be None); folder for hf
     module: Any  # torch.nn.Module or None
     input_names: list[str]
     sha256: str | None
 
 
 def is_factory(spec: str) -> bool:
-    return bool(FACTORY_RE.match(spec)) and not spec.endswith((".pt2", ".onnx"))
+    return bool(FACTORY_RE.match(spec)) and not spec.endswith((".pt2", ".onnx")) and not hf_source.is_hf(spec)
 
 
 def load_source(spec: str, *, base: Path, weights: Path | None = None, trust_pickle: bool = False) -> ModelSource:
     """Load what `[model] source` names; relative paths are relative to `base` (the recipe's folder)."""
     if is_factory(spec):
         return _load_factory(spec, base=base, weights=weights)
+    if hf_source.is_hf(spec):
+        if weights is not None:
+            raise ModelSourceError("model.weights: only used with a `pkg.module:factory` source")
+        module, names = hf_source.load(spec, base)
+        return ModelSource("hf", spec, hf_source.folder_of(spec, base), module, names, hf_source.identity(spec, base))
     path = (base / spec).resolve()
     if not path.is_file():
         raise ModelSourceError(f"model.source: file not found: {path}")
@@ -239,6 +246,8 @@ def source_identity(spec: str, *, base: Path, weights: Path | None) -> tuple[str
         if weights is not None and weights.is_file():
             parts.append(sha256_file(weights))
         return "factory", "+".join(parts) if parts else None
+    if hf_source.is_hf(spec):
+        return "hf", hf_source.identity(spec, base)
     path = (base / spec).resolve()
     kind = "onnx" if path.suffix == ".onnx" else "pt2"
     return kind, sha256_file(path) if path.is_file() else None

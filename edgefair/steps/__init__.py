@@ -71,3 +71,4 @@ def register(kind: str, config_cls: type, *, needs_torch: bool = False, needs_ca
 
 from . import prune, quantize  # noqa: E402,F401  (fill the registry)
 from . import weights  # noqa: E402,F401
+from . import transformer_prune  # noqa: E402,F401
