@@ -146,6 +146,10 @@ MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
 def make_images(root: Path, rng, per_cell: int = 6, size=(8, 8)) -> list[tuple[str, str, int, np.ndarray]]:
     """root/<light>/<label>/i.png, lossless: (relative path, light, label, uint8 HxWx3) of each."""
     out = []
+    root.mkdir()
+    (root / "notes.txt").write_text("not an image: ignored")
+    (root / ".hidden").mkdir()
+    Image.new("RGB", (3, 3)).save(root / ".hidden" / "x.png")  # hidden folders are ignored too
     for light, level in (("dim", 60), ("bright", 180)):
         for label in (0, 1):
             d = root / light / str(label)
@@ -208,6 +212,8 @@ def test_image_settings_channels_layout_resize(images):
     root, items = images
     base = data_mod.load(root / "imgs", key="k", label=None, groups=(), options=ReadOptions(subfolders=("light", "label")))
     x = base.inputs[data_mod.CSV_INPUT]
+    ordered = sorted(items, key=lambda it: it[0])
+    np.testing.assert_allclose(x, np.stack([px for *_, px in ordered]).transpose(0, 3, 1, 2) / 255.0, atol=1e-6)  # mean 0, std 1
     bgr = data_mod.load(root / "imgs", key="k", label=None, groups=(), options=ReadOptions(subfolders=("light", "label"), channels="bgr", layout="nhwc"))
     np.testing.assert_array_equal(bgr.inputs[data_mod.CSV_INPUT], x.transpose(0, 2, 3, 1)[..., ::-1])
     gray = data_mod.load(root / "imgs", key="k", label=None, groups=(), options=ReadOptions(subfolders=("light", "label"), channels="gray", image_size=(5, 3)))
@@ -259,6 +265,7 @@ IMAGE_BAD = [
     ("label_name", "must hold integer class ids (0, 1, ...), has 'cat'"),
     ("index_missing_image", "image not found:"),
     ("index_escapes", "is outside"),
+    ("index_absolute", "is outside"),
     ("index_no_column", "image column 'paht' not in"),
     ("index_missing_group", "group column 'light' not in"),
 ]
@@ -294,7 +301,9 @@ def test_image_bad_input(images, case, expected):
             rows[3][0] = "dim/0/404.png"
             named = imgs / "dim" / "0" / "404.png"
         elif case == "index_escapes":
-            rows[2][0] = "../cnn.py"
+            rows[2][0] = "dim/../../cnn.py"
+        elif case == "index_absolute":
+            rows[2][0] = str(imgs / "dim" / "0" / "1.png")
         elif case == "index_missing_group":
             header[2] = "lighting"
         write_csv(imgs / "index.csv", header, rows)
@@ -438,3 +447,34 @@ def test_missing_column_without_near_name_stays_short(tmp_path):
     with pytest.raises(DataError) as e:
         data_mod.load(tmp_path / "d.csv", key="data.eval", label=None, groups=("sex",))
     assert str(e.value) == f"data.eval: group column 'sex' not in {tmp_path / 'd.csv'} (50 columns, none close)"
+
+
+def test_readme_data_formats_example_is_a_valid_data_table(images):
+    """The README's image example, as written, is a [data] table the recipe parser accepts, and
+    reads a folder laid out as it says, with an index beside it."""
+    import re
+    import tomllib
+
+    from edgefair.config import build
+    from edgefair.prepare import read_options
+    from edgefair.recipe import DataConfig
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("### Data formats"):]
+    block = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    table = tomllib.loads(block)["data"]
+    config = build(DataConfig, table, "data")
+    root, items = images
+    (root / "imgs").rename(root / "photos")
+    write_csv(root / "photos" / "calib.csv", ["path", "light"], [[p, light] for p, light, _, _ in items[:5]])
+    (root / "r.toml").write_text(image_recipe("photos", "photos/calib.csv"))
+    from edgefair.recipe import load_recipe
+
+    recipe = load_recipe(root / "r.toml")
+    recipe = type(recipe)(**{**recipe.__dict__, "data": config})
+    options = read_options(recipe)
+    d = data_mod.load(root / config.eval, key="data.eval", label=config.label, groups=config.groups, options=options)
+    assert d.inputs[data_mod.CSV_INPUT].shape == (len(items), 3, 224, 224)
+    c = data_mod.load(root / config.calibration, key="data.calibration", label=None, groups=(), optional_groups=config.groups, options=options)
+    assert c.n == 5 and c.attributes["light"].tolist() == [it[1] for it in items[:5]]
+
