@@ -84,8 +84,13 @@ def publish(out_dir: str | os.PathLike, report: dict[str, Any], model_files: dic
             extra_files: dict[str, str] | None = None) -> None:
     """Write a run's output folder as a whole: its step models (`model_files`, by step index, copied
     under each step's `model` name), selected.onnx, `extra_files` (name -> text, e.g. tuned.toml),
-    report.json, the rendered reports and manifest.json."""
+    report.json, the rendered reports and manifest.json. An absolute `report["recipe"]["path"]`
+    becomes relative to the output folder (in `report` too): nothing written names the build
+    machine's folders."""
     target = check_target(out_dir)
+    recipe = report.get("recipe") or {}
+    if isinstance(recipe.get("path"), str) and os.path.isabs(recipe["path"]):
+        recipe["path"] = _relative_to(recipe["path"], target)
     with _staging(target) as stage:
         _carry_over(target, stage, ours=_previous_outputs(target))
         for step in report["steps"]:
@@ -110,6 +115,14 @@ def render_all(out_dir: str | os.PathLike, report: dict[str, Any]) -> None:
         _render_into(stage, report)
         write_json(stage / MANIFEST, manifest(stage, report))
         _swap(stage, target)
+
+
+def _relative_to(path: str, folder: Path) -> str:
+    """`path` relative to `folder`, '/'-separated; its file name when there is no relative path (another drive)."""
+    try:
+        return Path(os.path.relpath(path, folder)).as_posix()
+    except ValueError:
+        return Path(path).name
 
 
 def _render_into(folder: Path, report: dict[str, Any]) -> None:

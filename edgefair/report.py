@@ -5,7 +5,10 @@ Every human and machine output is rendered from this one dict.
 
 from __future__ import annotations
 
+import os
+import posixpath
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -47,11 +50,11 @@ def build_report(
     environment: dict[str, Any],
     timings: dict[str, float],
 ) -> dict[str, Any]:
-    data = {"eval": _data_entry(inputs.eval)}
+    data = {"eval": _data_entry(inputs.eval, recipe_relative(recipe, recipe.data.eval))}
     if inputs.calibration is not None:
-        data["calibration"] = _data_entry(inputs.calibration)
+        data["calibration"] = _data_entry(inputs.calibration, recipe_relative(recipe, recipe.data.calibration))
     if inputs.train is not None:
-        data["train"] = _data_entry(inputs.train)
+        data["train"] = _data_entry(inputs.train, recipe_relative(recipe, recipe.data.train))
     steps = [step_entry(m, r, out_name=f"{m.index:02d}-{m.name}.onnx") for m, r in zip(models, results)]
     return {
         "schema_version": SCHEMA_VERSION,
@@ -91,9 +94,21 @@ def repairs(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _data_entry(ds: Any) -> dict[str, Any]:
+def recipe_relative(recipe: Any, path: str) -> str:
+    """A file the recipe names, as a path relative to the recipe's folder ('/'-separated), so that
+    report.json and the manifest carry no absolute path of the build machine."""
+    p = Path(path)
+    if p.is_absolute():
+        try:
+            p = Path(os.path.relpath(p, recipe.base))
+        except ValueError:  # another drive
+            p = Path(p.name)
+    return posixpath.normpath(p.as_posix())
+
+
+def _data_entry(ds: Any, path: str) -> dict[str, Any]:
     return {
-        "path": str(ds.path),
+        "path": path,  # relative to the recipe's folder
         "sha256": sha256_file(ds.path),
         "n": ds.n,
         "labelled": ds.labels is not None,

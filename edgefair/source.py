@@ -8,16 +8,18 @@ unpickled is refused unless the recipe sets `model.trust_pickle = true`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import io
 import json
 import re
 import sys
+import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from . import hf_source
 from .errors import ModelSourceError
@@ -141,7 +143,50 @@ def _refuse_pickled_payloads(path: Path) -> None:
                 ) from e
 
 
+_FACTORY_LOCK = threading.Lock()  # loading a factory changes sys.path and sys.modules: one at a time
+
+
 def _load_factory(spec: str, *, base: Path, weights: Path | None) -> ModelSource:
+    """Import and call a factory (this runs the recipe's Python code); the modules it imported from
+    its own folder are then forgotten (`_forget_imports`)."""
+    module_name = spec.rsplit(":", 1)[0]
+    folder = (base / module_name).resolve().parent if module_name.endswith(".py") else base.resolve()
+    with _FACTORY_LOCK, _forget_imports(folder):
+        return _build_from_factory(spec, base=base, weights=weights)
+
+
+@contextlib.contextmanager
+def _forget_imports(folder: Path) -> Iterator[None]:
+    """Remove from sys.modules what was imported from `folder` (the user's model code) meanwhile, so
+    that the process keeps no trace of it: another recipe's `model.py`, or this one edited, is
+    imported afresh, and runs in one process (threads, workers) do not share module state.
+    Installed libraries the code imported stay imported."""
+    before = set(sys.modules)
+    try:
+        yield
+    finally:
+        for name in set(sys.modules) - before:
+            if any(_inside(p, folder) for p in _places(sys.modules.get(name))):
+                sys.modules.pop(name, None)
+
+
+def _places(module: Any) -> list[str]:
+    """A module's file, or a package's folders (some extension modules fake `__path__`)."""
+    places = [getattr(module, "__file__", None)]
+    path = getattr(module, "__path__", None)
+    if isinstance(path, (list, tuple)) or type(path).__name__ == "_NamespacePath":
+        places += list(path)
+    return [p for p in places if isinstance(p, str)]
+
+
+def _inside(path: str, folder: Path) -> bool:
+    try:
+        return Path(path).resolve().is_relative_to(folder)
+    except (OSError, ValueError):
+        return False
+
+
+def _build_from_factory(spec: str, *, base: Path, weights: Path | None) -> ModelSource:
     import torch
 
     module_name, func_name = spec.rsplit(":", 1)

@@ -12,10 +12,7 @@ Traps handled here rather than rediscovered by users:
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -108,10 +105,10 @@ class QuantizeStaticConfig:
 def _preprocess(src: Path, workdir: Path, warnings: list[str]) -> Path:
     from onnxruntime.quantization import quant_pre_process
 
-    src, out = src.resolve(), (workdir / f"{src.stem}.pre.onnx").resolve()  # absolute: the call runs elsewhere
+    src, out = src.resolve(), (workdir / f"{src.stem}.pre.onnx").resolve()
     try:
-        with _inside(out.parent):
-            quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
+        shaped = _symbolic_shapes(src, workdir / f"{src.stem}.shapes.onnx")
+        quant_pre_process(str(shaped), str(out), skip_symbolic_shape=True)  # inferred above
         return out
     except Exception as e:  # symbolic shape inference fails on some transformer graphs
         try:
@@ -123,21 +120,33 @@ def _preprocess(src: Path, workdir: Path, warnings: list[str]) -> Path:
             return src
 
 
-@contextlib.contextmanager
-def _inside(folder: Path):
-    """Run in `folder`: onnxruntime's symbolic shape inference, when it fails, saves the model
-    (~90 MB for MiniLM) as `sym_shape_infer_temp.onnx` plus external data in the current folder."""
-    before = os.getcwd()
-    os.chdir(folder)
-    try:
-        yield
-    finally:
-        os.chdir(before)
+def _symbolic_shapes(src: Path, dst: Path) -> Path:
+    """onnxruntime's symbolic shape inference, as `quant_pre_process` runs it, into `dst`. Its public
+    entry point saves a model it gives up on (~90 MB for MiniLM) as `sym_shape_infer_temp.onnx` in
+    the current folder; this runs the same loop without that, so no one has to change the process's
+    current folder (shared by every thread)."""
+    import onnx
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_opset
+
+    model = onnx.load(str(src))
+    opset = get_opset(model)
+    if not opset or opset < 7:
+        raise ValueError(f"symbolic shape inference needs opset 7 or later (got {opset})")
+    inference = SymbolicShapeInference(2**31 - 1, False, False, 0)  # quant_pre_process's defaults
+    inference._preprocess(model)
+    complete = False
+    while inference.run_:
+        complete = inference._infer_impl()
+    if not complete:
+        raise RuntimeError("Incomplete symbolic shape inference")
+    inference._update_output_from_vi()
+    onnx.save(inference.out_mp_, str(dst))
+    return dst
 
 
-def _quiet():
-    # onnxruntime.quantization logs a pre-processing suggestion at WARNING on every call
-    logging.getLogger().setLevel(logging.ERROR)
+def _quiet() -> None:
+    """Kept for callers of old: does nothing. The root logger's level belongs to the application;
+    onnxruntime's pre-processing suggestion does not fire on pre-processed models."""
 
 
 @register("quantize_dynamic", QuantizeDynamicConfig)
@@ -146,7 +155,6 @@ def quantize_dynamic(cfg: QuantizeDynamicConfig, src: Path, dst: Path, ctx: Step
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 
-    _quiet()
     outcome = StepOutcome()
     model_in = _preprocess(src, ctx.workdir, outcome.warnings) if cfg.preprocess else src
     _check_nodes("quantize_dynamic.exclude_nodes", cfg.exclude_nodes, model_in)
@@ -196,7 +204,6 @@ def quantize_static(cfg: QuantizeStaticConfig, src: Path, dst: Path, ctx: StepCo
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    _quiet()
     if ctx.calibration is None:
         raise StepError("quantize_static needs data.calibration")
     outcome = StepOutcome()
