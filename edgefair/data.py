@@ -155,6 +155,19 @@ def load(
     return Dataset(path, inputs, labels, attributes)
 
 
+def read_columns(path: Path, key: str, *, text: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """Every column (array) of an .npz, .csv or .parquet file by name, as `load` reads them; `text`
+    columns keep their exact text. For steps that need columns `load` did not keep."""
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return _read_npz(path, key)
+    if suffix == ".csv":
+        return _read_csv(path, key, text=set(text))
+    if suffix == ".parquet":
+        return read_parquet(path, key, text=set(text))
+    raise DataError(f"{key}: cannot read columns from {path.name} (an .npz, .csv or .parquet file)")
+
+
 def _check_rows(path: Path, key: str, inputs: Mapping[str, np.ndarray], others: Mapping[str, np.ndarray]) -> None:
     """Every array has the same number of rows. When they disagree, the odd ones out are named
     against the count most arrays agree on (ties: the label and group arrays' count), so a short

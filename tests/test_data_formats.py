@@ -86,6 +86,11 @@ def test_parquet_reads_like_csv_and_npz(recipe_dir):
     np.testing.assert_array_equal(p.labels, z.labels)
     for g in ("g", "h"):
         np.testing.assert_array_equal(p.attributes[g], z.attributes[g])
+    # read_columns: every column by name, for steps that need columns load() did not keep
+    for f in ("eval.parquet", "eval.csv", "eval.npz"):
+        assert data_mod.read_columns(recipe_dir / f, "k", text=("g",))["g"].tolist() == z.attributes["g"].tolist()
+    with pytest.raises(DataError, match="cannot read columns from x.json"):
+        data_mod.read_columns(recipe_dir / "x.json", "k")
 
 
 def test_parquet_integer_group_keeps_its_text(tmp_path):
