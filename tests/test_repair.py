@@ -324,3 +324,45 @@ def test_loose_slowdown_bound_keeps_the_best_node_and_reports_measured_costs(cli
     _, untimed = _static(clipped, tmp_path, "untimed", keep_float="worst_group", keep_float_max=1, keep_float_max_slowdown=float("inf"))
     assert untimed.details["keep_float"]["latency"] is None and "slowdown" not in untimed.details["keep_float"]["ranking"][0]
     assert untimed.details["keep_float"]["kept_float"] == kf["kept_float"]
+
+
+def test_sqnr_prefilter_keeps_the_node_the_full_ranking_puts_first(clipped, tmp_path):
+    """With fewer candidates than quantized nodes, the prefilter (onnxruntime's qdq_loss_debug on the
+    worst group's calibration rows) keeps the node whose inputs are noisiest; here that is the node
+    the full (expensive) ranking puts first, whatever order the nodes come in. Its score is the SQNR
+    of its clipped input, recomputed here from the QDQ model's own scale and zero point."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgefair.steps.repair import quantizable_nodes, sqnr_prefilter
+
+    _, full = _static(clipped, tmp_path, "full", keep_float="worst_group", keep_float_max=1)
+    top = full.details["keep_float"]["ranking"][0]["node"]
+    plain, _ = _static(clipped, tmp_path, "plain")
+    nodes = quantizable_nodes(clipped / "m.onnx", plain, ["Gemm"], "qdq")
+    with np.load(clipped / "calib.npz") as z:
+        x = z["features"][z["g"] == "z"][:16]
+    feeds = [{"features": x[i : i + 1]} for i in range(len(x))]
+    for order in (nodes, nodes[::-1]):
+        chosen, scores = sqnr_prefilter(clipped / "m.onnx", plain, order, feeds, 1, tmp_path)
+        assert [n for n, _ in chosen] == [top], scores
+    # the score of the top node: 20 log10(|x| / |x - dq(q(x))|) of its input, with the model's scale/zero point
+    q = onnx.load(str(plain))
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    ql = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "features")
+    scale, zp = float(inits[ql.input[1]]), int(inits[ql.input[2]])
+    dq = (np.clip(np.round(x / scale) + zp, 0, 255) - zp) * scale
+    expected = 20 * np.log10(np.linalg.norm(x) / np.linalg.norm(x - dq))
+    assert scores[top] == pytest.approx(expected, abs=0.01)
+    assert scores[top] < min(v for k, v in scores.items() if k != top)
+
+
+def test_keep_float_with_few_candidates_prefilters_by_sqnr_and_says_so(clipped, tmp_path):
+    _, out = _static(clipped, tmp_path, "few", keep_float="worst_group", keep_float_max=1, keep_float_candidates=1)
+    kf = out.details["keep_float"]
+    assert kf["prefilter"]["ranked"] == 1 and kf["prefilter"]["of"] == 3 and kf["prefilter"]["group"] == "g=z"
+    assert kf["candidates"] == 1 and kf["kept_float"] == [kf["ranking"][0]["node"]]
+    assert any("by SQNR" in w for w in out.warnings)
+    _, graph = _static(clipped, tmp_path, "few-graph", keep_float="worst_group", keep_float_max=1, keep_float_candidates=1,
+                       keep_float_prefilter="graph_order")
+    assert graph.details["keep_float"]["prefilter"] is None

@@ -13,6 +13,7 @@ Traps handled here rather than rediscovered by users:
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -28,6 +29,8 @@ from . import StepContext, StepOutcome, register, require_known
 # interleaved with the plain int8 model; the final repaired model gets 3x as many
 KEEP_FLOAT_TIMING_ROUNDS = 30
 KEEP_FLOAT_WARMUP = 5
+# keep_float_prefilter = "sqnr": rows of the worst group whose every intermediate tensor is compared
+KEEP_FLOAT_SQNR_ROWS = 16
 DYNAMIC_DEFAULT_OPS = ("MatMul", "Gemm", "Attention", "LSTM", "Gather")
 SLOW_CONV_MESSAGE = (
     "dynamic int8 Conv (ConvInteger) runs 7-11x slower than fp32 on CPU; "
@@ -80,7 +83,11 @@ class QuantizeStaticConfig:
     keep_float_max: int = check(lambda v: v >= 1, "must be >= 1", default=3)  # at most this many nodes in float
     keep_float_target: float = check(*in_range(0.0, 1.0, lo_open=True), default=0.99)  # stop once the worst group agrees this much
     keep_float_min_group_rows: int = check(lambda v: v >= 1, "must be >= 1", default=10)  # smaller groups are reported, not judged
-    keep_float_candidates: int = check(lambda v: v >= 1, "must be >= 1", default=32)  # nodes ranked at most (compute ops first)
+    keep_float_candidates: int = check(lambda v: v >= 1, "must be >= 1", default=32)  # nodes ranked at most
+    # which nodes are ranked when there are more than keep_float_candidates: sqnr = the noisiest by
+    # onnxruntime's qdq_loss_debug on the worst group's calibration rows (QDQ format; else graph_order),
+    # graph_order = compute ops (Conv, Gemm, MatMul, ...) first, each in graph order
+    keep_float_prefilter: Literal["sqnr", "graph_order"] = "sqnr"
     # latency-aware repair: the repaired model's p50 may be at most this many times the plain int8
     # model's (onnxruntime, 1 thread, batch 1, on the calibration inputs, KEEP_FLOAT_TIMING_ROUNDS
     # interleaved runs in a seeded order); nodes are ranked by worst-group gain per unit of slowdown.
@@ -92,7 +99,7 @@ class QuantizeStaticConfig:
             raise ValueError("calibration_rows: required with calibration_sampling = 'stratified' (rows drawn in all)")
         if self.keep_float == "none":
             defaults = {"keep_float_max": 3, "keep_float_target": 0.99, "keep_float_min_group_rows": 10, "keep_float_candidates": 32,
-                        "keep_float_max_slowdown": 1.15}
+                        "keep_float_max_slowdown": 1.15, "keep_float_prefilter": "sqnr"}
             for key, default in defaults.items():
                 if getattr(self, key) != default:
                     raise ValueError(f"{key}: only applies with keep_float = 'worst_group'")
@@ -300,7 +307,7 @@ def _keep_float(cfg, ctx, model_in, op_types, attributes, labels, quantize, dst,
     then keep the top-ranked ones in float, greedily (see steps/repair.py). Measured on every
     calibration row (not only those that set the ranges)."""
     from ..runtime import make_session, run_batched
-    from .repair import COST_FLOOR, GroupScorer, summary, group_table, limit_candidates, quantizable_nodes, repair
+    from .repair import COST_FLOOR, GroupScorer, summary, group_table, limit_candidates, quantizable_nodes, repair, sqnr_prefilter
 
     key = "quantize_static.keep_float"
     scratch = ctx.workdir / f"{dst.stem}.keep_float"
@@ -335,11 +342,24 @@ def _keep_float(cfg, ctx, model_in, op_types, attributes, labels, quantize, dst,
         return memo[k]
 
     nodes = quantizable_nodes(model_in, first, op_types, cfg.format)
-    candidates, skipped = limit_candidates(nodes, cfg.keep_float_candidates)
+    prefilter = None
+    if len(nodes) > cfg.keep_float_candidates and cfg.keep_float_prefilter == "sqnr" and cfg.format == "qdq":
+        plain = measure(())
+        rows = np.flatnonzero(scorer.masks[plain["worst_group"]])[:KEEP_FLOAT_SQNR_ROWS]
+        worst_feeds = [{k: v[i : i + 1] for k, v in ctx.calibration.inputs.items()} for i in rows]
+        t0 = time.perf_counter()
+        candidates, sqnr = sqnr_prefilter(model_in, first, nodes, worst_feeds, cfg.keep_float_candidates, scratch)
+        prefilter = {"by": "lowest SQNR (dB) of a node's quantized weights and input activations, onnxruntime qdq_loss_debug",
+                     "group": plain["worst_group"], "rows": len(rows), "seconds": round(time.perf_counter() - t0, 3),
+                     "ranked": len(candidates), "of": len(nodes), "sqnr_db": sqnr}
+        skipped = len(nodes) - len(candidates)
+        how = f"the {len(candidates)} noisiest by SQNR on {len(rows)} calibration rows of {plain['worst_group']} were ranked"
+    else:
+        candidates, skipped = limit_candidates(nodes, cfg.keep_float_candidates)
+        how = "compute ops (Conv, Gemm, MatMul, ...) were ranked first"
     if skipped:
         outcome.warnings.append(
-            f"keep_float: {skipped} of {len(nodes)} quantized nodes not ranked (keep_float_candidates = {cfg.keep_float_candidates}); "
-            "compute ops (Conv, Gemm, MatMul, ...) were ranked first"
+            f"keep_float: {skipped} of {len(nodes)} quantized nodes not ranked (keep_float_candidates = {cfg.keep_float_candidates}); {how}"
         )
     max_slowdown = cfg.keep_float_max_slowdown if aware else None
     result = repair(candidates, measure, max_nodes=cfg.keep_float_max, target=cfg.keep_float_target, max_slowdown=max_slowdown)
@@ -378,6 +398,7 @@ def _keep_float(cfg, ctx, model_in, op_types, attributes, labels, quantize, dst,
         "labels": labels is not None,
         "min_group_rows": cfg.keep_float_min_group_rows,
         "candidates": len(candidates),
+        "prefilter": prefilter,
         "ranking": result["ranking"],
         "kept_float": result["kept_float"],
         "trials": result["trials"],

@@ -215,6 +215,54 @@ def limit_candidates(nodes: list[tuple[str, str]], limit: int) -> tuple[list[tup
     return [n for n in nodes if n in chosen], len(nodes) - limit
 
 
+def sqnr_prefilter(
+    model_in: Path, quantized: Path, nodes: list[tuple[str, str]], feeds: list[dict[str, np.ndarray]], limit: int, scratch: Path
+) -> tuple[list[tuple[str, str]], dict[str, float]]:
+    """At most `limit` of `nodes`: those whose inputs are noisiest in the int8 model on `feeds` (the
+    worst group's calibration rows). onnxruntime's QDQ debugging utilities (`qdq_loss_debug`) give,
+    as a signal-to-quantization-noise ratio in dB, each quantized weight against its float value and
+    each activation of the int8 model against the same tensor of the fp32 model (which includes
+    the noise of every node before it); a node's score is the lowest SQNR among its inputs, lowest
+    first, graph order among equal scores. Returns the chosen nodes (graph order) and every node's
+    score. QDQ models only."""
+    from onnxruntime.quantization import CalibrationDataReader
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations, compute_activation_error, compute_weight_error, create_activation_matching,
+        create_weight_matching, modify_model_output_intermediate_tensors,
+    )
+    import onnx
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(feeds)
+
+        def get_next(self):
+            return next(self._it, None)
+
+    float_aug, qdq_aug = scratch / "sqnr-float.onnx", scratch / "sqnr-qdq.onnx"
+    try:
+        modify_model_output_intermediate_tensors(model_in, float_aug)
+        modify_model_output_intermediate_tensors(quantized, qdq_aug)
+        acts = create_activation_matching(collect_activations(str(qdq_aug), Reader()), collect_activations(str(float_aug), Reader()))
+        # xmodel_err: the tensor in the int8 model against the same tensor in fp32 (not qdq_err, its
+        # own Q/DQ pair: onnxruntime fuses a Relu into the Q before it, so that pair spans the Relu)
+        act_err = {k: v["xmodel_err"] for k, v in compute_activation_error(acts).items() if "xmodel_err" in v}
+        weight_err = compute_weight_error(create_weight_matching(str(model_in), str(quantized)))
+    finally:
+        for f in (float_aug, qdq_aug):
+            f.unlink(missing_ok=True)
+    graph = {n.name: n for n in onnx.load(str(model_in), load_external_data=False).graph.node}
+    scores: dict[str, float] = {}
+    for name, _ in nodes:
+        inputs = graph[name].input if name in graph else []
+        errs = [float(act_err[t]) if t in act_err else float(weight_err[t]) for t in inputs if t in act_err or t in weight_err]
+        errs = [e for e in errs if np.isfinite(e)]
+        scores[name] = min(errs) if errs else float("inf")
+    order = sorted(range(len(nodes)), key=lambda i: (scores[nodes[i][0]], i))
+    chosen = set(order[:limit])
+    return [n for i, n in enumerate(nodes) if i in chosen], {k: round(v, 3) if np.isfinite(v) else None for k, v in scores.items()}
+
+
 def summary(s: Mapping[str, Any]) -> dict[str, Any]:
     keys = ("worst_group", "worst_agreement", "agreement_gap", "agreement", "worst_accuracy_group", "worst_accuracy", "accuracy_gap", "accuracy")
     return {k: _round(s[k]) for k in keys if k in s}
