@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from .data import Dataset
 from .errors import DataError, GeneratedModelError, ModelLoadError
-from .runtime import fixed_batch, make_session, run_batched
+from .runtime import fixed_batch, make_session
 
 
 BATCH_DEPENDENT_OPS = {"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"}
@@ -31,7 +32,13 @@ def eval_batch_size(path: Path, *, configured: int | None, deployed: int) -> int
 
 
 def predict(path: Path, data: Dataset, *, batch_size: int, generated: bool | None = None) -> np.ndarray:
-    """Raw first output of the model on every eval row, in order. Uses all cores.
+    """Raw first output of the model on every eval row, in order (``predict_batches`` joined)."""
+    return np.concatenate(list(predict_batches(path, data, batch_size=batch_size, generated=generated)), axis=0)
+
+
+def predict_batches(path: Path, data: Dataset, *, batch_size: int, generated: bool | None = None) -> Iterator[np.ndarray]:
+    """Raw first output of the model, batch by batch of eval rows, in order: one onnxruntime call
+    per batch, nothing else kept. Uses all cores.
 
     `generated`: the model was made by edgefair (a compressed step), not the user's baseline
     (default: every file but BASELINE_FILE). The baseline is checked against the data first and
@@ -46,16 +53,17 @@ def predict(path: Path, data: Dataset, *, batch_size: int, generated: bool | Non
         if generated:
             raise GeneratedModelError(f"{path.name}, a model edgefair generated, cannot be loaded: {e}") from e
         raise
-    fixed = fixed_batch(session)
-    try:
-        return run_batched(session, data.batches(fixed or batch_size))
-    except Exception as e:  # onnxruntime raises InvalidArgument/Fail for shape or dtype mismatches
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        if generated:
-            raise GeneratedModelError(
-                f"{path.name}, a model edgefair generated, fails on data.eval ({data.path.name}), which the baseline runs on: {first}"
-            ) from e
-        raise DataError(f"data.eval: {data.path.name} does not fit model {path.name}: {first}") from e
+    name = session.get_outputs()[0].name
+    for feed in data.batches(fixed_batch(session) or batch_size):
+        try:
+            yield session.run([name], feed)[0]
+        except Exception as e:  # onnxruntime raises InvalidArgument/Fail for shape or dtype mismatches
+            first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+            if generated:
+                raise GeneratedModelError(
+                    f"{path.name}, a model edgefair generated, fails on data.eval ({data.path.name}), which the baseline runs on: {first}"
+                ) from e
+            raise DataError(f"data.eval: {data.path.name} does not fit model {path.name}: {first}") from e
 
 
 def conform_inputs(session, data: Dataset, key: str) -> Dataset:
