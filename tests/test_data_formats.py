@@ -357,6 +357,16 @@ LOADER = textwrap.dedent(
 
     def objects(path):
         return {"features": [[1.0], "x"], "g": ["a", "b"]}
+
+
+    def no_group(path):
+        with np.load(path) as z:
+            return {"features": z["features"], "label": z["label"], "g": z["g"], "hh": z["h"]}
+
+
+    def ragged(path):
+        with np.load(path) as z:
+            return {"features": z["features"][:10], "label": z["label"], "g": z["g"], "h": z["h"]}
     """
 )
 
@@ -381,6 +391,8 @@ def test_loader_function_runs_the_users_code(recipe_dir):
         ("my_loader.py:not_a_mapping", "data.loader: my_loader.py:not_a_mapping returned list for data.eval, not a mapping"),
         ("my_loader.py:objects", "returned array 'features' for data.eval"),
         ("my_loader.py:nope", "data.loader: cannot import my_loader.py:nope"),
+        ("my_loader.py:no_group", "data.eval: group column 'h' not in"),
+        ("my_loader.py:ragged", "data.eval: array 'features' in"),
         ("no_such_pkg.loaders:load", "data.loader: cannot import no_such_pkg.loaders:load"),
         ("not a spec", "data.loader: must be \"pkg.module:function\""),
     ],
