@@ -102,6 +102,24 @@ def test_label_free_distillation_on_calibration_inputs_recovers_held_out_agreeme
     assert not any("not fine-tuned" in w for w in out.warnings)
 
 
+def test_a_recovery_that_fails_says_so_plainly(tmp_path):
+    """The README: where recovery cannot bring a pruned model back, the report says so. 7/8 of the
+    neurons gone and one epoch at a tiny learning rate: the student stays far from the teacher."""
+    x, y = _task(1024, seed=0)
+    model = _trained(x, y)
+    calib = _calibration(_write_npz(tmp_path / "calib.npz", features=_task(256, seed=1)[0]))
+    cfg = PruneConfig(sparsity=0.875, structured=True, finetune_epochs=1, lr=1e-6, distill=True, recovery_data="calibration")
+    _, _, out = _prune(model, tmp_path / "weak", cfg, calibration=calib)
+    agree = out.details["finetune"]["teacher_agreement"]
+    assert agree["after"] < 0.9
+    assert [w for w in out.warnings if w.startswith("recovery did not bring the pruned model back")], out.warnings
+    # and a recovery that works says nothing of the kind
+    good = PruneConfig(sparsity=0.5, structured=True, finetune_epochs=30, lr=1e-2, distill=True, recovery_data="calibration")
+    _, _, ok = _prune(model, tmp_path / "good", good, calibration=calib)
+    assert ok.details["finetune"]["teacher_agreement"]["after"] >= 0.9
+    assert not [w for w in ok.warnings if w.startswith("recovery did not")]
+
+
 def test_auto_recovers_on_calibration_when_there_is_no_train_data(tmp_path):
     """recovery_data = "auto" (the default): data.train when given, else calibration inputs with distill."""
     x, y = _task(256, seed=0)

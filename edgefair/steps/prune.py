@@ -144,6 +144,8 @@ def prune_step(cfg: PruneConfig, src: Path, dst: Path, ctx: StepContext) -> Step
     )
 
 
+# below this agreement with the teacher on its own training rows, the step says plainly that recovery failed
+RECOVERY_FLOOR = 0.90
 NOT_FINETUNED = "data.train is given but finetune_epochs = 0: the pruned model was not fine-tuned"
 
 
@@ -185,6 +187,13 @@ def _structured_with_recovery(cfg: PruneConfig, src: Path, dst: Path, ctx: StepC
     ctx.export(model, dst)
     details = {**pruned.details, "finetune": result}
     warnings = [w for w in pruned.warnings if w != NOT_FINETUNED]
+    agree = result.get("teacher_agreement")
+    if agree and agree["after"] < RECOVERY_FLOOR:
+        warnings.append(
+            f"recovery did not bring the pruned model back: after {cfg.finetune_epochs} epoch(s) it agrees with the unpruned model on "
+            f"{100 * agree['after']:.1f}% of the {result['rows']} rows it was trained on ({100 * agree['before']:.1f}% before); "
+            "more recovery data or epochs, or less pruning, may help; the gates judge it on the eval rows"
+        )
     return StepOutcome(torch_model=model, warnings=warnings, details=details)
 
 
