@@ -531,6 +531,52 @@ def test_render_all_writes_four_files(run, tmp_path):
     assert paths["report.md"].read_text(encoding="utf-8") == render_markdown(report)
 
 
+def test_report_command_reproduces_the_run_byte_for_byte(run, tmp_path):
+    """`edgefair report DIR` re-renders every human file of DIR exactly as `edgefair run` wrote it:
+    nothing in a report depends on the time, the machine or the folder it is rendered in."""
+    import shutil
+
+    out = tmp_path / "moved"  # another folder too
+    shutil.copytree(run["_out"], out)
+    files = ["report.md", "report.html", "model-card.md", "junit.xml", "report.txt"]
+    before = {f: (out / f).read_bytes() for f in files}
+    for f in files:
+        (out / f).unlink()
+    result = run_cli(["report", str(out)])
+    assert result.exit_code == 0, result.output
+    for f in files:
+        assert (out / f).read_bytes() == before[f], f
+
+
+def test_markdown_and_html_show_the_tune_frontier(run):
+    """A tune report's frontier (computed by tune's own function on this real report), skipped and
+    not-tried candidates, in report.md and report.html."""
+    from edgefair.tune import frontier
+
+    report = clean(run)
+    report["frontier"] = frontier(report)
+    report["skipped"] = [{"name": "static-int8-keep-float", "kind": "quantize_static",
+                          "reason": f"calibration data has no group column {EVIL_VALUE}"}]
+    report["not_tried"] = [{"name": n, "kind": "prune", "reason": "time budget of 5 s spent"} for n in ("s-25", "s-50")]
+    md = render_markdown(report)
+    section = md[md.index("### Frontier"):md.index("### Per-group results")]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "`" in line]
+    ratios = [r["p50_ratio_vs_baseline"] for r in report["frontier"]]
+    assert len(rows) == len(ratios)
+    shown = [float(line.split(" | ")[3].rstrip("×")) for line in rows]
+    assert shown == sorted(shown)  # fastest first
+    cut = next(line for line in rows if "`cut_75`" in line)
+    fail = next(g for g in run["steps"][2]["gates"] if g["status"] == "fail")
+    assert f"❌ {R.gate_words(fail['gate'])} at {md_code(fail['group']).replace('|', chr(92) + '|')} {fmt_observed(fail)} >" in cut
+    shipped = next(line for line in rows if "`quantize_dynamic`" in line)
+    assert "✅ pass" in shipped and shipped.startswith("| 1 ✅ |")
+    assert "- skipped `static-int8-keep-float` (quantize\\_static): calibration data has no group column" in section
+    assert "- not tried (time budget of 5 s spent): `s-25`, `s-50`" in section
+    assert EVIL_VALUE not in outside_code_spans(section)
+    page = render_html(report)
+    assert "<h3>Skipped candidates</h3>" in page and "<code>s-25</code>, <code>s-50</code>: time budget of 5 s spent" in page
+
+
 # ---- helpers -------------------------------------------------------------------------------------------
 
 def test_number_formats():
