@@ -130,7 +130,7 @@ def read_image(path: Path, key: str, options: ReadOptions) -> np.ndarray:
             arr = np.asarray(img, dtype=np.float32) / 255.0
     except FileNotFoundError as e:
         raise DataError(f"{key}: image not found: {path}") from e
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:  # Pillow: truncated, corrupt, unknown
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:  # truncated, corrupt, unknown, huge
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise DataError(f"{key}: cannot read image {path}: {first}") from e
     if arr.ndim == 2:

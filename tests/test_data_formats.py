@@ -495,3 +495,11 @@ def test_readme_data_formats_example_is_a_valid_data_table(images):
     c = data_mod.load(root / config.calibration, key="data.calibration", label=None, groups=(), optional_groups=config.groups, options=options)
     assert c.n == 5 and c.attributes["light"].tolist() == [it[1] for it in items[:5]]
 
+
+
+def test_oversized_image_is_bad_input(images, monkeypatch):
+    """Pillow's decompression-bomb guard (here lowered to 10 pixels) is bad input naming the file."""
+    root, _ = images
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
+    with pytest.raises(DataError, match=r"data.eval: cannot read image .*\.png: Image size \(64 pixels\) exceeds limit"):
+        data_mod.load(root / "imgs", key="data.eval", label=None, groups=(), options=ReadOptions(subfolders=("light", "label")))
