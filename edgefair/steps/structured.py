@@ -526,9 +526,10 @@ def _prune_graph(model: Any, example: tuple, cfg: Any) -> tuple[dict, dict, dict
 
 def _prune_modules(model: Any, example: tuple, cfg: Any) -> tuple[dict, dict, dict]:
     """Torch-Pruning's dependency graph, for nn.Modules (see depgraph.py)."""
-    from .depgraph import Engine
+    from .depgraph import Engine, one_thread
 
-    result = Engine(model, example, exclude=cfg.exclude).prune(cfg.sparsity, cfg.importance, cfg.scope)
+    with one_thread():
+        result = Engine(model, example, exclude=cfg.exclude).prune(cfg.sparsity, cfg.importance, cfg.scope)
     if not result.channels:
         raise StepError(f"prune: no neuron or channel can be removed structurally ({_reasons(result.skipped)})")
     return result.channels, result.skipped, {"groups_pruned": result.groups_pruned, "groups_unchecked": result.groups_unchecked}

@@ -1,0 +1,129 @@
+"""The architecture zoo (tests/pruning_zoo.py) through edgefair's real steps: ONNX export, static
+int8 and structured pruning at 50%, each run by onnxruntime. Pruning must remove >= 40% of the
+prunable parameters (weight matrices and kernels) on at least seven of the eight."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgefair.data import Dataset
+from edgefair.export import export_onnx
+from edgefair.runtime import make_session
+from edgefair.steps import REGISTRY, StepContext
+from edgefair.steps.depgraph import Engine
+from edgefair.steps.prune import PruneConfig, prunable, prune_step
+from edgefair.steps.quantize import QuantizeStaticConfig
+from pruning_zoo import ZOO, build, channel_shuffle
+
+MEMBERS = {m.name: m for m in ZOO}
+
+
+def prunable_share_removed(before: nn.Module, after: nn.Module) -> float:
+    """Share of the prunable parameters (every weight matrix and kernel) that pruning removed."""
+    sizes = dict(after.named_parameters())
+    total = sum(p.numel() for _, _, name in prunable(before) for p in [dict(before.named_parameters())[name]])
+    kept = sum(sizes[name].numel() for _, _, name in prunable(before))
+    return 1.0 - kept / total
+
+
+@functools.lru_cache(maxsize=None)
+def run_member(name: str, workdir: str) -> dict:
+    """Export, static int8 and 50% structured pruning of one member, through the step functions."""
+    member, tmp = MEMBERS[name], Path(workdir) / name
+    tmp.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    x = member.make_inputs(rng, 16)
+    data = Dataset(Path("calib.npz"), {member.input_name: x}, None, {})
+    model = build(member)
+
+    def export(module: nn.Module, dst: Path) -> None:
+        export_onnx(module, {member.input_name: x[:2]}, [member.input_name], dst)
+
+    src = tmp / "baseline.onnx"
+    export(model, src)
+    ctx = StepContext(torch_model=model, calibration=data, train=None, export=export, workdir=tmp, seed=0)
+    int8 = tmp / "int8.onnx"
+    REGISTRY["quantize_static"].apply(QuantizeStaticConfig(), src, int8, ctx)
+    pruned = tmp / "pruned.onnx"
+    outcome = prune_step(PruneConfig(sparsity=0.5, structured=True), src, pruned, ctx)
+    outputs = {}
+    for kind, path in (("baseline", src), ("int8", int8), ("pruned", pruned)):
+        outputs[kind] = make_session(path, threads=1).run(None, {member.input_name: x})[0]
+    with torch.no_grad():
+        torch_pruned = outcome.torch_model(torch.from_numpy(x)).numpy()
+    return {"outputs": outputs, "torch_pruned": torch_pruned, "details": outcome.details, "model": model,
+            "share": prunable_share_removed(model, outcome.torch_model), "classes": member.classes}
+
+
+@pytest.fixture(scope="module")
+def zoo_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("zoo"))
+
+
+@pytest.mark.parametrize("name", list(MEMBERS))
+def test_export_int8_and_structured_pruning_run(name, zoo_dir):
+    r = run_member(name, zoo_dir)
+    for kind, out in r["outputs"].items():
+        assert out.shape == (16, r["classes"]), kind
+        assert np.isfinite(out).all(), kind
+    # the pruned ONNX graph computes what the pruned torch model computes
+    np.testing.assert_allclose(r["outputs"]["pruned"], r["torch_pruned"], rtol=1e-3, atol=1e-4)
+    assert r["details"]["engine"] == "torch-pruning"
+    assert r["details"]["params_after"] < r["details"]["params_before"]
+    for w in r["details"]["channels"]:  # every listed layer really shrank
+        before, after = r["details"]["channels"][w]
+        assert after < before
+
+
+def test_pruning_removes_40_percent_of_prunable_parameters_on_seven_of_eight(zoo_dir):
+    shares = {name: run_member(name, zoo_dir)["share"] for name in MEMBERS}
+    assert sum(s >= 0.40 for s in shares.values()) >= 7, shares
+
+
+class Shuffled(nn.Module):
+    def __init__(self, shuffle: bool) -> None:
+        super().__init__()
+        self.shuffle = shuffle
+        self.a, self.b, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        h = channel_shuffle(h, 2) if self.shuffle else h
+        return self.fc(self.b(torch.relu(h)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_the_check_puts_back_a_group_whose_mapping_changes_the_kept_channels(shuffle):
+    """Removing channels of conv `a` must give the original model with the columns of `b` that read
+    them zeroed. Without a shuffle Torch-Pruning's pruning does; through a channel shuffle it maps
+    `a`'s channels to the wrong columns of `b`, and the engine's check puts that group back."""
+    torch.manual_seed(0)
+    original, x = Shuffled(shuffle).eval(), torch.randn(2, 3, 8, 8)
+    unchecked = copy.deepcopy(original)
+    result = Engine(unchecked, (x,), exclude=["b.weight"]).prune(0.5, "l1", "layer", check=False)
+    assert list(result.channels) == ["a.weight"]
+    kept = [next(i for i in range(8) if torch.equal(row, original.a.weight[i])) for row in unchecked.a.weight]
+    gone = [c for c in range(8) if c not in kept]
+    reference = copy.deepcopy(original)
+    with torch.no_grad():
+        columns = [(c % 4) * 2 + c // 4 for c in gone] if shuffle else gone  # where channel c of `a` lands
+        reference.b.weight[:, columns] = 0.0
+        right = torch.allclose(unchecked(x), reference(x), atol=1e-5)
+    assert right is not shuffle  # Torch-Pruning alone is right without the shuffle, wrong through it
+    checked = copy.deepcopy(original)
+    result = Engine(checked, (x,), exclude=["b.weight"]).prune(0.5, "l1", "layer")
+    with torch.no_grad():
+        if shuffle:
+            assert result.channels == {}
+            assert result.skipped["a.weight"].startswith("Torch-Pruning's index mapping changes what the kept channels compute")
+            torch.testing.assert_close(checked(x), original(x))
+        else:
+            assert result.channels == {"a.weight": [8, 4]}
+            torch.testing.assert_close(checked(x), reference(x))
