@@ -246,9 +246,12 @@ class Cache:
 
     def put_json(self, kind: str, key: str, obj: Any) -> None:
         if self.enabled:
-            text = _canonical(obj)
+            digest = sha256_bytes(_canonical(obj).encode())
+            # the value keeps its key order (a report built from a hit reads like one built fresh);
+            # the digest is of the sorted text, so order cannot make it disagree
+            text = json.dumps({"sha256": digest, "value": obj}, allow_nan=False) + "\n"
             with self._locked(exclusive=True):
-                write_text(self._path(kind, key, "json"), json.dumps({"sha256": sha256_bytes(text.encode()), "value": json.loads(text)}) + "\n")
+                write_text(self._path(kind, key, "json"), text)
 
     # -- what `edgefair cache info / clear` and the LRU bound work on ------------------------------
 

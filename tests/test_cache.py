@@ -234,3 +234,154 @@ def test_cache_entry_without_its_digest_is_a_plain_miss(tmp_path):
         warnings.simplefilter("error")
         assert not cache.get_file("step", "ab" * 32, tmp_path / "out2.onnx")
     assert not (tmp_path / "out2.onnx").exists() and cache.problems == []
+
+
+# -- shared by concurrent runs: the lock, the LRU bound, `edgefair cache info/clear` -------------------
+
+
+def _statistics(report):
+    """What two runs of one recipe must agree on: everything but timings, latency and what depends on it."""
+    return [{k: s[k] for k in ("name", "sha256", "size_bytes", "overall", "groups", "disparity", "details", "gates")}
+            for s in report["steps"]]
+
+
+def test_two_concurrent_runs_sharing_a_cache_both_succeed_with_identical_statistics(recipe_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    recipe = write_recipe(recipe_dir / "r.toml", BASE_RECIPE + "\n[[steps]]\nkind = 'quantize_dynamic'\n")
+    cache = tmp_path / "cache"
+    env = {**os.environ, "EDGEFAIR_CACHE_DIR": str(cache)}
+    cmd = [sys.executable, "-c", "from edgefair.cli import main; main()", "run", str(recipe), "-q"]
+    procs = [subprocess.Popen([*cmd, "--out", str(tmp_path / name)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name in ("a", "b")]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode in RAN, err
+        assert "corrupt" not in err and "Traceback" not in err
+    a, b = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("a", "b"))
+    assert _statistics(a) == _statistics(b)
+    assert not list(cache.rglob("*.part"))  # no writer left a temporary behind
+    third = _run(recipe, tmp_path / "c", cache)  # what they left is complete and verified
+    assert [s["cache"] for s in third["steps"]] == [{"model": "hit", "stats": "hit"}] * 2
+    assert _statistics(third) == _statistics(a)  # in the same order too: a hit reads like a fresh result
+
+
+def test_writes_wait_for_the_exclusive_lock(tmp_path):
+    """Another process holding the lock (here: another open file of the same lock, as flock sees it)
+    keeps a write from starting, and a read from seeing a half-replaced entry."""
+    import fcntl
+    import threading
+
+    from edgefair.cache import LOCK_NAME, Cache
+
+    cache = Cache(tmp_path / "c")
+    cache.put_json("stats", "ab" * 32, {"v": 1})
+    done = {}
+    with open(tmp_path / "c" / LOCK_NAME, "a+b") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        writer = threading.Thread(target=lambda: (cache.put_json("stats", "ab" * 32, {"v": 2}), done.setdefault("w", True)))
+        reader = threading.Thread(target=lambda: done.setdefault("r", cache.get_json("stats", "ab" * 32)))
+        writer.start()
+        reader.start()
+        writer.join(0.5)
+        reader.join(0.5)
+        assert done == {}  # both wait while the lock is held
+        fcntl.flock(held.fileno(), fcntl.LOCK_UN)
+    writer.join(10)
+    reader.join(10)
+    assert done["w"] is True and done["r"] in ({"v": 1}, {"v": 2})
+    assert cache.get_json("stats", "ab" * 32) == {"v": 2}
+
+
+def test_lru_eviction_removes_the_least_recently_used_first(tmp_path):
+    import os
+    import time
+
+    from edgefair.cache import Cache
+
+    cache = Cache(tmp_path / "c")
+    keys = {name: name * 64 for name in "abc"}
+    for name, key in keys.items():
+        cache.put_json("stats", key, {"payload": name * 1000})
+    old = time.time() - 3600
+    for i, key in enumerate(keys.values()):  # a used an hour ago, b after it, c last
+        os.utime(cache._path("stats", key, "json"), (old + 60 * i, old + 60 * i))
+    assert cache.get_json("stats", keys["a"]) == {"payload": "a" * 1000}  # a read: now the most recent
+    sizes = {e.key: e.size for e in cache.entries()}
+    removed, freed = cache.remove(max_bytes=sizes[keys["a"]] + sizes[keys["c"]])
+    assert (removed, freed) == (1, sizes[keys["b"]])
+    assert {e.key for e in cache.entries()} == {keys["a"], keys["c"]}
+    assert cache.remove(max_bytes=10**9) == (0, 0)
+
+
+def test_run_evicts_to_the_configured_bound(recipe_dir, tmp_path, monkeypatch):
+    recipe = write_recipe(recipe_dir / "r.toml", BASE_RECIPE + STEPS)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EDGEFAIR_CACHE_MAX_BYTES", "10MB")
+    _run(recipe, tmp_path / "a", cache)
+    kept = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file() and f.name != ".lock")
+    assert 0 < kept <= 10_000_000
+    monkeypatch.setenv("EDGEFAIR_CACHE_MAX_BYTES", "1")
+    result = run_cli(["run", str(recipe), "--out", str(tmp_path / "b"), "--cache-dir", str(cache), "-q"])
+    assert result.exit_code in RAN and "evicted" in result.stderr
+    assert not [f for f in cache.rglob("*") if f.is_file() and f.name != ".lock"]
+
+
+def test_bad_cache_bound_is_bad_input(recipe_dir, tmp_path, monkeypatch):
+    recipe = write_recipe(recipe_dir / "r.toml", BASE_RECIPE)
+    monkeypatch.setenv("EDGEFAIR_CACHE_MAX_BYTES", "lots")
+    result = run_cli(["run", str(recipe), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and result.stderr.startswith("Error: EDGEFAIR_CACHE_MAX_BYTES: expected a size")
+    assert not (tmp_path / "o").exists()
+
+
+def test_parse_size_and_age():
+    from edgefair.cache import parse_age, parse_size
+    from edgefair.errors import EdgefairError
+
+    assert parse_size("2GB", what="x") == 2_000_000_000 and parse_size("500M", what="x") == 500_000_000
+    assert parse_size("1GiB", what="x") == 2**30 and parse_size("12345", what="x") == 12345
+    assert parse_age("30d") == 30 * 86400 and parse_age("12h") == 43200 and parse_age("90") == 90
+    for bad in ("", "2 parsecs", "-1GB"):
+        with pytest.raises(EdgefairError, match="x: expected a size"):
+            parse_size(bad, what="x")
+    with pytest.raises(EdgefairError, match="--older-than"):
+        parse_age("1 fortnight")
+
+
+def test_cache_info_and_clear(recipe_dir, tmp_path):
+    import os
+    import time
+
+    recipe = write_recipe(recipe_dir / "r.toml", BASE_RECIPE + STEPS)
+    cache = tmp_path / "cache"
+    _run(recipe, tmp_path / "a", cache)
+    files = [f for f in cache.rglob("*") if f.is_file() and f.name != ".lock"]
+    keys = {(f.relative_to(cache).parts[0], f.name.split(".")[0]) for f in files}
+    info = json.loads(run_cli(["cache", "info", "--json", "--cache-dir", str(cache)]).stdout)
+    assert info["location"] == str(cache)
+    assert info["entries"] == len(keys) and info["bytes"] == sum(f.stat().st_size for f in files)
+    assert info["max_bytes"] == 2_000_000_000
+    text = run_cli(["cache", "info", "--cache-dir", str(cache)]).output
+    assert f"location: {cache}" in text and f"entries: {len(keys)}," in text
+
+    # entries unused for 40 days, and a temporary a killed writer left, go with --older-than 30d
+    old = time.time() - 40 * 86400
+    stale = {f for f in files if f.relative_to(cache).parts[0] == "stats"}
+    for f in stale:
+        os.utime(f, (old, old))
+    partial = cache / "step" / "ab" / ".abab.onnx.x1y2.part"
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_bytes(b"half a model")
+    result = run_cli(["cache", "clear", "--older-than", "30d", "--cache-dir", str(cache)])
+    assert result.exit_code == 0
+    n_stale = len({f.name.split(".")[0] for f in stale})
+    assert result.output.startswith(f"removed {n_stale + 1} entries not used for 30d")
+    assert not any(f.exists() for f in stale) and not partial.exists()
+    assert all(f.exists() for f in files if f not in stale)
+
+    assert run_cli(["cache", "clear", "--cache-dir", str(cache)]).exit_code == 0
+    assert json.loads(run_cli(["cache", "info", "--json", "--cache-dir", str(cache)]).stdout)["entries"] == 0
+    assert run_cli(["cache", "clear", "--older-than", "soon"]).exit_code == 2
