@@ -172,8 +172,9 @@ def _forget_imports(folder: Path) -> Iterator[None]:
 
 def _places(module: Any) -> list[str]:
     """A module's file, or a package's folders (some extension modules fake `__path__`)."""
-    places = [getattr(module, "__file__", None)]
-    path = getattr(module, "__path__", None)
+    attrs = getattr(module, "__dict__", {})  # never getattr: a lazy module (transformers) imports on a missing attribute
+    places = [attrs.get("__file__")]
+    path = attrs.get("__path__")
     if isinstance(path, (list, tuple)) or type(path).__name__ == "_NamespacePath":
         places += list(path)
     return [p for p in places if isinstance(p, str)]
