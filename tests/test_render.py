@@ -157,7 +157,7 @@ def test_html_first_screen_names_every_exceeded_check(run):
     assert "PASS — ship step 1 <code>quantize_dynamic</code>" in top and run["selected"]["reason"] in top
     assert "accuracy drop <span class=\"n\">≤ 0.5 pp</span>" in top
     for e in run["gate_summary"]["exceeded"]:
-        assert f"<code>{R.html.esc(e['group'])}</code>" in top
+        assert f"<code class=\"g\">{R.html.esc(e['group']).replace('&amp;', '&amp;<wbr>')}</code>" in top
     assert top.count("<tr class=\"fail\">") + top.count("<tr class=\"warn\">") == len(run["gate_summary"]["exceeded"])
     assert "Failed steps (1)" in top and "group checks undecided: too few rows to tell" in top
 
@@ -395,7 +395,7 @@ def test_html_latency_frontier_and_reliability(run):
 
 def test_html_uses_no_absolute_local_path(run):
     page = render_html(clean(run))
-    assert run["_root"] not in page and "<code>r.toml</code>" in page and "<code>data/eval.npz</code>" in page
+    assert run["_root"] not in page and "<code>../r.toml</code>" in page and "<code>data/eval.npz</code>" in page
 
 
 # ---- paths and units in the model card ---------------------------------------------------------------
@@ -406,7 +406,8 @@ def test_model_card_has_no_absolute_paths(run):
     card = render_model_card(report)
     assert run["_root"] not in card and str(Path(run["_root"]).parent) not in card
     assert not re.search(r"(?<![\w.`])/(tmp|home|root|work|Users)/", card)
-    assert "`data/eval.npz`" in card and "`data/calib.npz`" in card and "`r.toml`" in card
+    assert "`data/eval.npz`" in card and "`data/calib.npz`" in card and "calibrated on calib.npz" in card
+    assert "recipe `../r.toml` (from the output folder)" in card
     assert "Evaluation Data" in card
 
 

@@ -726,8 +726,12 @@ def md_table(head: list[str], rows: list[list[Any]]) -> list[str]:
 
 # ---- paths -----------------------------------------------------------------------------------------
 
-def _is_abs(p: str) -> bool:
+def is_absolute(p: str) -> bool:
+    """An absolute path on POSIX or Windows (report.json written before 0.2 named files that way)."""
     return PurePosixPath(p).is_absolute() or PureWindowsPath(p).is_absolute()
+
+
+_is_abs = is_absolute
 
 
 def recipe_dir(report: dict[str, Any]) -> str | None:
@@ -793,6 +797,18 @@ def local_prefixes(report: dict[str, Any]) -> list[tuple[str, str]]:
     if home and home != "~" and len(home) > 1:
         out.append((home.rstrip("/\\"), "~/"))
     return sorted(out, key=lambda fr: len(fr[0]), reverse=True)
+
+
+_ABS_DIRS = re.compile(r"(?<![\w.:/~-])(?:/|[A-Za-z]:\\)(?:[^\s/\\`'\"|<>()\[\]]+[/\\])+(?=[^\s/\\`'\"|<>()\[\]])")
+
+
+def without_local_dirs(report: dict[str, Any], text: str) -> str:
+    """Text meant to leave the machine (a warning, the model card) without this machine's folders: the
+    folders the report names become relative to the recipe's, the home folder '~/', and any other
+    absolute path keeps only its file name."""
+    for folder, instead in local_prefixes(report):
+        text = text.replace(folder + "/", instead).replace(folder + "\\", instead)
+    return _ABS_DIRS.sub("", text)
 
 
 # ---- writing -------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from . import (
     gates_cell,
     harm_sentence,
     insufficient_summary,
+    is_absolute,
     is_labelled,
     largest_harm,
     metric_cell,
@@ -60,6 +61,7 @@ from . import (
     undecided_note,
     who,
     why_failed,
+    without_local_dirs,
     worst_gate,
     worst_harm,
 )
@@ -86,7 +88,7 @@ h3{font-size:1em;margin:1.2em 0 .2em}
 table{border-collapse:collapse;margin:.6em 0;font-variant-numeric:tabular-nums}
 th,td{border:1px solid #d0d7de;padding:3px 8px;text-align:right;vertical-align:top;overflow-wrap:normal}
 th{background:#f6f8fa} td.l,th.l{text-align:left} td.n,th.n{white-space:nowrap}
-td.note{text-align:left;color:#8a4600}
+td.note{text-align:left;color:#8a4600} td.w,th.w{min-width:10em}
 table.meta td code{word-break:break-all}
 .banner{padding:.8em 1em;border-radius:6px;font-size:1.2em;font-weight:600}
 .pass{background:#d5efe6;color:#00573f} .fail{background:#fbe1d3;color:#8f3500} .warn{background:#fcefc9;color:#6b4500}
@@ -106,7 +108,7 @@ svg{max-width:100%;height:auto}
 .smalls{display:flex;flex-wrap:wrap;gap:.8em 1.2em} .smalls figure{margin:0;width:228px;max-width:100%}
 .smalls svg{display:block;width:228px;max-width:100%}
 b.over{color:#8f3500} ul.limits{columns:2 22em;margin:.2em 0} ul.fail li{color:#8f3500}
-td code{white-space:nowrap}
+td code{white-space:nowrap} td code.g{white-space:normal}
 p.legend span{display:inline-block;margin-right:1.2em;white-space:nowrap} p.legend svg{vertical-align:middle}
 .picker{margin:.4em 0 .8em} .picker-title{font-weight:600;margin-right:.4em}
 input.vh{position:absolute;opacity:0;width:1px;height:1px;margin:0}
@@ -221,7 +223,7 @@ def _first_screen(report: dict[str, Any], ci_label: str) -> str:
         at_sel = sum(1 for e in rows if e.get("step") == sel_i)
         trs = [(str(e.get("status") or ""), [
             esc(e.get("step")) + (' <span class="badge">selected</span>' if e.get("step") == sel_i else ""),
-            f"<code>{esc(e.get('name'))}</code>", who(e, _code), esc(gate_words(e.get("gate"))),
+            f"<code>{esc(e.get('name'))}</code>", who(e, _gcode), esc(gate_words(e.get("gate"))),
             f"<b>{esc(fmt_observed(e))}</b>", esc(fmt_limit(e)), esc(fmt_gate_ci(e.get("gate"), e.get("ci"))),
             esc(status_text(e)), esc(fmt_num(e.get("n"), "d")), esc(fmt_detectable(e)), esc(fmt_num(e.get("p_holm"), ".2g"))])
             for e in rows]
@@ -230,7 +232,7 @@ def _first_screen(report: dict[str, Any], ci_label: str) -> str:
                    "<p class=\"muted\">Every check whose observed value is beyond its limit, whatever the evidence "
                    "decided.</p>"
                    + _table(["#", "step", "group", "gate", "observed", "limit", ci_label, "status", "n", "det.", "p (Holm)"],
-                            trs, left=4, nowrap=(0, 4, 5, 6, 7, 8, 9, 10), cards=True, also_left=(7,)))
+                            trs, left=4, nowrap=(0, 4, 5, 6, 7, 8, 9, 10), cards=True, also_left=(7,), words=(3,)))
     elif limits:
         out.append("<h2>Observed harm beyond a limit: none</h2><p>No check of any compressed step observed a value "
                    "beyond its limit.</p>")
@@ -274,19 +276,22 @@ def _repairs(report: dict[str, Any]) -> str:
 
 
 def _table(head: Iterable[str], rows: Iterable[tuple[str, list[Any]]], left: int = 1, *,
-           nowrap: Iterable[int] = (), cards: bool = False, also_left: Iterable[int] = ()) -> str:
+           nowrap: Iterable[int] = (), cards: bool = False, also_left: Iterable[int] = (),
+           words: Iterable[int] = ()) -> str:
     """A table from already-escaped cells; `rows` are (tr class, cells); the first `left` columns align left.
+    Columns in `words` (prose: gate names, reasons) keep a readable width instead of one word a line.
 
     A cell may be `(html, colspan)`. Columns in `nowrap` (numbers, intervals) do not break across lines;
     the table scrolls sideways inside its own box instead of overflowing the page. `cards`: on a
     narrow screen each row becomes a card of "column: value" lines instead of scrolling.
     """
-    keep, lefts = set(nowrap), set(also_left)
+    keep, lefts, wide = set(nowrap), set(also_left), set(words)
     head = list(head)
     labels = [esc(html.unescape(re.sub(r"<[^>]+>", " ", h)).split("  ")[0].strip()) for h in head]
 
     def cls(i: int, header: bool = False) -> str:
-        c = ("l " if i < left or i in lefts else "") + ("n" if i in keep and not header else "")
+        c = (("l " if i < left or i in lefts else "") + ("n " if i in keep and not header else "")
+             + ("w" if i in wide else ""))
         return f' class="{c.strip()}"' if c.strip() else ""
 
     def label(i: int) -> str:
@@ -315,12 +320,14 @@ def _context(report: dict[str, Any]) -> str:
     src = report.get("source") or {}
     ev = (report.get("data") or {}).get("eval") or {}
     recipe = report.get("recipe") or {}
+    rel = recipe.get("path") is not None and not is_absolute(str(recipe["path"]))
     items = [
-        ("recipe", None if recipe.get("path") is None else portable_path(report, recipe.get("path"))),
+        ("recipe" + (" (from the output folder)" if rel else ""),
+         None if recipe.get("path") is None else portable_path(report, recipe.get("path"))),
         ("recipe sha256", recipe.get("sha256")),
         ("model source", None if src.get("spec") is None else portable_path(report, src.get("spec"))),
         ("source sha256", src.get("sha256")),
-        ("eval data", None if ev.get("path") is None else portable_path(report, ev.get("path"))),
+        ("eval data (from the recipe's folder)", None if ev.get("path") is None else portable_path(report, ev.get("path"))),
         ("eval rows", ev.get("n")),
         ("labels", None if not ev else ("yes" if is_labelled(report) else "no (label-free fidelity only)")),
         ("written", report.get("created_at")),
@@ -336,7 +343,8 @@ def _warnings(report: dict[str, Any]) -> str:
     items = []
     for s in steps(report):
         for w in s.get("warnings") or []:
-            items.append(f"step {esc(s.get('index'))} <code>{esc(s.get('name'))}</code>: {esc(w)}")
+            items.append(f"step {esc(s.get('index'))} <code>{esc(s.get('name'))}</code>: "
+                         f"{esc(without_local_dirs(report, str(w)))}")
     n_steps = len(steps(report))
     for key, n, idx, reason in insufficient_summary(report):
         where = "" if len(idx) == n_steps else f", step {esc(', '.join(map(str, idx)))}"
@@ -407,6 +415,11 @@ def _code(key: Any) -> str:
     return f"<code>{esc(key)}</code>"
 
 
+def _gcode(key: Any) -> str:
+    """A group key as <code> that may wrap after each '&' in a table cell (intersections are long)."""
+    return f'<code class="g">{_breakable(key)}</code>'
+
+
 def _breakable(key: Any) -> str:
     """An escaped group key that may wrap after '&' (intersections are long)."""
     return esc(key).replace("&amp;", "&amp;<wbr>")
@@ -471,7 +484,7 @@ def _step_details(report: dict[str, Any], step: dict[str, Any], ci_label: str) -
     if gates:
         ordered = sorted(gates, key=gate_sort_key)
         grows = [(str(g.get("status") or ""), [
-            esc(status_text(g)), esc(gate_words(g.get("gate"))), who(g, _code),
+            esc(status_text(g)), esc(gate_words(g.get("gate"))), who(g, _gcode),
             (f'<b class="over">{esc(fmt_observed(g))}</b>' if g.get("exceeds") else esc(fmt_observed(g))),
             esc(fmt_gate_ci(g.get("gate"), g.get("ci"))), esc(fmt_limit(g)), esc(fmt_detectable(g)),
             esc(fmt_num(g.get("n"), "d")), esc(fmt_num(g.get("p_holm"), ".2g")), esc(g.get("reason") or "")])
@@ -480,7 +493,7 @@ def _step_details(report: dict[str, Any], step: dict[str, Any], ci_label: str) -
         order = "; failures, then checks beyond the limit, first" if c.get("fail") or any(g.get("exceeds") for g in gates) else ""
         parts.append(f"<h3>Gate checks <span class=\"muted\">({esc(gates_cell(step))}{order})</span></h3>")
         parts.append(_table(["status", "gate", "group", "observed", ci_label, "limit", "det.", "n", "p (Holm)", "reason"],
-                            grows, left=3, nowrap=(0, 3, 4, 5, 6, 7, 8), also_left=(9,)))
+                            grows, left=3, nowrap=(0, 3, 4, 5, 6, 7, 8), also_left=(9,), words=(1, 9)))
     parts.append("</details>")
     return "".join(parts)
 

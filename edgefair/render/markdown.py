@@ -53,6 +53,7 @@ from . import (
     undecided_note,
     who,
     why_failed,
+    without_local_dirs,
     worst_gate,
     worst_harm,
 )
@@ -184,7 +185,7 @@ def _warnings(report: dict[str, Any]) -> list[str]:
     texts: dict[str, list[Any]] = {}
     for s in steps(report):
         for w in s.get("warnings") or []:
-            texts.setdefault(str(w), []).append(s.get("index"))
+            texts.setdefault(without_local_dirs(report, str(w)), []).append(s.get("index"))
     for w, idx in texts.items():
         out.append(f"- ⚠️ step {_indices(idx)}: {md_text(w)}")
     n_steps = len(steps(report))

@@ -31,9 +31,9 @@ from . import (
     gate_words,
     gates_cell,
     insufficient_groups,
+    is_absolute,
     is_embedding,
     is_labelled,
-    local_prefixes,
     md_code,
     md_table,
     md_text,
@@ -45,6 +45,7 @@ from . import (
     steps_applied,
     thresholds,
     who,
+    without_local_dirs,
 )
 from .markdown import first_screen, step_groups
 
@@ -83,9 +84,7 @@ def render_model_card(report: dict[str, Any]) -> str:
 def _scrub(report: dict[str, Any], text: str) -> str:
     """A last guard: no absolute folder of this machine (recipe, data, home) survives in the card,
     e.g. inside a step warning; paths under the recipe's folder become relative to it."""
-    for folder, instead in local_prefixes(report):
-        text = text.replace(folder + "/", instead).replace(folder + "\\", instead)
-    return text
+    return without_local_dirs(report, text)
 
 
 def _details(report: dict[str, Any], step: dict[str, Any]) -> list[str]:
@@ -121,8 +120,9 @@ def _details(report: dict[str, Any], step: dict[str, Any]) -> list[str]:
     out.append(f"- **Developers, license, citation:** {UNKNOWN}")
     recipe = report.get("recipe") or {}
     if recipe.get("path"):
-        out.append(f"- **Produced by:** `edgefair run` with recipe {md_code(portable_path(report, recipe['path']))} "
-                   f"(sha256 {md_code(recipe.get('sha256', DASH))}); the paths below are relative to its folder.")
+        where = "" if is_absolute(str(recipe["path"])) else " (from the output folder)"
+        out.append(f"- **Produced by:** `edgefair run` with recipe {md_code(portable_path(report, recipe['path']))}{where} "
+                   f"(sha256 {md_code(recipe.get('sha256', DASH))}); the data paths below are relative to its folder.")
     return out + [""]
 
 
