@@ -393,9 +393,22 @@ def test_html_latency_frontier_and_reliability(run):
     assert rel.count('aria-label="reliability diagram') == 1 + len([g for g in sel["groups"].values() if g["status"] == "ok"])
 
 
-def test_html_uses_no_absolute_local_path(run):
-    page = render_html(clean(run))
+def test_reports_use_no_absolute_local_path(run):
+    report = clean(run)
+    report["steps"][1]["warnings"].append(f"calibrated on {run['_root']}/data/calib.npz")  # a path inside a warning
+    page, md = render_html(report), render_markdown(report)
     assert run["_root"] not in page and "<code>../r.toml</code>" in page and "<code>data/eval.npz</code>" in page
+    assert run["_root"] not in md and "calibrated on calib.npz" in md and "calibrated on calib.npz" in page
+
+
+def test_chart_colours_are_okabe_ito(run):
+    """Every colour a chart fills or strokes with is Okabe-Ito's, white, or a neutral grey."""
+    okabe_ito = {"#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7"}
+    neutral = {"#fff", "none", "#eaeef2", "#d0d7de", "#8c959f", "#f6f8fa", "#6e7781"}
+    used = set()
+    for svg in _svgs(render_html(clean(run))):
+        used |= set(re.findall(r'(?:fill|stroke)="([^"]+)"', svg))
+    assert used - neutral <= okabe_ito and {"#009E73", "#E69F00", "#D55E00"} <= used
 
 
 # ---- paths and units in the model card ---------------------------------------------------------------
