@@ -591,6 +591,36 @@ def test_markdown_and_html_show_the_tune_frontier(run):
     assert "<h3>Skipped candidates</h3>" in page and "<code>s-25</code>, <code>s-50</code>: time budget of 5 s spent" in page
 
 
+def test_reports_show_the_change_vs_the_last_release(run, tmp_path):
+    """`edgefair run --previous` (the labelled run as the release in the field): report.md and
+    report.html show each group's change vs the last release's model with its interval, lost and
+    gained rows, and the regression gate's decision and min_detectable."""
+    root = Path(run["_root"])
+    recipe = write_recipe(root / "r_prev.toml", RECIPE + "max_group_regression_vs_previous = 0.01\n" + STEPS)
+    out = tmp_path / "out"
+    result = run_cli(["run", str(recipe), "--out", str(out), "--cache-dir", str(root.parent / "cache"),
+                      "--previous", run["_out"]])
+    assert result.exit_code in (0, 1), result.output
+    report = json.loads((out / "report.json").read_text())
+    step = next(s for s in report["steps"] if s["index"] == report["selected"]["step"])
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    section = md[md.index("### Compared with the last release"):md.index("### Per-group results")]
+    assert "measure: accuracy on the same 800 rows" in section
+    assert f"Step {step['index']} `{step['name']}` against it" in section
+    for key, v in step["vs_previous"]["groups"].items():
+        row = next(line for line in section.splitlines() if line.startswith(f"| {md_code(key).replace('|', chr(92) + '|')} |"))
+        if v["status"] != "ok":
+            assert "fewer than min\\_group\\_size" in row
+            continue
+        assert f"| {fmt_pct(v['previous_rate'])} | {fmt_pct(v['rate'])} | {fmt_pp(v['change'])} ({fmt_ci(v['change_ci'], signed=True)}) |" in row
+        gate = next(g for g in step["gates"] if g["gate"] == "max_group_regression_vs_previous" and g["group"] == key)
+        assert f"det. {fmt_detectable(gate)}" in row and R.status_text(gate) in row
+    html_section = page[page.index("<h2>Compared with the last release</h2>"):page.index("<h2>Latency against")]
+    assert "<code class=\"g\">g=&lt;b&gt;*x*&lt;/b&gt;|`q`</code>" in html_section and EVIL_VALUE not in page
+    assert "drop vs the last release" in page  # its forest plot, in points
+    assert fmt_limit("max_group_regression_vs_previous", 0.01) == "≤ 1.0 pp"
+
+
 # ---- helpers -------------------------------------------------------------------------------------------
 
 def test_number_formats():

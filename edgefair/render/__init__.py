@@ -41,7 +41,7 @@ UNITS_NOTE = "pp = percentage points"
 # Gates whose value and threshold are fractions of a difference: shown in percentage points.
 PP_GATES = ("max_group_accuracy_drop", "max_group_tpr_drop", "max_group_fpr_increase",
             "max_group_selection_rate_change", "max_group_ece_increase", "max_accuracy_gap_growth",
-            "max_equalized_odds_growth", "max_demographic_parity_growth")
+            "max_equalized_odds_growth", "max_demographic_parity_growth", "max_group_regression_vs_previous")
 # Gates on a rate of rows (flip rate, agreement): shown in percent.
 PCT_GATES = ("max_group_flip_rate", "min_group_agreement")
 
@@ -65,6 +65,7 @@ SHORT = {
     "max_accuracy_gap_growth": "acc gap+",
     "max_equalized_odds_growth": "EO gap+",
     "max_demographic_parity_growth": "DP gap+",
+    "max_group_regression_vs_previous": "vs last",
     "max_latency_p95_ms": "p95 ms",
     "max_size_mb": "MB",
 }
@@ -534,6 +535,34 @@ def frontier_points(report: dict[str, Any]) -> list[dict[str, Any]]:
             q is not p and q["ratio"] is not None and q["p50"] <= p["p50"] and q["ratio"] <= p["ratio"]
             and (q["p50"] < p["p50"] or q["ratio"] < p["ratio"]) for q in pts)
     return pts
+
+
+def previous_release(report: dict[str, Any]) -> tuple[str, dict[str, Any] | None, list[tuple[str, dict[str, Any], dict[str, Any] | None]]] | None:
+    """(what was compared, the step shown, [(group, its change vs the last release, its gate entry)])
+    for `edgefair run --previous`: the model to ship (else the last step), overall first. None when
+    the report compares with no release."""
+    prev = report.get("previous")
+    if not isinstance(prev, dict):
+        return None
+    bits = [f"folder {prev.get('folder')}"]
+    if prev.get("selected_step"):
+        bits.append(f"its step {prev['selected_step']}")
+    if prev.get("created_at"):
+        bits.append(f"written {prev['created_at']}")
+    if prev.get("edgefair"):
+        bits.append(f"edgefair {prev['edgefair']}")
+    if prev.get("model_sha256"):
+        bits.append(f"model sha256 {str(prev['model_sha256'])[:12]}…")
+    what = (", ".join(bits) + f"; measure: {prev.get('measure', 'accuracy')}"
+            + (f" on the same {prev['rows']} rows" if _is_num(prev.get("rows")) else ""))
+    step, _ = focus_step(report)
+    vs = (step or {}).get("vs_previous") or {}
+    if not vs:
+        return what, step, []
+    entries = {g.get("group"): g for g in (step or {}).get("gates") or [] if g.get("gate") == "max_group_regression_vs_previous"}
+    rows = [("overall", vs["overall"], None)] if isinstance(vs.get("overall"), dict) else []
+    rows += [(k, v, entries.get(k)) for k, v in (vs.get("groups") or {}).items()]
+    return what, step, rows
 
 
 def harm_sentence(step: dict[str, Any], gate: dict[str, Any], ci_label: str,

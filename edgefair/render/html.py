@@ -53,6 +53,7 @@ from . import (
     no_failure_note,
     ok_groups,
     portable_path,
+    previous_release,
     rule_text,
     status_text,
     step_result,
@@ -148,6 +149,7 @@ def render_html(report: dict[str, Any]) -> str:
         _context(report),
         _warnings(report),
         "<h2>Steps</h2>", _step_table(report),
+        _previous_section(report),
         _frontier_section(report),
         forest,
         _latency_section(report),
@@ -538,6 +540,34 @@ def _forest_section(report: dict[str, Any], ci_label: str) -> tuple[str, str]:
              + '<span class="picker-title">Step:</span>' + "".join(radios)
              + '<div class="panels">' + "".join(panels) + "</div></section>")
     return "".join(css), html_
+
+
+def _previous_section(report: dict[str, Any]) -> str:
+    """`edgefair run --previous`: each group's change vs the last release's model, on the same rows."""
+    found = previous_release(report)
+    if found is None:
+        return ""
+    what, step, rows = found
+    out = f"<h2>Compared with the last release</h2><p>Last release: {esc(what)}.</p>"
+    if step is None or not rows:
+        return out + "<p>No step of this run was compared.</p>"
+    body = []
+    for key, v, gate in rows:
+        name = "<b>overall</b>" if key == "overall" else _gcode(key)
+        if v.get("status") != "ok":
+            body.append(("insufficient", [name, esc(fmt_num(v.get("n"), "d")),
+                                          (esc(v.get("reason") or "insufficient data"), 5)]))
+            continue
+        check = DASH if gate is None else f"{esc(status_text(gate))}, det. {esc(fmt_detectable(gate))}"
+        body.append((str((gate or {}).get("status") or ""), [
+            name, esc(fmt_num(v.get("n"), "d")), esc(fmt_pct(v.get("previous_rate"))), esc(fmt_pct(v.get("rate"))),
+            esc(f"{fmt_pp(v.get('change'))} ({fmt_ci(v.get('change_ci'), signed=True)})"),
+            esc(f"{v.get('lost')} / {v.get('gained')}"), check]))
+    return (out + f"<p class=\"muted\">Step {esc(step.get('index'))} <code>{esc(step.get('name'))}</code> against it, "
+            f"per group: the rate on the same rows, its change in points ({esc(confidence_label(report))}), rows lost and "
+            "gained, and the <code>max_group_regression_vs_previous</code> check when the recipe sets it.</p>"
+            + _table(["group", "n", "last release", "this model", "change pp", "lost / gained", "check"], body, left=1,
+                     nowrap=(1, 2, 3, 4, 5), also_left=(6,), cards=True))
 
 
 def _frontier_section(report: dict[str, Any]) -> str:

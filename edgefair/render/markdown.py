@@ -24,7 +24,10 @@ from . import (
     fmt_mb,
     fmt_observed,
     fmt_ms,
+    fmt_ci,
     fmt_num,
+    fmt_pct,
+    fmt_pp,
     fmt_ratio,
     gate_short,
     gate_unit,
@@ -44,10 +47,12 @@ from . import (
     metric_cell,
     metric_columns,
     no_failure_note,
+    previous_release,
     rule_text,
     scope_gates,
     selected_step,
     step_result,
+    status_text,
     steps,
     thresholds,
     undecided_note,
@@ -66,7 +71,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     """The pull-request summary (report.md) of one edgefair run."""
     ci_label = confidence_label(report)
     head = (first_screen(report, ci_label) + _context(report) + _warnings(report) + _step_table(report)
-            + _frontier(report) + _repairs(report))
+            + _previous(report) + _frontier(report) + _repairs(report))
     tail = ["_Charts: `report.html`; every number: `report.json`; CI results: `junit.xml`._"]
     text = "\n".join(head + _per_step(report, ci_label) + tail) + "\n"
     if len(text) > MAX_CHARS:  # a PR comment has a size limit: keep the selected step's tables only
@@ -226,6 +231,33 @@ def _step_table(report: dict[str, Any]) -> list[str]:
     if names:
         out += [f"Worst group per gate ({md_text(units)}); ❗ = beyond the limit; ✅ = the model to ship.", ""]
     return out + md_table(head, rows) + [""]
+
+
+def _previous(report: dict[str, Any]) -> list[str]:
+    """`edgefair run --previous`: each group's change vs the last release's model, on the same rows."""
+    found = previous_release(report)
+    if found is None:
+        return []
+    what, step, rows = found
+    out = ["### Compared with the last release", "", f"Last release: {md_text(what)}.", ""]
+    if step is None or not rows:
+        return out + ["No step of this run was compared.", ""]
+    out += [f"Step {md_text(step.get('index'))} {md_code(step.get('name'))} against it, per group: the rate on the "
+            f"same rows, its change in points ({md_text(confidence_label(report))}), rows lost and gained, and the "
+            "`max_group_regression_vs_previous` check when the recipe sets it.", ""]
+    body = []
+    for key, v, gate in rows:
+        name = "overall" if key == "overall" else md_code(key)
+        if v.get("status") != "ok":
+            body.append([name, fmt_num(v.get("n"), "d"), DASH, DASH, f"⚠️ {md_text(v.get('reason') or 'insufficient data')}",
+                         f"{v.get('lost', DASH)} / {v.get('gained', DASH)}", DASH])
+            continue
+        check = DASH if gate is None else (f"{STATUS_ICON.get(str(gate.get('status')), '')} {md_text(status_text(gate))}, "
+                                           f"det. {fmt_detectable(gate)}")
+        body.append([name, fmt_num(v.get("n"), "d"), fmt_pct(v.get("previous_rate")), fmt_pct(v.get("rate")),
+                     f"{fmt_pp(v.get('change'))} ({fmt_ci(v.get('change_ci'), signed=True)})",
+                     f"{v.get('lost')} / {v.get('gained')}", check])
+    return out + md_table(["group", "n", "last release", "this model", "change pp", "lost / gained", "check"], body) + [""]
 
 
 def _frontier(report: dict[str, Any]) -> list[str]:
