@@ -305,55 +305,59 @@ DENSE_GROUP_ELEMENTS = 2_000_000  # 16 MB of float64
 
 
 class Groups:
-    """G sets of rows, given as boolean masks over N rows. Per-group sums and counts are bincounts
-    over the (group, row) pairs, so time and memory grow with the pairs, not with G x N (up to
+    """G sets of rows, given as boolean masks over N rows. Per-group sums and counts run group by
+    group over the group's rows in row order (``np.bincount`` adds sequentially), so memory grows
+    with the largest group, not with G x N, and nothing per (group, row) pair is kept (up to
     ``DENSE_GROUP_ELEMENTS``, sums are a product with a dense 0/1 matrix instead)."""
 
     def __init__(self, masks: Sequence[np.ndarray]) -> None:
         self.masks = [np.asarray(m, dtype=bool) for m in masks]
-        rows = [np.flatnonzero(m) for m in self.masks]
-        self.sizes = np.array([len(r) for r in rows], dtype=np.int64)
-        self.row = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-        self.group = np.repeat(np.arange(len(rows)), self.sizes)  # pairs are ordered by group
-        self.starts = np.concatenate([[0], np.cumsum(self.sizes)])
+        self.sizes = np.array([int(np.count_nonzero(m)) for m in self.masks], dtype=np.int64)
         # small cases: a dense (G, N) 0/1 matrix makes sums one product, a few times faster
         small = len(self.masks) * len(self.masks[0]) <= DENSE_GROUP_ELEMENTS if self.masks else False
         self._dense = np.array(self.masks, dtype=np.float64) if small else None
+        self._zeros = np.zeros(int(self.sizes.max(initial=0)), dtype=np.intp)  # bincount's index for one total
 
     def __len__(self) -> int:
         return len(self.masks)
+
+    def _total(self, values: np.ndarray) -> float:
+        """Sum of a group's values added one after another, in row order."""
+        return float(np.bincount(self._zeros[:len(values)], weights=values, minlength=1)[0])
 
     def sums(self, values: np.ndarray) -> np.ndarray:
         """Per-group sums of (N,) or (N, F) values: (G,) or (G, F)."""
         if self._dense is not None:
             return self._dense @ np.asarray(values, dtype=np.float64)
-        v = np.asarray(values, dtype=np.float64)[self.row]
+        v = np.asarray(values, dtype=np.float64)
         if v.ndim == 1:
-            return np.bincount(self.group, weights=v, minlength=len(self))
-        return np.stack([np.bincount(self.group, weights=v[:, f], minlength=len(self)) for f in range(v.shape[1])], axis=1)
+            return np.array([self._total(v[m]) for m in self.masks])
+        return np.array([[self._total(v[:, f][m]) for f in range(v.shape[1])] for m in self.masks]).reshape(len(self), v.shape[1])
 
     def counts(self, codes: np.ndarray, n_codes: int, weights: np.ndarray | None = None) -> np.ndarray:
         """(G, n_codes): per group, how many rows (or how much of ``weights``) have each code."""
-        w = None if weights is None else weights[self.row]
-        flat = np.bincount(self.group * n_codes + codes[self.row], weights=w, minlength=len(self) * n_codes)
-        return flat.reshape(len(self), n_codes)
+        out = np.zeros((len(self), n_codes), dtype=np.int64 if weights is None else np.float64)
+        for g, m in enumerate(self.masks):
+            out[g] = np.bincount(codes[m], weights=None if weights is None else weights[m], minlength=n_codes)
+        return out
 
     def std(self, values: np.ndarray, means: np.ndarray) -> np.ndarray:
         """Per-group sample standard deviation of (N,) values around the groups' ``means`` (G,), in
         two passes (a sum of squares minus n * mean^2 cancels when the values are all near 1); NaN
         below two rows."""
-        dev = np.asarray(values, dtype=np.float64)[self.row] - np.asarray(means, dtype=np.float64)[self.group]
-        ss = np.bincount(self.group, weights=dev * dev, minlength=len(self))
+        v, mu = np.asarray(values, dtype=np.float64), np.asarray(means, dtype=np.float64)
+        ss = np.array([self._total(_squared(v[m] - mu[g])) for g, m in enumerate(self.masks)])
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(self.sizes > 1, np.sqrt(ss / (self.sizes - 1)), np.nan)
 
     def minimum(self, values: np.ndarray) -> np.ndarray:
         """Per-group minimum of (N,) values: (G,), NaN for an empty group."""
-        out = np.full(len(self), np.nan)
-        full = self.sizes > 0
-        if full.any():  # segments between the starts of non-empty groups are exactly their pairs
-            out[full] = np.minimum.reduceat(np.asarray(values, dtype=np.float64)[self.row], self.starts[:-1][full])
-        return out
+        v = np.asarray(values, dtype=np.float64)
+        return np.array([v[m].min() if n else np.nan for m, n in zip(self.masks, self.sizes)])
+
+
+def _squared(x: np.ndarray) -> np.ndarray:
+    return x * x
 
 
 def row_terms(y: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:

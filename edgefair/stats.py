@@ -241,13 +241,13 @@ class Evaluator:
         n, k = p.shape
         if n != self.n:
             raise DataError(SHAPE_MISMATCH_ERROR.format(what="probabilities", got=p.shape, expected=(self.n, k)))
-        return self._finish(k, p if outputs is None else np.asarray(outputs), [self._row_terms(p, 0)])
+        return self._finish(k, p if outputs is None else np.asarray(outputs), self._row_terms(p, 0))
 
     def model_from_batches(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> Model:
         """``model`` from (probabilities, raw outputs) batches of consecutive rows, in order. Keeps
         the raw outputs and a few per-row quantities, never the (N, K) float64 probabilities; the
         result is the same as ``model`` on all rows at once, whatever the batch size."""
-        outputs, terms, row, k = None, [], 0, None
+        outputs, terms, row, k = None, {}, 0, None
         for probs, out in batches:
             p, out = mt.check_probs(probs), np.asarray(out)
             if k is None:
@@ -257,7 +257,8 @@ class Evaluator:
                 raise DataError(SHAPE_MISMATCH_ERROR.format(what="a batch of probabilities", got=p.shape,
                                                             expected=(min(len(p), max(self.n - row, 0)), k)))
             outputs[row:row + len(p)] = out
-            terms.append(self._row_terms(p, row))
+            for name, values in self._row_terms(p, row).items():  # filled in place: no per-batch pieces to join
+                terms.setdefault(name, np.empty(self.n, dtype=values.dtype))[row:row + len(p)] = values
             row += len(p)
         if row != self.n:
             raise DataError(SHAPE_MISMATCH_ERROR.format(what="probabilities", got=(row, k), expected=(self.n, k)))
@@ -269,14 +270,13 @@ class Evaluator:
             return {"pred": p.argmax(axis=1)}
         return mt.row_terms(self._labels(p.shape[1])[start:start + len(p)], p)
 
-    def _finish(self, k: int, outputs: np.ndarray, parts: list[dict[str, np.ndarray]]) -> Model:
-        terms = {name: np.concatenate([t[name] for t in parts]) for name in parts[0]}
-        model = Model(k=k, outputs=outputs, pred=terms["pred"], owner=self)
+    def _finish(self, k: int, outputs: np.ndarray, terms: dict[str, np.ndarray]) -> Model:
+        model = Model(k=k, outputs=outputs, pred=terms.pop("pred"), owner=self)
         if self.y_true is not None:
             y = self._labels(k)
             cfg = self.config
-            model.point = mt.grouped_from_terms(y, k, **terms, groups=self.groups, positive_label=cfg.positive_label,
-                                                n_bins=cfg.n_bins)
+            model.point = mt.grouped_from_terms(y, k, pred=model.pred, **terms, groups=self.groups,
+                                                positive_label=cfg.positive_label, n_bins=cfg.n_bins)
             model.correct = model.pred == y
             conf = terms["conf"]
             model.ece_bin = mt.bin_index(conf, mt.bin_edges(conf, cfg.n_bins, "uniform")).astype(np.int16)
