@@ -90,7 +90,7 @@ table{border-collapse:collapse;margin:.6em 0;font-variant-numeric:tabular-nums}
 th,td{border:1px solid #d0d7de;padding:3px 8px;text-align:right;vertical-align:top;overflow-wrap:normal}
 th{background:#f6f8fa} td.l,th.l{text-align:left} td.n,th.n{white-space:nowrap}
 td.note{text-align:left;color:#8a4600} td.w,th.w{min-width:10em}
-table.meta td code{word-break:break-all}
+table.meta{width:100%} table.meta th{width:9em} table.meta td code{word-break:break-all;white-space:normal}
 .banner{padding:.8em 1em;border-radius:6px;font-size:1.2em;font-weight:600}
 .pass{background:#d5efe6;color:#00573f} .fail{background:#fbe1d3;color:#8f3500} .warn{background:#fcefc9;color:#6b4500}
 tr.fail td{background:#fbe1d3} tr.warn td,tr.insufficient td{background:#fcefc9} tr.selected td{font-weight:600}
@@ -308,7 +308,7 @@ def _table(head: Iterable[str], rows: Iterable[tuple[str, list[Any]]], left: int
                 tds.append(f'<td class="note" colspan="{int(c[1])}">{c[0]}</td>')
                 col += int(c[1])
             else:
-                tds.append(f"<td{cls(col)}{label(col)}>{c}</td>")
+                tds.append(f"<td{cls(col)}{label(col)}><span>{c}</span></td>" if cards else f"<td{cls(col)}>{c}</td>")
                 col += 1
         trs.append(f'<tr class="{esc(rcls)}">{"".join(tds)}</tr>')
     table_cls = ' class="cards"' if cards else ""
