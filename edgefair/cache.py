@@ -76,7 +76,7 @@ def default_dir() -> Path:
 
 
 # modules that only present results: editing them must not invalidate cached models and statistics
-PRESENTATION = ("render/", "cli.py", "publish.py", "report.py")
+PRESENTATION = ("render/", "cli.py", "publish.py", "report.py", "init.py", "progress.py")
 
 
 @functools.lru_cache(maxsize=1)

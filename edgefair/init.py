@@ -140,7 +140,7 @@ def starter_recipe(model: Path, data: Path, out: Path) -> str:
         "[latency]",
         "threads = 1  # intra-op threads, as on the device",
         "batch_size = 1  # rows per call, as deployed",
-        "warmup = 20",
+        "warmup = 20  # untimed rounds first, in each session",
         "runs = 200  # timed rounds in all, interleaved across steps",
         "",
         "[[steps]]  # each step reads the previous one's model, or `input = \"<step name>\"`",
