@@ -137,17 +137,19 @@ def forest_axis(report: dict[str, Any], name: str) -> tuple[float, float]:
     are cut at the edge with an arrow; their numbers are in the text column)."""
     s = gate_scale(name)
     points, ends, limits = [], [], []
-    for st in steps(report):
-        for g in st.get("gates") or []:
-            if g.get("gate") != name:
-                continue
-            if _num(g.get("value")):
-                points.append(g["value"] * s)
-            if _num(g.get("threshold")):
-                limits.append(g["threshold"] * s)
-            ci = g.get("ci")
-            if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_num(c) for c in ci):
-                ends += [ci[0] * s, ci[1] * s]
+    entries = [g for st in steps(report) for g in st.get("gates") or [] if g.get("gate") == name]
+    # every point is on the axis; the intervals of checks too small to ever fail on evidence (no
+    # min_detectable) swing widely and do not widen it when others can (cut with an arrow instead)
+    decisive = [g for g in entries if _num(g.get("min_detectable"))] or entries
+    for g in entries:
+        if _num(g.get("value")):
+            points.append(g["value"] * s)
+        if _num(g.get("threshold")):
+            limits.append(g["threshold"] * s)
+    for g in decisive:
+        ci = g.get("ci")
+        if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_num(c) for c in ci):
+            ends += [ci[0] * s, ci[1] * s]
     anchor = [1.0 * s] if name in ("min_group_agreement", "min_group_cosine") else [0.0]
     core = points + limits + anchor
     lo, hi = min(core), max(core)

@@ -126,7 +126,7 @@ input.vh:focus-visible+label.tab{outline:3px solid #E69F00;outline-offset:1px}
  table.cards td code{white-space:normal;word-break:break-all}}
 svg text{font:12px system-ui,sans-serif;fill:#1b1f24} svg text.m{fill:#57606a} svg text.b{font-weight:600}
 svg text.lim{fill:#8f3500;font-size:11px}
-@media print{body{max-width:none;margin:0;padding:0;font-size:11px} .picker{display:none}
+@media print{body{max-width:none;margin:0;padding:0;font-size:11px} label.tab,.picker-title{display:none}
  .panel{display:block!important;break-inside:avoid-page} .panel h3.step{display:block}
  .scroll,.chart{overflow:visible} .chart svg{min-width:0;width:100%} h2,h3{break-after:avoid}
  tr,svg,p.largest{break-inside:avoid} .banner,tr.fail td,tr.warn td,.pass,.fail,.warn{-webkit-print-color-adjust:exact;print-color-adjust:exact}}
