@@ -83,7 +83,8 @@ def load(
     elif suffix in (".csv", ".parquet"):
         text = set(groups) | set(optional_groups)
         columns = _read_csv(path, key, text=text) if suffix == ".csv" else read_parquet(path, key, text=text)
-        kind = "table"
+        # a Parquet table with list columns (token ids, vectors) is read like an .npz: one input per column
+        kind = "arrays" if any(v.ndim > 1 for v in columns.values()) and not features else "table"
         if options.image_column is not None:
             if options.image_column not in columns:
                 raise DataError(f"{key}: image column {options.image_column!r} not in {path}{near(options.image_column, list(columns))}")

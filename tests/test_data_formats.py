@@ -93,6 +93,23 @@ def test_parquet_reads_like_csv_and_npz(recipe_dir):
         data_mod.read_columns(recipe_dir / "x.json", "k")
 
 
+def test_parquet_list_columns_are_named_inputs(recipe_dir):
+    """List columns (token ids, vectors) make a table read like an .npz: one input per column."""
+    a = tiny_arrays(recipe_dir)
+    ids = np.arange(800 * 4).reshape(800, 4) % 7
+    pq.write_table(pa.table({"features": pa.array(a["features"].tolist(), pa.list_(pa.float32(), 6)),
+                             "input_ids": pa.array(ids.tolist()), "label": a["label"],
+                             "g": a["g"].tolist(), "h": a["h"].tolist()}), recipe_dir / "lists.parquet")
+    d = data_mod.load(recipe_dir / "lists.parquet", key="data.eval", label=None, groups=("g", "h"))
+    assert sorted(d.inputs) == ["features", "input_ids"]
+    np.testing.assert_array_equal(d.inputs["features"], a["features"])
+    np.testing.assert_array_equal(d.inputs["input_ids"], ids)
+    np.testing.assert_array_equal(d.labels, a["label"])
+    pq.write_table(pa.table({"v": pa.array([[1.0, 2.0], [3.0]]), "g": ["a", "b"]}), recipe_dir / "ragged.parquet")
+    with pytest.raises(DataError, match=r"data.eval: list column 'v' in .*ragged.parquet has rows of different lengths"):
+        data_mod.load(recipe_dir / "ragged.parquet", key="data.eval", label=None, groups=("g",))
+
+
 def test_parquet_integer_group_keeps_its_text(tmp_path):
     write_parquet(tmp_path / "d.parquet", {"x": np.arange(4.0), "region": np.array([1, 2, 10, 2])})
     d = data_mod.load(tmp_path / "d.parquet", key="data.eval", label=None, groups=("region",))
