@@ -108,6 +108,11 @@ def test_permuting_rows_changes_no_group_metric(table, seed):
     assert keys == keys_after
     for name in ("accuracy", "balanced_accuracy", "tpr", "fpr", "selection_rate", "positive_tpr", "ece", "brier", "nll"):
         np.testing.assert_allclose(after[name], before[name], rtol=1e-12, atol=1e-12, equal_nan=True, err_msg=name)
+    for name in ("accuracy", "balanced_accuracy", "tpr", "fpr", "precision", "f1", "selection_rate", "ece", "mce", "brier"):
+        v = before[name][~np.isnan(before[name])]
+        top = 2.0 if name == "brier" else 1.0  # multiclass Brier: squared error summed over the classes, at most 2
+        assert ((v >= -1e-12) & (v <= top + 1e-12)).all(), name
+    assert (before["nll"][~np.isnan(before["nll"])] >= 0).all()
     # and they are the metrics sklearn computes on each group's rows
     masks = group_masks({"g": g, "h": h}, intersections=True)
     pred = probs.argmax(axis=1)
