@@ -27,6 +27,7 @@ DUPLICATE_VALUE_ERROR = "group attribute {name!r}: values {a!r} and {b!r} both r
 MISSING_VALUE_ERROR = "group attribute {name!r}: has missing values (NaN or None)"
 MASK_SHAPE_ERROR = "group {key!r}: mask must be a boolean array of shape ({n},), got {shape} {dtype}"
 
+UNIQUE_CHUNK = 65_536  # rows per np.unique call when finding an attribute's distinct values
 SCOPE_SEPARATOR = "&"
 VALUE_SEPARATOR = "="
 
@@ -39,7 +40,9 @@ def _attribute_values(name: str, values: np.ndarray) -> tuple[list[str], list[np
     elif values.dtype.kind == "f" and np.isnan(values).any():
         raise DataError(MISSING_VALUE_ERROR.format(name=name))
     # np.unique sorts in the array's own order: numbers numerically (2 before 10), strings lexically.
-    uniques, inverse = np.unique(values, return_inverse=True)
+    # Distinct values chunk by chunk: a sorted copy of a million strings is not needed to find a few.
+    parts = [np.unique(values[a:a + UNIQUE_CHUNK]) for a in range(0, len(values), UNIQUE_CHUNK)]
+    uniques = np.unique(np.concatenate(parts)) if parts else np.unique(values)
     texts = [str(v) for v in uniques.tolist()]
     seen: dict[str, object] = {}
     for raw, text in zip(uniques.tolist(), texts):
@@ -48,8 +51,7 @@ def _attribute_values(name: str, values: np.ndarray) -> tuple[list[str], list[np
         if text in seen:
             raise DataError(DUPLICATE_VALUE_ERROR.format(name=name, a=seen[text], b=raw, text=text))
         seen[text] = raw
-    inverse = inverse.reshape(-1)
-    return texts, [inverse == i for i in range(len(texts))]
+    return texts, [values == u for u in uniques]
 
 
 def group_masks(attributes: Mapping[str, np.ndarray], *, intersections: bool) -> dict[str, np.ndarray]:
