@@ -47,10 +47,21 @@ class Progress:
         from rich.markup import escape
 
         if self._status is None:
-            self._status = self._console.status(escape(stage), spinner="dots")
+            from rich.progress import Progress as Live, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self._status = Live(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                                console=self._console, transient=True)
             self._status.start()
+            self._task = self._status.add_task(escape(stage), total=None)
         else:
-            self._status.update(escape(stage))
+            self._status.reset(self._task, description=escape(stage), total=None)
+
+    def advance(self, done: int, total: int) -> None:
+        """Within a stage: `done` of `total` units (epochs, replicates) finished."""
+        if self._status is not None:
+            from rich.markup import escape
+
+            self._status.update(self._task, description=f"{escape(self._stage or '')} ({done}/{total})")
 
     def _finish(self) -> None:
         if self._stage is None:

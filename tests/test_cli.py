@@ -73,3 +73,67 @@ def test_report_on_missing_folder(tmp_path):
     result = run_cli(["report", str(tmp_path)])
     assert result.exit_code == 2 and "report.json: not found" in result.output
 
+
+
+def _commands(group, prefix=()):
+    import click
+
+    for name, cmd in group.commands.items():
+        yield (*prefix, name), cmd
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, (*prefix, name))
+
+
+def test_every_command_has_an_example_in_its_help():
+    helps = {" ".join(path): CliRunner().invoke(main, [*path, "--help"]) for path, _ in _commands(main)}
+    helps["(main)"] = CliRunner().invoke(main, ["--help"])
+    assert {"init", "cache info", "cache clear", "probe"} <= set(helps)
+    for name, result in helps.items():
+        assert result.exit_code == 0, name
+        assert "Example" in result.output, name
+    assert "--dim seq=128" in helps["probe"].output  # probe's help is its one parser's (argparse)
+
+
+def test_run_json_prints_the_summary_on_stdout(recipe_dir, tmp_path):
+    recipe = write_recipe(recipe_dir / "r.toml", BASE_RECIPE + "\n[[steps]]\nkind = 'quantize_dynamic'\n")
+    out = tmp_path / "out"
+    result = run_cli(["run", str(recipe), "--out", str(out), "--json"])
+    summary = json.loads(result.stdout)  # stdout is the JSON alone; progress goes to stderr
+    report = json.loads((out / "report.json").read_text())
+    assert result.exit_code == summary["exit_code"] == (0 if report["verdict"] == "pass" else 1)
+    assert summary["verdict"] == report["verdict"] and summary["selected"] == report["selected"]
+    assert [s["name"] for s in summary["steps"]] == [s["name"] for s in report["steps"]]
+    assert summary["checks"] == {k: len(v) for k, v in report["gate_summary"].items() if isinstance(v, list)}
+    worst = summary["steps"][1]["worst"]["max_group_accuracy_drop"]
+    values = [g["value"] for g in report["steps"][1]["gates"] if g["gate"] == "max_group_accuracy_drop" and g["value"] is not None]
+    assert worst["value"] == max(values)
+    assert "· latency" in result.stderr and "\x1b" not in result.stderr  # not a terminal: plain lines
+
+
+def test_progress_on_a_terminal_shows_stage_timings_and_honours_no_color(monkeypatch):
+    import io
+    import re
+
+    from edgefair.progress import Progress
+
+    color = re.compile(r"\x1b\[(3[0-9]|9[0-7])m")  # foreground colour codes
+
+    def draw() -> tuple[str, list]:
+        buf = io.StringIO()
+        with Progress(stream=buf, force_terminal=True) as p:
+            p("export: torch -> ONNX")
+            p("step 1: quantize_dynamic")
+        return buf.getvalue(), p.timings
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    text, timings = draw()
+    assert [name for name, _ in timings] == ["export: torch -> ONNX", "step 1: quantize_dynamic"]
+    assert re.search(r"✓.* export: torch -> ONNX .*\d+\.\d+ s", text) and color.search(text)
+    monkeypatch.setenv("NO_COLOR", "1")
+    text, _ = draw()
+    assert "✓ export: torch -> ONNX" in text and not color.search(text)
+    buf = io.StringIO()  # not a terminal: one plain line per stage
+    with Progress(stream=buf) as p:
+        p("export: torch -> ONNX")
+        p("evaluate")
+    assert buf.getvalue() == "· export: torch -> ONNX\n· evaluate\n"
