@@ -173,7 +173,7 @@ def forest_chart(step: dict[str, Any], name: str, axis: tuple[float, float], ci_
     tks = ticks(lo, hi)
     longest = max(_text_width(label) for label, *_ in rows)
     label_w = min(max(longest + 24, 110), 300)
-    plot_w, row_h, top, text_w = 380, 22, 36, 250
+    plot_w, row_h, top, text_w = 380, 22, 48, 250
     seps = sum(1 for i in range(1, len(rows)) if _scope(rows[i][0]) != _scope(rows[i - 1][0]))
     rows_end = top + row_h * len(rows) + 6 * seps
     width, height = label_w + plot_w + text_w, rows_end + 46
@@ -197,7 +197,8 @@ def forest_chart(step: dict[str, Any], name: str, axis: tuple[float, float], ci_
         y0 += row_h
         if entry is None or not _num(entry.get("value")):
             why = note or (str(entry.get("reason") or "not measured") if entry else "not tested")
-            body.append(f'<text x="{label_w + 8}" y="{y + 4:.1f}" class="m">{esc(why)}</text>')
+            body.append(f'<rect x="{label_w + 4}" y="{y - 8:.1f}" width="{_text_width(why, 6.4) + 8:.0f}" height="16" '
+                        f'fill="#fff" fill-opacity="0.9"/><text x="{label_w + 8}" y="{y + 4:.1f}" class="m">{esc(why)}</text>')
             continue
         status = str(entry.get("status") or "")
         colour = STATUS_COLOUR.get(status, BLUE)
@@ -228,10 +229,12 @@ def forest_chart(step: dict[str, Any], name: str, axis: tuple[float, float], ci_
                     f'<text x="{x(t):.1f}" y="{rows_end + 15}" text-anchor="middle" class="m">{esc(_tick_text(t))}</text>')
     limit = next((g.get("threshold") for _, g, _ in rows if g and _num(g.get("threshold"))), None)
     if limit is not None:
-        grid.append(f'<line x1="{x(limit * s):.1f}" y1="{top - 6}" x2="{x(limit * s):.1f}" y2="{rows_end}" '
+        xl = x(limit * s)
+        anchor = "start" if xl - label_w < 50 else "end" if label_w + plot_w - xl < 50 else "middle"
+        grid.append(f'<line x1="{xl:.1f}" y1="{top - 20}" x2="{xl:.1f}" y2="{rows_end}" '
                     f'stroke="{LIMIT_COLOUR}" stroke-width="1.5" stroke-dasharray="6,3"/>'
-                    f'<text x="{x(limit * s):.1f}" y="{top - 12}" text-anchor="middle" class="lim">limit '
-                    f'{esc(fmt_limit(name, limit))}</text>')
+                    f'<text x="{xl + (3 if anchor == "start" else -3 if anchor == "end" else 0):.1f}" y="{top - 24}" '
+                    f'text-anchor="{anchor}" class="lim">limit {esc(fmt_limit(name, limit))}</text>')
     parts.append(f'<text x="{label_w + plot_w / 2:.1f}" y="{rows_end + 33}" text-anchor="middle" class="m">'
                  f'{esc(axis_title(name))}</text>')
     label = f"{gate_words(name)} per group at step {step.get('index')} {step.get('name')}"
