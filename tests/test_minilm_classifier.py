@@ -334,12 +334,12 @@ needs_minilm = pytest.mark.skipif(not _has_minilm(), reason="needs the optional 
 
 @pytest.fixture(scope="module")
 def classifier_run(tmp_path_factory):
-    """The shipped recipe's model, data and step kinds on 200 eval rows, recovery on 24 rows, and
+    """The shipped recipe's model, data and step kinds on 120 eval rows, recovery on 24 rows, and
     short latency runs (the full recipe takes minutes)."""
     root = tmp_path_factory.mktemp("minilm_cls")
     with np.load(DATA / "text_cls_eval.npz", allow_pickle=False) as d:
         race = d["race"]
-    rows = np.sort(np.concatenate([np.flatnonzero(race == r)[:40] for r in sorted(set(race))]))
+    rows = np.sort(np.concatenate([np.flatnonzero(race == r)[:24] for r in sorted(set(race))]))
     _subset(DATA / "text_cls_eval.npz", root / "eval.npz", rows)
     shipped = tomllib.loads((DATA / "minilm_classifier.toml").read_text())
     prune = next(s for s in shipped["steps"] if s["kind"] == "prune_transformer")
@@ -391,7 +391,7 @@ def test_classifier_recipe_runs_end_to_end(classifier_run):
     assert result.exit_code in (0, 1), result.output
     report = json.loads((root / "out" / "report.json").read_text())
     assert [s["name"] for s in report["steps"]] == ["baseline", "quantize_dynamic", "pruned"]
-    assert report["steps"][0]["overall"]["accuracy"] > 0.8  # the trained head, not chance (always-0 scores 0.79 here)
+    assert report["steps"][0]["overall"]["accuracy"] > 0.8  # the trained head (0.817 here), above always-0 (0.783)
     gates = {g["gate"] for s in report["steps"][1:] for g in s["gates"]}
     assert {"max_group_accuracy_drop", "max_group_tpr_drop", "max_group_fpr_increase", "max_group_ece_increase"} <= gates
     d = report["steps"][2]["details"]
@@ -454,7 +454,7 @@ def test_text_cls_data_rebuilds_byte_identically(tmp_path):
         assert (tmp_path / f).read_bytes() == (DATA / f).read_bytes(), f
     with np.load(DATA / "text_cls_eval.npz") as d:
         assert {int((d["race"] == r).sum()) for r in set(d["race"])} == {250}
-    race = np.repeat(np.array(list(build_text_cls_data.RACE)), 400)  # the split alone: disjoint, race-balanced eval
+    race = np.repeat(np.array(list(build_text_cls_data.RACE)), 1000)  # the split alone: disjoint, race-balanced eval
     parts = build_text_cls_data.split(race, np.random.default_rng(0))
     assert not set(parts["eval"]) & set(parts["train"]) and not set(parts["eval"]) & set(parts["calib"])
     assert not set(parts["train"]) & set(parts["calib"])
