@@ -100,9 +100,3 @@ class PoissonBootstrap:
             out.append(total[:, :, col:col + width])
             col += width
         return out
-
-
-def bootstrap_bytes(*, n_boot: int, cells: int, features: int) -> int:
-    """Peak memory of one ``PoissonBootstrap.sums`` call: int64 sums and their float64 rescaled
-    copies (B, C, F + 1), and one chunk's float64 weights."""
-    return 3 * 8 * n_boot * cells * (features + 1) + 8 * n_boot * CHUNK_ROWS

@@ -271,7 +271,8 @@ class Evaluator:
         return mt.row_terms(self._labels(p.shape[1])[start:start + len(p)], p)
 
     def _finish(self, k: int, outputs: np.ndarray, terms: dict[str, np.ndarray]) -> Model:
-        model = Model(k=k, outputs=outputs, pred=terms.pop("pred"), owner=self)
+        pred = terms.pop("pred").astype(np.min_scalar_type(-k), copy=False)  # int8 for up to 128 classes
+        model = Model(k=k, outputs=outputs, pred=pred, owner=self)
         if self.y_true is not None:
             y = self._labels(k)
             cfg = self.config
