@@ -537,7 +537,10 @@ def frontier_points(report: dict[str, Any]) -> list[dict[str, Any]]:
     return pts
 
 
-def previous_release(report: dict[str, Any]) -> tuple[str, dict[str, Any] | None, list[tuple[str, dict[str, Any], dict[str, Any] | None]]] | None:
+PreviousRow = tuple[str, dict[str, Any], "dict[str, Any] | None"]  # (group, change vs the release, its gate entry)
+
+
+def previous_release(report: dict[str, Any]) -> tuple[str, dict[str, Any] | None, list[PreviousRow]] | None:
     """(what was compared, the step shown, [(group, its change vs the last release, its gate entry)])
     for `edgefair run --previous`: the model to ship (else the last step), overall first. None when
     the report compares with no release."""

@@ -28,8 +28,6 @@ from . import (
     gate_unit,
     gate_words,
     group_gates,
-    harm_ratio,
-    is_lower_limit,
     latency_ratio,
     frontier_points,
     steps,

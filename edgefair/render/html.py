@@ -21,7 +21,6 @@ from . import (
     UNITS_NOTE,
     baseline_step,
     confidence_label,
-    dig,
     exceeded,
     failed_steps,
     fmt_ci,
@@ -117,7 +116,8 @@ label.tab{display:inline-block;margin:.15em .2em .15em 0;padding:.15em .6em;bord
  cursor:pointer;color:#00507d;background:#fff}
 input.vh:focus-visible+label.tab{outline:3px solid #E69F00;outline-offset:1px}
 .panel{display:none}
-@media (max-width:600px){body{margin:1em auto;padding:0 .5em} .chart svg{max-width:none;width:600px} .banner{font-size:1em} ul.limits{columns:1}
+@media (max-width:600px){body{margin:1em auto;padding:0 .5em} .chart svg{max-width:none;width:600px}
+ .banner{font-size:1em} ul.limits{columns:1}
  table.cards thead{display:none} table.cards,table.cards tbody,table.cards tr{display:block;width:100%}
  table.cards tr{border:1px solid #d0d7de;border-radius:6px;margin:0 0 .6em;overflow:hidden}
  table.cards td{display:flex;justify-content:space-between;gap:1em;border:none;border-bottom:1px solid #eaeef2;
@@ -129,7 +129,8 @@ svg text.lim{fill:#8f3500;font-size:11px}
 @media print{body{max-width:none;margin:0;padding:0;font-size:11px} label.tab,.picker-title{display:none}
  .panel{display:block!important;break-inside:avoid-page} .panel h3.step{display:block}
  .scroll,.chart{overflow:visible} .chart svg{min-width:0;width:100%} h2,h3{break-after:avoid}
- tr,svg,p.largest{break-inside:avoid} .banner,tr.fail td,tr.warn td,.pass,.fail,.warn{-webkit-print-color-adjust:exact;print-color-adjust:exact}}
+ tr,svg,p.largest{break-inside:avoid}
+ .banner,tr.fail td,tr.warn td,.pass,.fail,.warn{-webkit-print-color-adjust:exact;print-color-adjust:exact}}
 """
 
 # Opens every folded section before printing and folds it back afterwards: the only script.
