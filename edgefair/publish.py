@@ -216,10 +216,12 @@ def _mkdtemp(parent: Path, prefix: str) -> Path:
 def _staging(target: Path) -> Iterator[Path]:
     """A locked staging folder beside `target`, removed unless it was swapped in. OSErrors of the
     place (full disk, read-only) become one EdgefairError naming the file; the target is untouched."""
+    made = [p for p in (target.parent, *target.parent.parents) if not p.exists()]  # removed again on failure
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         stage = _mkdtemp(target.parent, f".{target.name[:100]}.{NEW}-")
     except OSError as e:
+        _remove_empty(made)
         err = _place_error(target, e, None)
         if err is e:
             raise
@@ -236,8 +238,18 @@ def _staging(target: Path) -> Iterator[Path]:
     finally:
         if fd is not None:
             os.close(fd)
-        if stage.exists():
+        if stage.exists():  # not swapped in: leave the place as it was
             shutil.rmtree(stage, ignore_errors=True)
+            _remove_empty(made)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders this publish created (deepest first), as long as they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _place_error(target: Path, e: OSError, stage: Path | None) -> Exception:

@@ -54,6 +54,9 @@ def complete(out: Path) -> dict:
 
 
 def siblings(out: Path) -> list[str]:
+    """Staging or old folders left beside `out`."""
+    if not out.parent.exists():
+        return []
     return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
 
 
@@ -178,13 +181,13 @@ def test_full_disk_with_the_write_hook_is_exit_2_and_changes_nothing(published, 
     old = tmp_path / "old"
     shutil.copytree(src, old)
     monkeypatch.setenv(DISK_FULL_ENV, "20000")
-    for target in (tmp_path / "new", old):
+    for target in (tmp_path / "new" / "deeper", old):
         result = run_cli(["run", str(recipe), "--out", str(target), "-q"])
         assert result.exit_code == 2, result.output
         line = result.output.strip().splitlines()[-1]
         assert line.startswith(f"Error: output folder {target}: ") and os.strerror(errno.ENOSPC) in line, line
         assert siblings(target) == []
-    assert not (tmp_path / "new").exists()
+    assert not (tmp_path / "new").exists()  # nor the folders made to hold it
     complete(old)
 
 
