@@ -67,6 +67,19 @@ def zoo_dir(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("zoo"))
 
 
+# a layer of each member whose channels reach the idiom the member is there for: it must be pruned
+FEATURE_LAYER = {
+    "resnet": "layers.1.short.0.weight",  # projection shortcut, coupled with the block through the residual add
+    "mobilenet_v2": "blocks.1.expand.0.weight",  # expand conv feeding a depthwise conv
+    "mobilenet_v3": "blocks.0.se.reduce.weight",  # squeeze-excitation (and the channels it scales)
+    "efficientnet_pad": "blocks.2.expand.0.weight",  # feeds F.pad then a 5x5 depthwise conv
+    "densenet": "stem.weight",  # reaches every concatenation of the first dense block
+    "shufflenet": "units.1.branch.0.0.weight",  # grouped 1x1 conv (groups=2) after a chunk
+    "bert_classifier": "layers.0.attention.value.weight",  # attention head dimensions
+    "audio_cnn": "front.0.weight",  # 1-D conv front end, into a residual add
+}
+
+
 @pytest.mark.parametrize("name", list(MEMBERS))
 def test_export_int8_and_structured_pruning_run(name, zoo_dir):
     r = run_member(name, zoo_dir)
@@ -77,6 +90,7 @@ def test_export_int8_and_structured_pruning_run(name, zoo_dir):
     np.testing.assert_allclose(r["outputs"]["pruned"], r["torch_pruned"], rtol=1e-3, atol=1e-4)
     assert r["details"]["engine"] == "torch-pruning"
     assert r["details"]["params_after"] < r["details"]["params_before"]
+    assert FEATURE_LAYER[name] in r["details"]["channels"], r["details"]["skipped"]
     for w in r["details"]["channels"]:  # every listed layer really shrank
         before, after = r["details"]["channels"][w]
         assert after < before
@@ -85,6 +99,34 @@ def test_export_int8_and_structured_pruning_run(name, zoo_dir):
 def test_pruning_removes_40_percent_of_prunable_parameters_on_seven_of_eight(zoo_dir):
     shares = {name: run_member(name, zoo_dir)["share"] for name in MEMBERS}
     assert sum(s >= 0.40 for s in shares.values()) >= 7, shares
+
+
+def test_chunk_loses_the_same_number_of_channels_from_each_part():
+    """x.chunk(2) splits whatever width it gets in two: the producer loses as many channels from each
+    half, and the pruned model equals the original with the removed channels' columns zeroed."""
+
+    class Chunked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c, self.fc = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1), nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h1, h2 = torch.relu(self.a(x)).chunk(2, dim=1)
+            return self.fc(torch.cat([self.b(h1), self.c(h2)], 1).mean((2, 3)))
+
+    torch.manual_seed(0)
+    original, x = Chunked().eval(), torch.randn(2, 3, 8, 8)
+    pruned = copy.deepcopy(original)
+    result = Engine(pruned, (x,), exclude=["b.weight", "c.weight"]).prune(0.5, "l1", "layer")
+    assert result.channels == {"a.weight": [16, 8]}
+    kept = [next(i for i in range(16) if torch.equal(row, original.a.weight[i])) for row in pruned.a.weight]
+    assert sum(k < 8 for k in kept) == sum(k >= 8 for k in kept) == 4
+    reference = copy.deepcopy(original)
+    with torch.no_grad():
+        gone = [c for c in range(16) if c not in kept]
+        reference.b.weight[:, [c for c in gone if c < 8]] = 0.0
+        reference.c.weight[:, [c - 8 for c in gone if c >= 8]] = 0.0
+        torch.testing.assert_close(pruned(x), reference(x))
 
 
 class Shuffled(nn.Module):

@@ -116,6 +116,9 @@ class Engine:
                 out = max(out, self.heads[m])
             elif isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and not _is_depthwise(m):
                 out = max(out, m.groups)
+            elif isinstance(m, self.tp.ops._SplitOp) and m.split_sizes and len(set(m.split_sizes)) == 1:
+                # x.chunk(k) splits whatever width it gets into k equal parts: remove as many from each
+                out = max(out, len(m.split_sizes))
         return out
 
     def _out_modules(self, group: Any) -> list[Any]:
