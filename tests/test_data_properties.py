@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from edgefair import data as data_mod
@@ -37,7 +37,8 @@ def tables(draw):
     finite = st.floats(-1e6, 1e6, width=32, allow_nan=False, allow_subnormal=False)
     x = np.array(draw(st.lists(st.lists(finite, min_size=k, max_size=k), min_size=n, max_size=n)), dtype=np.float32)
     y = np.array(draw(st.lists(st.integers(0, 2), min_size=n, max_size=n)), dtype=np.int64)
-    g = np.array(draw(st.lists(st.sampled_from(GROUP_VALUES), min_size=n, max_size=n)))
+    pool = draw(st.lists(st.sampled_from(GROUP_VALUES), min_size=1, max_size=3, unique=True))  # e.g. only "01" and "1"
+    g = np.array(draw(st.lists(st.sampled_from(pool), min_size=n, max_size=n)))
     h = np.array(draw(st.lists(st.sampled_from(["p", "q"]), min_size=n, max_size=n)))
     return x.reshape(n, k), y, g, h
 
@@ -58,6 +59,7 @@ def write_all(folder: Path, x, y, g, h) -> dict[str, Path]:
 
 @FAST
 @given(tables())
+@example((np.array([[0.5], [-2.0]], np.float32), np.array([0, 1]), np.array(["01", "1"]), np.array(["p", "q"])))  # numeric-looking groups
 def test_tables_round_trip_in_every_format(table):
     x, y, g, h = table
     with tempfile.TemporaryDirectory() as tmp:
