@@ -162,6 +162,29 @@ def test_html_first_screen_names_every_exceeded_check(run):
     assert "Failed steps (1)" in top and "group checks undecided: too few rows to tell" in top
 
 
+def test_first_screen_names_the_largest_harm_and_the_one_that_ships(run):
+    """The largest harm of any step relative to its limit (here the pruned step's) and the largest at
+    the model to ship, recomputed from the gate entries, on the first screen of every report."""
+    def ratio(g):
+        return g["value"] / g["threshold"]
+
+    checks = [(s, g) for s in run["steps"][1:] for g in s["gates"] if g["gate"] in R.GATE_TEXT and g["value"] is not None]
+    step, worst = max(checks, key=lambda sg: ratio(sg[1]))
+    sel = next(s for s in run["steps"] if s["index"] == run["selected"]["step"])
+    _, shipped = max(((s, g) for s, g in checks if s is sel), key=lambda sg: ratio(sg[1]))
+    assert step["name"] == "cut_75" and sel is not step
+    md, page, card = render_markdown(clean(run)), render_html(clean(run)), render_model_card(clean(run))
+    for text, code in ((first_screen_md(md), md_code), (first_screen_card(card), md_code)):
+        lead = next(line for line in text.splitlines() if line.startswith("**Largest harm:**"))
+        assert f"{R.gate_words(worst['gate'])} {fmt_observed(worst)} at {code(worst['group'])}" in lead
+        assert f"(step 2 `cut_75`): {ratio(worst):.1f}× its limit {fmt_limit(worst)}" in lead
+        ships = next(line for line in text.splitlines() if line.startswith("**At the model to ship:**"))
+        assert f"{fmt_observed(shipped)} at {code(shipped['group'])} (step {sel['index']} `{sel['name']}`)" in ships
+    top = first_screen_html(page)
+    assert top.index("<b>Largest harm:</b>") < top.index("<b>At the model to ship:</b>") < top.index("Thresholds in force")
+    assert f"{R.html.esc(fmt_observed(worst))} at <code>{R.html.esc(worst['group'])}</code>" in top
+
+
 def test_model_card_first_screen_names_every_exceeded_check(run):
     card = render_model_card(clean(run))
     top = first_screen_card(card)
