@@ -2,9 +2,11 @@
 (and, through `edgefair.report`, the terminal summary and report.txt).
 
 Every renderer is a pure function `report: dict -> str` that only reads the report (schema_version
-1, see DESIGN.md). The helpers below are shared by all of them so a number reads the same everywhere:
-rates as percent, changes of rates (and every fraction-valued gate) in percentage points ("pp"),
-None as an en dash, CIs as "lo–hi".
+1, see DESIGN.md). The helpers they share, re-exported here, are split by what they do: `units`
+(a number reads the same everywhere: rates as percent, changes of rates and every fraction-valued
+gate in percentage points ("pp"), None as an en dash, CIs as "lo–hi"), `reading` (steps, gate
+entries, the largest harm, the frontier, the last release), `md_escape` and `paths`; the page's
+SVG charts are in `charts`.
 
 Gate entries are read as written by `edgefair.gates`: `{gate, group, where, value, ci, threshold,
 status, decision, reason, n, p_holm, min_detectable, exceeds, direction}`. `value` is the observed
@@ -19,14 +21,97 @@ renderer that prints it: `md_code`/`md_text` for Markdown, `html.esc` for HTML.
 from __future__ import annotations
 
 import os
-import re
-from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
-from ..gates import GATE_TEXT, LOWER_LIMIT_GATES, SCOPE_GATES
+from ..gates import GATE_TEXT, LOWER_LIMIT_GATES, SCOPE_GATES  # noqa: F401  (re-exported)
 from ..io import write_text
-
-DASH = "–"  # shown for a value the report does not have (None, missing, not measured)
+from .units import (  # noqa: F401  (the renderers, report.py and tune.py import them from here)
+    DASH,
+    PCT_GATES,
+    PP_GATES,
+    SHORT,
+    UNDECIDED_WHY,
+    UNITS_NOTE,
+    confidence,
+    confidence_label,
+    dig,
+    fmt_ci,
+    fmt_detectable,
+    fmt_gate,
+    fmt_gate_ci,
+    fmt_limit,
+    fmt_mb,
+    fmt_ms,
+    fmt_num,
+    fmt_observed,
+    fmt_pct,
+    fmt_pp,
+    gate_short,
+    gate_unit,
+    gate_words,
+    is_lower_limit,
+    status_text,
+    who,
+)
+from .reading import (  # noqa: F401  (the renderers, report.py and tune.py import them from here)
+    PreviousRow,
+    STATUS_ICON,
+    baseline_step,
+    describe_gate,
+    exceeded,
+    extreme,
+    failed_steps,
+    failing_gates,
+    fmt_ratio,
+    focus_step,
+    frontier_points,
+    gate_counts,
+    gate_sort_key,
+    gated_names,
+    gates_cell,
+    group_gates,
+    harm_ratio,
+    harm_sentence,
+    insufficient_groups,
+    insufficient_summary,
+    is_embedding,
+    is_labelled,
+    largest_harm,
+    latency_ratio,
+    metric_cell,
+    metric_columns,
+    no_failure_note,
+    ok_groups,
+    previous_release,
+    rule_text,
+    scope_gates,
+    selected_step,
+    step_by_index,
+    step_result,
+    steps,
+    steps_applied,
+    thresholds,
+    undecided_count,
+    undecided_note,
+    warning_gates,
+    why_failed,
+    worst_gate,
+    worst_harm,
+)
+from .md_escape import (  # noqa: F401  (the renderers, report.py and tune.py import them from here)
+    md_code,
+    md_row,
+    md_table,
+    md_text,
+)
+from .paths import (  # noqa: F401  (the renderers, report.py and tune.py import them from here)
+    is_absolute,
+    local_prefixes,
+    portable_path,
+    recipe_dir,
+    without_local_dirs,
+)
 
 # Output file names in the output folder (DESIGN.md, "Output folder").
 FILES = {
@@ -36,814 +121,6 @@ FILES = {
     "model_card": "model-card.md",
 }
 
-UNITS_NOTE = "pp = percentage points"
-
-# Gates whose value and threshold are fractions of a difference: shown in percentage points.
-PP_GATES = ("max_group_accuracy_drop", "max_group_tpr_drop", "max_group_fpr_increase",
-            "max_group_selection_rate_change", "max_group_ece_increase", "max_accuracy_gap_growth",
-            "max_equalized_odds_growth", "max_demographic_parity_growth", "max_group_regression_vs_previous")
-# Gates on a rate of rows (flip rate, agreement): shown in percent.
-PCT_GATES = ("max_group_flip_rate", "min_group_agreement")
-
-# Words for the gates edgefair has beyond the group harms of `gates.GATE_TEXT`.
-_MORE_TEXT = {
-    "max_latency_p95_ms": "p95 latency",
-    "max_size_mb": "model size",
-    "finite_outputs": "NaN or infinite outputs",
-    "no_gate": "no gate configured",
-}
-# Short column titles for narrow tables (terminal step lines, table headers).
-SHORT = {
-    "max_group_accuracy_drop": "acc drop",
-    "max_group_tpr_drop": "TPR drop",
-    "max_group_fpr_increase": "FPR rise",
-    "max_group_selection_rate_change": "sel. chg",
-    "max_group_ece_increase": "ECE rise",
-    "max_group_flip_rate": "flips",
-    "min_group_agreement": "agree",
-    "min_group_cosine": "cosine",
-    "max_accuracy_gap_growth": "acc gap+",
-    "max_equalized_odds_growth": "EO gap+",
-    "max_demographic_parity_growth": "DP gap+",
-    "max_group_regression_vs_previous": "vs last",
-    "max_latency_p95_ms": "p95 ms",
-    "max_size_mb": "MB",
-}
-_ORDER = [*GATE_TEXT, *_MORE_TEXT]
-
-UNDECIDED_WHY = ("too few rows to tell; see min_detectable (the smallest harm a check can fail on "
-                 "evidence at its group's size)")
-
-
-# ---- numbers -------------------------------------------------------------------------------------
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def fmt_num(v: Any, spec: str = ".3f") -> str:
-    """A number with `spec`, or DASH for None / non-numbers."""
-    if not _is_num(v) or v != v:  # NaN
-        return DASH
-    return format(v, spec)
-
-
-def fmt_pct(v: Any, digits: int = 1) -> str:
-    """A fraction in [0, 1] as a percentage: 0.8547 -> '85.5%'."""
-    s = fmt_num(None if not _is_num(v) else v * 100, f".{digits}f")
-    return s if s == DASH else s + "%"
-
-
-def fmt_pp(v: Any, digits: int = 1, *, signed: bool = True) -> str:
-    """A difference of fractions in percentage points, no unit: -0.0226 -> '-2.3'."""
-    if not _is_num(v) or v != v:
-        return DASH
-    x = v * 100
-    if round(x, digits) == 0:
-        x = 0.0  # no '-0.0'
-    return format(x, f"{'+' if signed else ''}.{digits}f")
-
-
-def fmt_ci(ci: Any, *, scale: float = 100.0, digits: int = 1, signed: bool = False) -> str:
-    """A [lo, hi] interval scaled (default: fractions to points/percent): '1.1–3.4'.
-
-    When either end is negative the ends are signed and joined by ' to ', because '-3.4–-1.1'
-    is hard to read.
-    """
-    if not ci or not isinstance(ci, (list, tuple)) or len(ci) != 2 or not all(_is_num(c) for c in ci):
-        return DASH
-    lo, hi = (0.0 if round(c * scale, digits) == 0 else c * scale for c in ci)  # no '-0.0'
-    if lo < 0 or hi < 0 or signed:
-        return f"{_signed(lo, digits)} to {_signed(hi, digits)}"
-    return f"{lo:.{digits}f}–{hi:.{digits}f}"
-
-
-def _signed(x: float, digits: int) -> str:
-    return format(0.0 if round(x, digits) == 0 else x, f"+.{digits}f")
-
-
-def fmt_ms(v: Any) -> str:
-    """Milliseconds with three significant digits (latencies span 0.01 ms to seconds)."""
-    if not _is_num(v):
-        return DASH
-    return f"{v:.0f}" if v >= 1000 else f"{v:.3g}"
-
-
-def fmt_mb(size_bytes: Any) -> str:
-    """Bytes as MB (10^6, as the `max_size_mb` gate counts them)."""
-    return fmt_num(None if not _is_num(size_bytes) else size_bytes / 1e6, ".3f")
-
-
-def confidence(report: dict[str, Any]) -> float | None:
-    conf = dig(report, "gates_applied", "confidence")
-    if not _is_num(conf):
-        conf = dig(report, "recipe", "resolved", "evaluate", "confidence")
-    return float(conf) if _is_num(conf) else None
-
-
-def confidence_label(report: dict[str, Any]) -> str:
-    """'95% CI' from the confidence the gates used, or 'CI' when the report does not say."""
-    conf = confidence(report)
-    return f"{conf * 100:g}% CI" if conf is not None else "CI"
-
-
-def dig(d: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(k)
-    return d
-
-
-# ---- gates in words and units ----------------------------------------------------------------------
-
-def gate_words(name: Any) -> str:
-    """'true positive rate drop' for 'max_group_tpr_drop'; an unknown gate keeps its name."""
-    return GATE_TEXT.get(str(name)) or _MORE_TEXT.get(str(name)) or str(name)
-
-
-def gate_short(name: Any) -> str:
-    return SHORT.get(str(name), str(name))
-
-
-def gate_unit(name: Any) -> str:
-    name = str(name)
-    if name in PP_GATES:
-        return "pp"
-    if name in PCT_GATES:
-        return "%"
-    return {"max_latency_p95_ms": "ms", "max_size_mb": "MB", "finite_outputs": "rows"}.get(name, "")
-
-
-def is_lower_limit(gate: dict[str, Any]) -> bool:
-    """A floor on a score (agreement, cosine) rather than a ceiling on a harm."""
-    return gate.get("direction") == "min" or gate.get("gate") in LOWER_LIMIT_GATES
-
-
-def fmt_gate(name: Any, v: Any, *, unit: bool = True, signed: bool = False, digits: int = 1) -> str:
-    """A gate value or threshold in the gate's unit: '6.3 pp', '95.0%', '0.9512', '0.024 ms'."""
-    if not _is_num(v):
-        return DASH
-    name = str(name)
-    u = gate_unit(name)
-    if name in PP_GATES:
-        s = fmt_pp(v, digits, signed=signed)
-    elif name in PCT_GATES:
-        s = fmt_num(v * 100, f".{digits}f")
-        return s + "%" if unit else s
-    elif name == "max_latency_p95_ms":
-        s = fmt_ms(v)
-    elif name == "max_size_mb":
-        s = fmt_num(v, ".3f")
-    elif name == "finite_outputs":
-        s = fmt_num(v, ".0f")
-    else:
-        s = fmt_num(v, ".4g")
-    return f"{s} {u}" if unit and u else s
-
-
-def fmt_observed(gate: dict[str, Any], *, unit: bool = True) -> str:
-    """The observed value of a gate entry; with more digits when rounding would hide that it is beyond
-    the limit (a TPR drop of 3.04 pp against 3 pp reads '3.04 pp', not '3.0 pp')."""
-    name, v, t = gate.get("gate"), gate.get("value"), gate.get("threshold")
-    digits = 1
-    while (gate.get("exceeds") and digits < 4 and _is_num(t)
-           and fmt_gate(name, v, unit=False, digits=digits) == fmt_gate(name, t, unit=False, digits=digits)):
-        digits += 1
-    return fmt_gate(name, v, unit=unit, digits=digits)
-
-
-def fmt_gate_ci(name: Any, ci: Any) -> str:
-    """A gate's interval in the gate's unit (no unit text): '4.2–9.4' or '-1.7 to 16.0'."""
-    name = str(name)
-    if name in PP_GATES or name in PCT_GATES:
-        return fmt_ci(ci)
-    return fmt_ci(ci, scale=1.0, digits=4)
-
-
-def fmt_limit(gate_or_name: Any, threshold: Any = None) -> str:
-    """'≤ 3.0 pp' for a ceiling, '≥ 95.0%' for a floor."""
-    if isinstance(gate_or_name, dict):
-        name, threshold, lower = gate_or_name.get("gate"), gate_or_name.get("threshold"), is_lower_limit(gate_or_name)
-    else:
-        name, lower = gate_or_name, gate_or_name in LOWER_LIMIT_GATES
-    if not _is_num(threshold):
-        return DASH
-    return ("≥ " if lower else "≤ ") + fmt_gate(name, threshold)
-
-
-def fmt_detectable(gate: dict[str, Any], *, unit: bool = True) -> str:
-    """min_detectable with the side it fails on: '≥ 5.4 pp' (a harm this large fails on evidence
-    at this n), '≤ 93.1%' for a floor; DASH when the report has none (the group can never fail
-    on evidence, or the gate has no such number)."""
-    md = gate.get("min_detectable")
-    if not _is_num(md):
-        return DASH
-    return ("≤ " if is_lower_limit(gate) else "≥ ") + fmt_gate(gate.get("gate"), md, unit=unit)
-
-
-def status_text(gate: dict[str, Any]) -> str:
-    """'fail', 'pass', 'undecided (warn)', 'undecided (fail)': the gate's status and decision, read."""
-    status, decision = str(gate.get("status") or "?"), gate.get("decision")
-    if decision == "undecided":
-        return f"undecided ({status})"
-    return status
-
-
-def who(gate: dict[str, Any], name_fmt: Callable[[str], str] = str) -> str:
-    """The group (or attribute) of a gate entry, formatted by `name_fmt` (a code span, HTML escaping),
-    with its class when there is one ('g=a (class 2)'); 'model' for model-wide gates."""
-    group = gate.get("group")
-    base = name_fmt(str(group)) if group not in (None, "") else "model"
-    return f"{base} ({gate['where']})" if gate.get("where") else base
-
-
-# ---- reading the report ----------------------------------------------------------------------------
-
-def steps(report: dict[str, Any]) -> list[dict[str, Any]]:
-    return list(report.get("steps") or [])
-
-
-def step_by_index(report: dict[str, Any], index: Any) -> dict[str, Any] | None:
-    return next((s for s in steps(report) if s.get("index") == index), None)
-
-
-def baseline_step(report: dict[str, Any]) -> dict[str, Any] | None:
-    return step_by_index(report, 0)
-
-
-def selected_step(report: dict[str, Any]) -> dict[str, Any] | None:
-    """The step named by `selected`, or None when no step was selected."""
-    sel = report.get("selected")
-    if not sel:
-        return None
-    return step_by_index(report, sel.get("step"))
-
-
-def focus_step(report: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
-    """The step whose groups a short report shows, and a title: the selected one, else the last."""
-    sel = selected_step(report)
-    if sel is not None:
-        return sel, f"selected step {sel['index']} {sel['name']}"
-    all_steps = steps(report)
-    if not all_steps:
-        return None, "no steps"
-    last = all_steps[-1]
-    return last, f"last step {last['index']} {last['name']} (no step was selected)"
-
-
-def is_labelled(report: dict[str, Any]) -> bool:
-    """True when accuracy was measured (labels present); label-free reports only have fidelity."""
-    labelled = dig(report, "data", "eval", "labelled")
-    if isinstance(labelled, bool):
-        return labelled
-    return any("accuracy" in (s.get("overall") or {}) for s in steps(report))
-
-
-def is_embedding(report: dict[str, Any]) -> bool:
-    return dig(report, "recipe", "resolved", "model", "output") == "embedding"
-
-
-def ok_groups(step: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {k: g for k, g in (step.get("groups") or {}).items() if g.get("status") == "ok"}
-
-
-def insufficient_groups(step: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {k: g for k, g in (step.get("groups") or {}).items() if g.get("status") != "ok"}
-
-
-def gate_counts(step: dict[str, Any]) -> dict[str, int]:
-    counts = {"pass": 0, "fail": 0, "warn": 0}
-    for g in step.get("gates") or []:
-        counts[g.get("status", "warn")] = counts.get(g.get("status", "warn"), 0) + 1
-    return counts
-
-
-def gates_cell(step: dict[str, Any]) -> str:
-    """'12 pass, 1 fail, 2 undecided' (zero counts left out), or DASH without gates."""
-    c = gate_counts(step)
-    words = {"warn": "undecided"}
-    parts = [f"{n} {words.get(k, k)}" for k, n in c.items() if n]
-    return ", ".join(parts) if parts else DASH
-
-
-def step_result(step: dict[str, Any]) -> str:
-    """'pass' or 'fail', as the gates left the step (`passed`), DASH without gates."""
-    if not step.get("gates"):
-        return DASH
-    return "pass" if step.get("passed", True) else "fail"
-
-
-def failing_gates(report: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    return [(s, g) for s in steps(report) for g in s.get("gates") or [] if g.get("status") == "fail"]
-
-
-def warning_gates(report: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    return [(s, g) for s in steps(report) for g in s.get("gates") or [] if g.get("status") == "warn"]
-
-
-def undecided_count(report: dict[str, Any]) -> int:
-    """Gate checks of compressed steps that neither passed nor failed on evidence (`decision`)."""
-    return sum(1 for s in steps(report) if s.get("index", 0) > 0 for g in s.get("gates") or []
-               if g.get("decision", "undecided" if g.get("status") == "warn" else None) == "undecided")
-
-
-def undecided_note(report: dict[str, Any]) -> str | None:
-    n = undecided_count(report)
-    if not n:
-        return None
-    return f"{n} group check{'s' if n != 1 else ''} undecided: {UNDECIDED_WHY}."
-
-
-def no_failure_note(report: dict[str, Any]) -> str:
-    """What to say when no gate failed: that gates passed, were not configured, or left no results."""
-    if any(s.get("gates") for s in steps(report)):
-        return "No gate failed."
-    configured = [k for k, v in (dig(report, "recipe", "resolved", "gates") or {}).items() if _is_num(v)]
-    if configured:
-        return ("Gates are configured (" + ", ".join(configured) + ") but the report has no gate results: "
-                "nothing was checked.")
-    return "No gates were configured: nothing was checked."
-
-
-def thresholds(report: dict[str, Any]) -> list[tuple[str, Any]]:
-    """(gate, threshold) of every gate in force: `gates_applied.thresholds` (defaults included), then
-    the latency and size limits, which only the gate entries (or the recipe) carry."""
-    out: dict[str, Any] = {}
-    applied = dig(report, "gates_applied", "thresholds")
-    if isinstance(applied, dict):
-        out.update({str(k): v for k, v in applied.items() if _is_num(v)})
-    for s in steps(report):
-        for g in s.get("gates") or []:
-            name = str(g.get("gate"))
-            if name not in out and name not in ("finite_outputs", "no_gate") and _is_num(g.get("threshold")):
-                out[name] = g["threshold"]
-    for name in ("max_latency_p95_ms", "max_size_mb"):
-        v = dig(report, "recipe", "resolved", "gates", name)
-        if name not in out and _is_num(v):
-            out[name] = v
-    return sorted(out.items(), key=lambda kv: _ORDER.index(kv[0]) if kv[0] in _ORDER else len(_ORDER))
-
-
-def rule_text(report: dict[str, Any]) -> str:
-    """How the gates decided, from `gates_applied`: one sentence."""
-    ga = report.get("gates_applied") or {}
-    conf = confidence(report)
-    conf_s = f"{conf * 100:g}%" if conf is not None else "the run's"
-    if ga.get("decision") == "point":
-        text = "point estimates compared with the limits (decision = point)"
-    else:
-        text = (f"a check fails when the data show the harm beyond its limit (one-sided test, Holm-corrected "
-                f"over the step's groups, at {conf_s}) and passes when the upper end of its {conf_s} interval "
-                "is within the limit; otherwise it is undecided")
-    if ga.get("on_undecided"):
-        text += f" (on_undecided = {ga['on_undecided']})"
-    if _is_num(ga.get("min_group_size")):
-        text += f"; groups under {ga['min_group_size']} rows are reported, not tested"
-    return text
-
-
-def exceeded(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every gate check whose observed value is beyond its limit, whatever its status:
-    `gate_summary.exceeded`, each with the gate entry's `reason` and `p_holm` merged in. Reports
-    written before the summary existed: the gate entries flagged `exceeds`."""
-    listed = dig(report, "gate_summary", "exceeded")
-    if not isinstance(listed, list):
-        listed = [{"step": s.get("index"), "name": s.get("name"), **g} for s in steps(report) if s.get("index", 0) > 0
-                  for g in s.get("gates") or [] if g.get("exceeds")]
-    out = []
-    for e in listed:
-        step = step_by_index(report, e.get("step")) or {}
-        full = next((g for g in step.get("gates") or [] if g.get("gate") == e.get("gate")
-                     and g.get("group") == e.get("group") and g.get("where") == e.get("where")), {})
-        out.append({**full, **e, "name": e.get("name", step.get("name"))})
-    return out
-
-
-def failed_steps(report: dict[str, Any]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
-    """(step, its failing gate entries) for every step that did not pass (`gate_summary.failed_steps`,
-    else every step with `passed` false)."""
-    listed = dig(report, "gate_summary", "failed_steps")
-    if isinstance(listed, list):
-        chosen = [s for s in (step_by_index(report, i) for i in listed) if s is not None]
-    else:
-        chosen = [s for s in steps(report) if s.get("gates") and not s.get("passed", True)]
-    return [(s, [g for g in s.get("gates") or [] if g.get("status") == "fail"]) for s in chosen]
-
-
-def why_failed(gates: list[dict[str, Any]], name_fmt: Callable[[str], str] = str, max_names: int = 4) -> str:
-    """'true positive rate drop at sex=Female, race=White; model size 3.1 MB, limit ≤ 2 MB': a step's
-    failures, naming at most `max_names` groups per gate (the tables name every one)."""
-    by_gate: dict[str, list[dict[str, Any]]] = {}
-    for g in gates:
-        by_gate.setdefault(str(g.get("gate")), []).append(g)
-    parts = []
-    for name, gs in by_gate.items():
-        scoped = [g for g in gs if g.get("group") not in (None, "")]
-        if scoped:
-            shown = ", ".join(who(g, name_fmt) for g in scoped[:max_names])
-            more = f" and {len(scoped) - max_names} more" if len(scoped) > max_names else ""
-            parts.append(f"{gate_words(name)} at {len(scoped)} group{'s' if len(scoped) != 1 else ''}: {shown}{more}"
-                         if more else f"{gate_words(name)} at {shown}")
-        for g in gs:
-            if g.get("group") not in (None, ""):
-                continue
-            if name in ("finite_outputs", "no_gate"):
-                parts.append(str(g.get("reason") or gate_words(name)))
-            else:
-                value = fmt_gate(name, g.get("value")) if _is_num(g.get("value")) else "not measured"
-                parts.append(f"{gate_words(name)} {value}, limit {fmt_limit(g)}")
-    return "; ".join(parts) if parts else "no gate failed (the step was not selected)"
-
-
-def gated_names(report: dict[str, Any], *, group_level: bool | None = None) -> list[str]:
-    """The harm gates in force (group gates and scope gates; latency and size left out)."""
-    names = [n for n, _ in thresholds(report) if n in GATE_TEXT]
-    if group_level is True:
-        names = [n for n in names if n not in SCOPE_GATES]
-    elif group_level is False:
-        names = [n for n in names if n in SCOPE_GATES]
-    return names
-
-
-def worst_gate(step: dict[str, Any], name: str) -> dict[str, Any] | None:
-    """The step's gate entry of `name` with the worst observed value (largest harm, lowest score)."""
-    entries = [g for g in step.get("gates") or [] if g.get("gate") == name and _is_num(g.get("value"))]
-    if not entries:
-        return None
-    if any(is_lower_limit(g) for g in entries):
-        return min(entries, key=lambda g: g["value"])
-    return max(entries, key=lambda g: g["value"])
-
-
-def harm_ratio(gate: dict[str, Any]) -> float | None:
-    """The observed harm as a multiple of its limit (1 = at the limit, above 1 = beyond it), so harms
-    in different units compare: value / threshold for a ceiling, (1 - score) / (1 - floor) for a
-    floor on agreement or cosine. None for latency, size and checks without a number."""
-    name, v, t = str(gate.get("gate")), gate.get("value"), gate.get("threshold")
-    if name not in GATE_TEXT or not _is_num(v) or not _is_num(t):
-        return None
-    if is_lower_limit(gate):
-        return (1.0 - v) / (1.0 - t) if t < 1 else None
-    return v / t if t > 0 else None
-
-
-def worst_harm(step: dict[str, Any]) -> dict[str, Any] | None:
-    """The step's group or between-group check with the largest harm relative to its limit; on a
-    tie, a failure first, then the first in the step's order."""
-    rank = {"fail": 0, "warn": 1, "pass": 2}
-    best, key = None, None
-    for g in step.get("gates") or []:
-        r = harm_ratio(g)
-        if r is None:
-            continue
-        k = (r, -rank.get(str(g.get("status")), 3))
-        if key is None or k > key:
-            best, key = g, k
-    return best
-
-
-def largest_harm(report: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """(step, gate entry) of the largest observed harm of any compressed step, relative to its limit
-    (`harm_ratio`), whatever the gate decided; None when no compressed step has a harm check."""
-    best = None
-    for s in steps(report):
-        if s.get("index", 0) == 0:
-            continue
-        g = worst_harm(s)
-        if g is not None and (best is None or harm_ratio(g) > harm_ratio(best[1])):
-            best = (s, g)
-    return best
-
-
-def frontier_points(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every step (or tune candidate) with a latency: p50, its interval, and its worst harm relative to
-    its limit (`harm_ratio`; the baseline: 0), pass/fail, and whether no other step is both at least
-    as fast and at most as harmful (the frontier)."""
-    sel = (report.get("selected") or {}).get("step")
-    pts = []
-    for s in steps(report):
-        lat = s.get("latency") or {}
-        if not _is_num(lat.get("p50_ms")):
-            continue
-        worst = worst_harm(s) if s.get("index", 0) > 0 else None
-        ratio = harm_ratio(worst) if worst else (0.0 if s.get("index", 0) == 0 else None)
-        pts.append({"step": s, "p50": lat["p50_ms"], "ci": lat.get("p50_ci"), "ratio": ratio, "worst": worst,
-                    "passed": bool(s.get("passed", True)), "selected": s.get("index") == sel})
-    for p in pts:
-        p["front"] = p["ratio"] is not None and not any(
-            q is not p and q["ratio"] is not None and q["p50"] <= p["p50"] and q["ratio"] <= p["ratio"]
-            and (q["p50"] < p["p50"] or q["ratio"] < p["ratio"]) for q in pts)
-    return pts
-
-
-PreviousRow = tuple[str, dict[str, Any], "dict[str, Any] | None"]  # (group, change vs the release, its gate entry)
-
-
-def previous_release(report: dict[str, Any]) -> tuple[str, dict[str, Any] | None, list[PreviousRow]] | None:
-    """(what was compared, the step shown, [(group, its change vs the last release, its gate entry)])
-    for `edgefair run --previous`: the model to ship (else the last step), overall first. None when
-    the report compares with no release."""
-    prev = report.get("previous")
-    if not isinstance(prev, dict):
-        return None
-    bits = [f"folder {prev.get('folder')}"]
-    if prev.get("selected_step"):
-        bits.append(f"its step {prev['selected_step']}")
-    if prev.get("created_at"):
-        bits.append(f"written {prev['created_at']}")
-    if prev.get("edgefair"):
-        bits.append(f"edgefair {prev['edgefair']}")
-    if prev.get("model_sha256"):
-        bits.append(f"model sha256 {str(prev['model_sha256'])[:12]}…")
-    what = (", ".join(bits) + f"; measure: {prev.get('measure', 'accuracy')}"
-            + (f" on the same {prev['rows']} rows" if _is_num(prev.get("rows")) else ""))
-    step, _ = focus_step(report)
-    vs = (step or {}).get("vs_previous") or {}
-    if not vs:
-        return what, step, []
-    entries = {g.get("group"): g for g in (step or {}).get("gates") or [] if g.get("gate") == "max_group_regression_vs_previous"}
-    rows = [("overall", vs["overall"], None)] if isinstance(vs.get("overall"), dict) else []
-    rows += [(k, v, entries.get(k)) for k, v in (vs.get("groups") or {}).items()]
-    return what, step, rows
-
-
-def harm_sentence(step: dict[str, Any], gate: dict[str, Any], ci_label: str,
-                  name_fmt: Callable[[str], str] = str) -> str:
-    """'true positive rate drop 7.9 pp at sex=Female (step 6 int8): 4.0× its limit ≤ 2.0 pp, 95% CI
-    5.4–11.6, fail' — the group through `name_fmt`, the step name too; the rest is edgefair's text."""
-    ratio = harm_ratio(gate)
-    ci = fmt_gate_ci(gate.get("gate"), gate.get("ci"))
-    return (f"{gate_words(gate.get('gate'))} {fmt_observed(gate)} at {who(gate, name_fmt)} "
-            f"(step {step.get('index')} {name_fmt(str(step.get('name')))}): "
-            f"{DASH if ratio is None else format(ratio, '.1f')}× its limit {fmt_limit(gate)}"
-            + (f", {ci_label} {ci}" if ci != DASH else "") + f", {status_text(gate)}")
-
-
-def group_gates(step: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
-    """{group key: {gate: entry}} of the step's group-level gate entries."""
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for g in step.get("gates") or []:
-        if g.get("group") not in (None, "") and g.get("gate") not in SCOPE_GATES:
-            out.setdefault(str(g["group"]), {})[str(g.get("gate"))] = g
-    return out
-
-
-def scope_gates(step: dict[str, Any]) -> list[dict[str, Any]]:
-    return [g for g in step.get("gates") or [] if g.get("gate") in SCOPE_GATES]
-
-
-def gate_sort_key(g: dict[str, Any]) -> tuple[int, int]:
-    """Failures first, then undecided checks whose observed value is beyond the limit, then the rest."""
-    rank = 0 if g.get("status") == "fail" else 1 if g.get("exceeds") else 2 if g.get("status") == "warn" else 3
-    name = str(g.get("gate"))
-    return rank, _ORDER.index(name) if name in _ORDER else len(_ORDER)
-
-
-def extreme(step: dict[str, Any], field: str, *, lowest: bool) -> tuple[str | None, float | None]:
-    """The ok group with the lowest (or highest) `field`, e.g. the largest flip rate."""
-    vals = [(k, g[field]) for k, g in ok_groups(step).items() if _is_num(g.get(field))]
-    if not vals:
-        return None, None
-    return (min if lowest else max)(vals, key=lambda kv: kv[1])
-
-
-def latency_ratio(step: dict[str, Any], base: dict[str, Any] | None) -> float | None:
-    """p50 of this step over p50 of the baseline, measured interleaved in the same run.
-
-    The latency module's paired ratio (`ratio_p50_vs_first`, the baseline being timed first) is
-    used when the report has it; otherwise the ratio of the two p50s.
-    """
-    reported = dig(step, "latency", "ratio_p50_vs_first")
-    if _is_num(reported):
-        return float(reported)
-    p = dig(step, "latency", "p50_ms")
-    b = dig(base, "latency", "p50_ms") if base else None
-    if not _is_num(p) or not _is_num(b) or b <= 0:
-        return None
-    return p / b
-
-
-def fmt_ratio(step: dict[str, Any], base: dict[str, Any] | None, *, ci: bool = True) -> str:
-    """'1.12×', with the paired bootstrap interval when the report has one: '1.12× (1.05–1.18)'."""
-    ratio = latency_ratio(step, base)
-    if ratio is None:
-        return DASH
-    interval = dig(step, "latency", "ratio_p50_ci")
-    show = ci and interval and step is not base
-    return f"{ratio:.2f}×" + (f" ({fmt_ci(interval, scale=1, digits=2)})" if show else "")
-
-
-def insufficient_summary(report: dict[str, Any]) -> list[tuple[str, Any, list[int], str | None]]:
-    """(group, n, step indices where it had too little data, reason) across all steps."""
-    seen: dict[str, list[Any]] = {}
-    for s in steps(report):
-        for key, g in insufficient_groups(s).items():
-            entry = seen.setdefault(key, [g.get("n"), [], g.get("reason")])
-            entry[1].append(s.get("index"))
-    return [(k, n, idx, reason) for k, (n, idx, reason) in seen.items()]
-
-
-def describe_gate(gate: dict[str, Any], ci_label: str = "CI", name_fmt: Callable[[str], str] = str) -> str:
-    """One gate result in words, e.g. 'sex=Female: true positive rate drop 6.3 pp (95% CI 4.2–9.4),
-    limit ≤ 3.0 pp; n = 333, fails on evidence from ≥ 5.4 pp — <reason>'.
-
-    `name_fmt` formats the group (Markdown code span, HTML escaping); the rest is edgefair's own text.
-    """
-    name = str(gate.get("gate", "?"))
-    scope = who(gate, name_fmt) if gate.get("group") not in (None, "") else ""
-    lead = f"{scope}: " if scope else ""
-    value, ci = gate.get("value"), gate.get("ci")
-    words = gate_words(name)
-    if name in ("finite_outputs", "no_gate"):
-        text = f"{lead}{words}"
-    elif not _is_num(value):
-        text = f"{lead}{words} not measured, limit {fmt_limit(gate)}"
-    else:
-        text = f"{lead}{words} {fmt_gate(name, value)}"
-        if ci:
-            text += f" ({ci_label} {fmt_gate_ci(name, ci)})"
-        text += f", limit {fmt_limit(gate)}"
-        extra = []
-        if _is_num(gate.get("n")):
-            extra.append(f"n = {gate['n']}")
-        if _is_num(gate.get("min_detectable")):
-            extra.append(f"fails on evidence from {fmt_detectable(gate)}")
-        if extra:
-            text += "; " + ", ".join(extra)
-    if gate.get("reason"):
-        text += f" — {gate['reason']}"
-    return text
-
-
-def metric_columns(report: dict[str, Any], step: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(field, title, kind) of the per-group metric table; kind: 'pct' (a rate: percent, its change
-    in pp), 'num' (Brier, NLL: plain, change plain) or 'cos' (4 decimals)."""
-    compressed = step.get("index", 0) > 0
-    if is_embedding(report):
-        return [("cosine_mean", "cosine mean", "cos"), ("cosine_min", "cosine min", "cos"),
-                ("rel_error_mean", "rel. error", "cos")] if compressed else []
-    if not is_labelled(report):
-        return [("agreement", "agreement", "pct"), ("flip_rate", "flip rate", "pct"),
-                ("cosine_mean", "cosine mean", "cos")] if compressed else []
-    cols = [("accuracy", "accuracy", "pct"), ("tpr", "TPR", "pct"), ("fpr", "FPR", "pct"),
-            ("selection_rate", "selection rate", "pct"), ("ece", "ECE", "pct"), ("brier", "Brier", "num"),
-            ("nll", "NLL", "num")]
-    return cols + ([("flip_rate", "flip rate", "pct")] if compressed else [])
-
-
-def metric_cell(g: dict[str, Any], field: str, kind: str, *, with_delta: bool) -> str:
-    """'93.4% (-0.1)': a group's value and, at a compressed step, its change from the baseline
-    (pp for rates). Label-free fidelity numbers have no change."""
-    v = g.get(field)
-    if kind == "pct":
-        digits = 2 if field in ("flip_rate", "agreement") else 1
-        text = fmt_pct(v, digits)
-    elif kind == "num":
-        text = fmt_num(v, ".4f")
-    else:
-        text = fmt_num(v, ".4f")
-    d = g.get(f"{field}_delta")
-    if with_delta and _is_num(d) and field not in ("flip_rate", "agreement", "cosine_mean", "cosine_min", "rel_error_mean"):
-        text += f" ({fmt_pp(d)})" if kind == "pct" else f" ({fmt_num(d, '+.4f')})"
-    return text
-
-
-STATUS_ICON = {"pass": "✅", "fail": "❌", "warn": "⚠️"}
-
-
-def steps_applied(report: dict[str, Any], step: dict[str, Any]) -> list[dict[str, Any]]:
-    """The chain of steps that produced `step`, baseline excluded, oldest first (follows `input`)."""
-    by_name = {s.get("name"): s for s in steps(report)}
-    chain, cur, guard = [], step, 0
-    while cur is not None and cur.get("index", 0) != 0 and guard <= len(by_name):
-        chain.append(cur)
-        cur = by_name.get(cur.get("input"))
-        guard += 1
-    return chain[::-1]
-
-
-# ---- Markdown escaping -----------------------------------------------------------------------------
-
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>&~#!])")
-
-
-def md_code(s: Any) -> str:
-    """`s` as a Markdown code span, whatever it contains: a fence longer than any backtick run in it,
-    a space inside the fence when it starts or ends with a backtick, newlines as spaces. Inside a
-    code span nothing else is markup (`<b>` stays text). Table rows escape pipes (`md_row`)."""
-    text = str(s).replace("\r", " ").replace("\n", " ")
-    if text.strip() == "":
-        return "`" + (text or " ") + "`" if text else "` `"
-    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
-    fence = "`" * (longest + 1)
-    pad = " " if text.startswith("`") or text.endswith("`") or (text.startswith(" ") and text.endswith(" ")) else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
-
-
-def md_text(s: Any) -> str:
-    """Plain text for Markdown prose and table cells: every character with a Markdown or HTML meaning
-    backslash-escaped, newlines as spaces (pipes: `md_row`)."""
-    return _MD_SPECIAL.sub(r"\\\1", str(s).replace("\r", " ").replace("\n", " "))
-
-
-def md_row(cells: list[Any]) -> str:
-    """A GFM table row: a '|' in a cell, code spans included, is escaped (GFM splits cells first)."""
-    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-
-def md_table(head: list[str], rows: list[list[Any]]) -> list[str]:
-    return [md_row(head), "|" + "---|" * len(head)] + [md_row(r) for r in rows]
-
-
-# ---- paths -----------------------------------------------------------------------------------------
-
-def is_absolute(p: str) -> bool:
-    """An absolute path on POSIX or Windows (report.json written before 0.2 named files that way)."""
-    return PurePosixPath(p).is_absolute() or PureWindowsPath(p).is_absolute()
-
-
-_is_abs = is_absolute
-
-
-def recipe_dir(report: dict[str, Any]) -> str | None:
-    path = dig(report, "recipe", "path")
-    if isinstance(path, str) and _is_abs(path):
-        return os.path.dirname(path)
-    return None
-
-
-def _relative(report: dict[str, Any], path: str) -> str | None:
-    """`path` relative to the recipe's folder when the two share more than the file system's root
-    and it climbs at most two folders up; else None."""
-    base = recipe_dir(report)
-    if not base:
-        return None
-    try:
-        common = os.path.commonpath([path, base])
-        rel = os.path.relpath(path, base)
-    except ValueError:  # another drive, or relative and absolute mixed
-        return None
-    if common in ("", os.sep, "/") or os.path.dirname(common) == common or _is_abs(rel) or rel.split(os.sep).count("..") > 2:
-        return None
-    return rel
-
-
-def portable_path(report: dict[str, Any], path: Any) -> str:
-    """A path without the machine it ran on: relative to the recipe's folder when it is absolute
-    (the way the recipe names it), else its file name; relative paths and specs unchanged."""
-    if path is None:
-        return DASH
-    p = str(path)
-    if not _is_abs(p):
-        return p
-    rel = _relative(report, p)
-    if rel is not None:
-        return rel
-    return PurePosixPath(p).name if "/" in p else PureWindowsPath(p).name
-
-
-def local_prefixes(report: dict[str, Any]) -> list[tuple[str, str]]:
-    """(absolute folder, what to write instead) for the folders the report mentions (recipe, data,
-    source) and the home folder, longest first: scrubbed from text meant to leave the machine (the
-    model card). A folder becomes its path relative to the recipe's ('data/'), the recipe's own
-    folder nothing, the home folder '~/'."""
-    found = set()
-    rdir = recipe_dir(report)
-    if rdir:
-        found.add(rdir)
-    for d in (report.get("data") or {}).values():
-        p = d.get("path") if isinstance(d, dict) else None
-        if isinstance(p, str) and _is_abs(p):
-            found.add(os.path.dirname(p))
-    src = dig(report, "source", "spec")
-    if isinstance(src, str) and _is_abs(src):
-        found.add(os.path.dirname(src))
-    out = []
-    for folder in found:
-        if len(folder) <= 1:
-            continue
-        rel = _relative(report, folder)
-        out.append((folder.rstrip("/\\"), "" if rel in (None, ".") else rel.rstrip("/\\") + "/"))
-    home = os.path.expanduser("~")
-    if home and home != "~" and len(home) > 1:
-        out.append((home.rstrip("/\\"), "~/"))
-    return sorted(out, key=lambda fr: len(fr[0]), reverse=True)
-
-
-_ABS_DIRS = re.compile(r"(?<![\w.:/~-])(?:/|[A-Za-z]:\\)(?:[^\s/\\`'\"|<>()\[\]]+[/\\])+(?=[^\s/\\`'\"|<>()\[\]])")
-
-
-def without_local_dirs(report: dict[str, Any], text: str) -> str:
-    """Text meant to leave the machine (a warning, the model card) without this machine's folders: the
-    folders the report names become relative to the recipe's, the home folder '~/', and any other
-    absolute path keeps only its file name."""
-    for folder, instead in local_prefixes(report):
-        text = text.replace(folder + "/", instead).replace(folder + "\\", instead)
-    return _ABS_DIRS.sub("", text)
-
-
-# ---- writing -------------------------------------------------------------------------------------
 
 def render_all(out_dir: str | os.PathLike, report: dict[str, Any]) -> dict[str, Path]:
     """Render the four human/CI outputs into `out_dir`, each written atomically. Returns their paths.
