@@ -91,6 +91,7 @@ def _agree(model, path: Path, data: Dataset) -> None:
 def test_linear_shapes_shrink_in_onnx(tmp_path):
     data = _data("features", (6,), 3)
     src, dst, out = _run(MLP().eval(), data, tmp_path, PruneConfig(sparsity=0.5, structured=True))
+    assert out.details["engine"] == "torch-pruning"
     assert (6, 16) not in _initializer_shapes(dst)
     weights = [s for s in _initializer_shapes(dst) if len(s) == 2]
     # Linear(6,16)->8 neurons, Linear(16,8)->(8 in, 4 out), final Linear(8,3) keeps its 3 outputs
@@ -141,6 +142,7 @@ def test_pt2_graph_module_path(tmp_path):
     gm = torch.export.load(str(path)).module()
     _, dst, out = _run(gm, data, tmp_path, PruneConfig(sparsity=0.5, structured=True, finetune_epochs=2, distill=True), train=data)
     assert out.details["channels"] == {"net.0.weight": [16, 8], "net.2.weight": [8, 4]}
+    assert out.details["engine"] == "graph"  # an exported program has no layer modules for Torch-Pruning
     assert dict(gm.named_parameters())["net.0.weight"].shape == (16, 6)  # the input module is untouched
     _agree(out.torch_model, dst, data)
     batch = make_session(dst, threads=1).run(None, {"features": data.inputs["features"][:1]})[0]
