@@ -37,6 +37,11 @@ class Progress:
         return self._console is not None
 
     def __call__(self, stage: str) -> None:
+        if self._stage is not None and stage.startswith(self._stage + " "):
+            # the stage's own closing line ("candidate 2/9: int8 ... 1.2 s", "... skipped: why"):
+            # it replaces the timing line instead of starting a stage of its own
+            self._finish(closing=stage)
+            return
         self._finish()
         self._stage, self._t0 = stage, time.perf_counter()
         if not self.enabled:
@@ -63,15 +68,18 @@ class Progress:
 
             self._status.update(self._task, description=f"{escape(self._stage or '')} ({done}/{total})")
 
-    def _finish(self) -> None:
+    def _finish(self, closing: str | None = None) -> None:
         if self._stage is None:
             return
         secs = time.perf_counter() - self._t0
         self.timings.append((self._stage, secs))
-        if self._console is not None:
+        if self.enabled and self._console is not None:
             from rich.markup import escape
 
-            self._console.print(f"[green]✓[/green] {escape(self._stage)} [dim]{_secs(secs)}[/dim]")
+            line = escape(closing) if closing is not None else f"{escape(self._stage)} [dim]{_secs(secs)}[/dim]"
+            self._console.print(f"[green]✓[/green] {line}")
+        elif self.enabled and closing is not None:
+            print(f"· {closing}", file=self.stream, flush=True)
         self._stage = None
 
     def close(self, *, ok: bool = True) -> None:

@@ -44,6 +44,9 @@ def test_github_workflow_uses_the_readme_and_reports():
     comment = next(s for s in steps if s.get("uses", "").startswith("actions/github-script@"))
     assert "edgefair-out/report.md" in comment["with"]["script"] and "createComment" in comment["with"]["script"]
     assert steps[-1]["run"] == 'exit "${{ steps.gate.outputs.status }}"'
+    cache = next(s for s in steps if s.get("uses", "").startswith("actions/cache@"))
+    doc = yaml.safe_load(GITHUB.read_text())
+    assert doc["env"]["EDGEFAIR_CACHE_DIR"].endswith("/" + cache["with"]["path"])  # kept between jobs
 
 
 def test_gitlab_job_uses_the_readme_and_reports():
@@ -53,6 +56,7 @@ def test_gitlab_job_uses_the_readme_and_reports():
     assert job["artifacts"]["reports"]["junit"] == "edgefair-out/junit.xml" and job["artifacts"]["when"] == "always"
     assert any("merge_requests/$CI_MERGE_REQUEST_IID/notes" in line and "body@edgefair-out/report.md" in line for line in job["script"])
     assert job["script"][-1] == 'exit "$status"'
+    assert job["variables"]["EDGEFAIR_CACHE_DIR"] == "$CI_PROJECT_DIR/" + job["cache"]["paths"][0].rstrip("/")
 
 
 def test_the_templates_shell_runs_and_passes_the_exit_code_on(recipe_dir, tmp_path):

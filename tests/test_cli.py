@@ -137,3 +137,9 @@ def test_progress_on_a_terminal_shows_stage_timings_and_honours_no_color(monkeyp
         p("export: torch -> ONNX")
         p("evaluate")
     assert buf.getvalue() == "· export: torch -> ONNX\n· evaluate\n"
+    buf = io.StringIO()  # a stage's own closing line (tune's "candidate ... 1.2 s") ends it
+    with Progress(stream=buf, force_terminal=True) as p:
+        p("candidate 1/2: int8 (quantize_dynamic)")
+        p("candidate 1/2: int8 (quantize_dynamic) ... 0.21 s")
+    assert [name for name, _ in p.timings] == ["candidate 1/2: int8 (quantize_dynamic)"]
+    assert re.search(r"✓\S* candidate 1/2: int8 \(quantize_dynamic\) \.\.\. 0\.21 s", buf.getvalue())

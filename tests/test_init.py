@@ -103,6 +103,27 @@ def test_init_with_an_onnx_model_and_csv_data(recipe_dir, tmp_path):
     assert result.exit_code == 0, result.output
 
 
+def test_init_with_a_factory_and_the_group_value_bound(recipe_dir):
+    """A `module:factory` source gives its forward's argument names; a column with 12 values is
+    proposed, one with 13 is not (MAX_GROUP_VALUES)."""
+    from edgefair.init import MAX_GROUP_VALUES
+
+    assert MAX_GROUP_VALUES == 12  # the README says "2 to 12 values"
+    with np.load(recipe_dir / "eval.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    n = len(arrays["label"])
+    arrays["region"] = np.array([f"r{i % 12}" for i in range(n)])
+    arrays["zip"] = np.array([f"z{i % 13}" for i in range(n)])
+    np.savez(recipe_dir / "more.npz", **arrays)
+    out = recipe_dir / "f.toml"
+    result = run_cli(["init", "tiny_model:build", str(recipe_dir / "more.npz"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    raw = tomllib.loads(out.read_text())
+    assert raw["model"]["source"] == "tiny_model:build" and "# model inputs: features" in out.read_text()
+    assert raw["data"]["groups"] == ["g", "h", "region"]
+    assert run_cli(["validate", str(out)]).exit_code == 0
+
+
 def test_init_names_what_does_not_fit(recipe_dir):
     np.savez(recipe_dir / "wrong.npz", pixels=np.zeros((10, 6), np.float32), g=np.array(["a", "b"] * 5))
     result = run_cli(["init", str(recipe_dir / "tiny.pt2"), str(recipe_dir / "wrong.npz"), "--out", str(recipe_dir / "x.toml")])
