@@ -137,8 +137,13 @@ class Cache:
         Never nested: flock locks of one process on two open files of the same path can deadlock.
         """
         assert self.root is not None
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / LOCK_NAME, "a+b") as f:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            f = open(self.root / LOCK_NAME, "a+b")
+        except OSError as e:
+            raise EdgefairError(f"cache: cannot use {self.root}: {e.strerror or e} "
+                                "(set EDGEFAIR_CACHE_DIR or --cache-dir to a writable folder, or pass --no-cache)") from e
+        with f:
             if fcntl is not None:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             try:

@@ -387,3 +387,13 @@ def test_cache_info_and_clear(recipe_dir, tmp_path):
     assert run_cli(["cache", "clear", "--cache-dir", str(cache)]).exit_code == 0
     assert json.loads(run_cli(["cache", "info", "--json", "--cache-dir", str(cache)]).stdout)["entries"] == 0
     assert run_cli(["cache", "clear", "--older-than", "soon"]).exit_code == 2
+
+
+def test_unusable_cache_folder_is_bad_input(recipe_dir, tmp_path):
+    recipe = write_recipe(recipe_dir / "r.toml", BASE_RECIPE)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    result = run_cli(["run", str(recipe), "--out", str(tmp_path / "o"), "--cache-dir", str(blocker / "cache")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"Error: cache: cannot use {blocker / 'cache'}:") and "--no-cache" in result.stderr
+    assert not (tmp_path / "o").exists()
