@@ -115,13 +115,14 @@ def main() -> None:
 @click.argument("recipe", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", "out_dir", default="edgefair-out", show_default=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the verdict line.")
+@click.option("--verbose", "-v", is_flag=True, help="Also print every step's per-group table and gate checks (as in report.txt).")
 @click.option("--no-cache", is_flag=True, help="Recompute every step and evaluation instead of reusing cached ones.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Cache folder (default: $EDGEFAIR_CACHE_DIR or ~/.cache/edgefair).")
 @click.option("--latency-from", "latency_from", multiple=True, type=click.Path(dir_okay=False, path_type=Path), help="Latency JSON from `edgefair probe` on the device; replaces local latency for models with the same sha256 (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (verdict, model to ship, steps, checks beyond a limit) on stdout instead of the table.")
 @click.option("--previous", "previous", default=None, type=click.Path(path_type=Path), help="Output folder of the last release: compare every model with the model it shipped, per group ([gates] max_group_regression_vs_previous can fail a regression).")
 @handle_errors
-def run(recipe: Path | None, out_dir: Path, quiet: bool, no_cache: bool, cache_dir: Path | None, latency_from: tuple[Path, ...], as_json: bool,
+def run(recipe: Path | None, out_dir: Path, quiet: bool, verbose: bool, no_cache: bool, cache_dir: Path | None, latency_from: tuple[Path, ...], as_json: bool,
         previous: Path | None) -> None:
     """Export, compress step by step, evaluate every step per group, gate, and write reports.
 
@@ -157,7 +158,7 @@ def run(recipe: Path | None, out_dir: Path, quiet: bool, no_cache: bool, cache_d
     elif quiet:
         click.echo("\n".join(summary_lines(report)))
     else:
-        click.echo(terminal_table(report))
+        click.echo(terminal_table(report, full=verbose))
         click.echo(f"reports written to {out_dir}/")
     sys.exit(EXIT_OK if report["verdict"] == "pass" else EXIT_GATE_FAILED)
 

@@ -249,7 +249,8 @@ def _read_csv(path: Path, key: str, *, text: set[str]) -> dict[str, np.ndarray]:
             continue
         try:
             num = raw.astype(np.float64)
-            cols[name] = num.astype(np.int64) if np.all(num == np.round(num)) and "." not in "".join(raw[:50]) else num
+            integral = np.all(np.isfinite(num)) and np.all(num == np.round(num)) and "." not in "".join(raw[:50])
+            cols[name] = num.astype(np.int64) if integral else num  # "inf" stays a float (then refused by row)
         except ValueError:
             cols[name] = raw
     return cols

@@ -520,3 +520,15 @@ def test_oversized_image_is_bad_input(images, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
     with pytest.raises(DataError, match=r"data.eval: cannot read image .*\.png: Image size \(64 pixels\) exceeds limit"):
         data_mod.load(root / "imgs", key="data.eval", label=None, groups=(), options=ReadOptions(subfolders=("light", "label")))
+
+
+def test_infinite_csv_value_is_named_not_cast_to_an_integer(recipe_dir):
+    """A column of whole numbers with one "inf" was cast to int64 (a huge negative number, silently)."""
+    cols = tiny_table(recipe_dir)
+    rows = [[cols[c][i] for c in cols] for i in range(800)]
+    for r in rows:
+        r[2] = int(round(float(r[2])))  # f2 holds whole numbers only...
+    rows[3][2] = "inf"  # ...and one infinite value
+    write_csv(recipe_dir / "inf.csv", list(cols), rows)
+    run_bad(recipe_dir, NO_LATENCY.replace('"eval.npz"', '"inf.csv"').replace('calibration = "calib.npz"\n', ""),
+            "data.eval: array 'features' in inf.csv has NaN or infinite values in 1 rows (first: row 3)")
