@@ -143,3 +143,11 @@ def test_progress_on_a_terminal_shows_stage_timings_and_honours_no_color(monkeyp
         p("candidate 1/2: int8 (quantize_dynamic) ... 0.21 s")
     assert [name for name, _ in p.timings] == ["candidate 1/2: int8 (quantize_dynamic)"]
     assert re.search(r"✓\S* candidate 1/2: int8 \(quantize_dynamic\) \.\.\. 0\.21 s", buf.getvalue())
+
+
+def test_verbose_adds_the_per_group_tables(recipe_dir, tmp_path):
+    recipe = write_recipe(recipe_dir / "r.toml", BASE_RECIPE + "\n[[steps]]\nkind = 'quantize_dynamic'\n")
+    short = run_cli(["run", str(recipe), "--out", str(tmp_path / "a")])
+    full = run_cli(["run", str(recipe), "--out", str(tmp_path / "b"), "--verbose"])
+    assert "per step, per group" not in short.stdout and "per step, per group" in full.stdout
+    assert full.stdout.count("\n") > short.stdout.count("\n")
