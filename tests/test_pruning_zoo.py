@@ -203,3 +203,13 @@ def test_efficientnet_lite0_structured_50_prunes_most_convolutions():
     with torch.no_grad():
         out = model(x)
     assert out.shape == (2, 1000) and torch.isfinite(out).all()
+
+
+def test_frozen_layers_are_traced_and_stay_frozen():
+    """Torch-Pruning follows autograd: a model whose parameters do not require grad is still pruned,
+    and its parameters come back frozen."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)).eval().requires_grad_(False)
+    result = Engine(model, (torch.zeros(2, 6),)).prune(0.5, "l1", "layer")
+    assert result.channels == {"0.weight": [16, 8]}
+    assert not any(p.requires_grad for p in model.parameters())

@@ -93,12 +93,19 @@ class Engine:
         self.heads = attention_heads(model)
         mha = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]  # fused weights: left whole
         model.eval()  # traced in eval mode: BatchNorm statistics must not move
+        frozen = [p for p in model.parameters() if not p.requires_grad]
+        self.frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        for p in frozen:  # the trace follows autograd: frozen layers would be invisible to it
+            p.requires_grad_(True)
         try:
             self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=list(example), verbose=False,
                                                             ignored_layers=mha)
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
             raise StepError(f"prune: Torch-Pruning could not trace the model: {first}") from e
+        finally:
+            for p in frozen:
+                p.requires_grad_(False)
         self.ignored = [s for m in mha for s in m.modules()]
 
     def _weight(self, m: Any) -> str:
@@ -201,6 +208,9 @@ class Engine:
                     result.channels[self._weight(m)] = [n, after]
         for w in result.channels:
             result.skipped.pop(w, None)
+        for n, p in self.model.named_parameters():  # Torch-Pruning makes new parameters that require grad
+            if n in self.frozen:
+                p.requires_grad_(False)
         return result
 
     def _mixes_channels(self, group: Any) -> bool:

@@ -1,11 +1,15 @@
 """Structured pruning: remove whole Linear neurons and Conv output channels, so the graph shrinks.
 
-Works on the torch model before export, for both kinds of torch source:
-- an nn.Module (factory source): it is traced once with torch.export to find the dependencies,
-  then the module's own parameters are sliced and its layers' size attributes updated;
+Works on the torch model before export, with one of two engines:
+- an nn.Module (factory source): Torch-Pruning's dependency graph, driven group by group with the
+  importance and selection below and an output check per group (depgraph.py). It covers concat,
+  chunk, grouped convs, pads, squeeze-excitation, LayerNorm, embeddings and attention head dims;
 - the GraphModule of a torch.export program (.pt2 source): it calls aten ops, not nn.Linear
-  modules, so the dependencies come from its FX graph directly; its parameters keep their
-  names (`net.0.weight`), are sliced in place, and `ctx.export` re-traces the smaller graph.
+  modules, so Torch-Pruning cannot trace it; the hand-written dependency graph in this module reads
+  its FX graph directly; its parameters keep their names (`net.0.weight`), are sliced in place,
+  and `ctx.export` re-traces the smaller graph.
+
+The rest of this docstring describes the graph engine.
 
 A *group* is one producer (linear/conv whose weight is a parameter) with everything that must
 shrink with it: its bias, the BatchNorm that follows, and the input columns/channels of every
