@@ -102,11 +102,8 @@ def evil_run(tiny, tmp_path_factory) -> Path:
 kind = "quantize_dynamic"
 
 [[steps]]
-name = "cut_75"
-kind = "prune"
+kind = "quantize_static"
 input = "baseline"
-sparsity = 0.75
-structured = true
 """)
     out = root / "out"
     result = run_cli(["run", str(recipe), "--out", str(out), "-q"])
