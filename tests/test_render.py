@@ -452,7 +452,7 @@ def test_model_card_units_are_percent_and_points(run):
     quant = card[card.index("## Quantitative Analyses"):card.index("## Ethical")]
     step = next(s for s in run["steps"] if s["index"] == run["selected"]["step"])
     ov = step["overall"]
-    assert f"| ECE | {fmt_pct(run['steps'][0]['overall']['ece'])} | {fmt_pct(ov['ece'])} | {fmt_pp(ov['ece_delta'])} pp |" in quant
+    assert f"| ECE | {fmt_pct(run['steps'][0]['overall']['ece'], 2)} | {fmt_pct(ov['ece'], 2)} | {fmt_pp(ov['ece_delta'], 2)} pp |" in quant
     assert f"{fmt_pp(ov['accuracy_delta'])} pp ({fmt_ci(ov['accuracy_delta_ci'], signed=True)})" in quant
     assert "McNemar" not in card
 

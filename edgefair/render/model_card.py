@@ -234,8 +234,10 @@ def _quantitative(report: dict[str, Any], step: dict[str, Any], base: dict[str, 
         rows.append([f"accuracy ({md_text(ci_label)})", f"{fmt_pct(bov.get('accuracy'))} ({fmt_ci(bov.get('accuracy_ci'))})",
                      f"{fmt_pct(ov.get('accuracy'))} ({fmt_ci(ov.get('accuracy_ci'))})",
                      f"{fmt_pp(ov.get('accuracy_delta'))} pp ({fmt_ci(ov.get('accuracy_delta_ci'), signed=True)})"])
-        for field, title in (("tpr", "TPR"), ("fpr", "FPR"), ("selection_rate", "selection rate"), ("ece", "ECE")):
-            rows.append([title, fmt_pct(bov.get(field)), fmt_pct(ov.get(field)), f"{fmt_pp(ov.get(f'{field}_delta'))} pp"])
+        for field, title, d in (("tpr", "TPR", 1), ("fpr", "FPR", 1), ("selection_rate", "selection rate", 1), ("ece", "ECE", 2)):
+            # ECE is a few percent: two decimals, so that its change and the two values agree
+            rows.append([title, fmt_pct(bov.get(field), d), fmt_pct(ov.get(field), d),
+                         f"{fmt_pp(ov.get(f'{field}_delta'), d)} pp"])
         for field, title in (("brier", "Brier score"), ("nll", "NLL")):
             rows.append([title, fmt_num(bov.get(field), ".4f"), fmt_num(ov.get(field), ".4f"), fmt_num(ov.get(f"{field}_delta"), "+.4f")])
     elif ov.get("cosine_mean") is not None:
