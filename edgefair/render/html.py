@@ -593,7 +593,7 @@ def _frontier_section(report: dict[str, Any]) -> str:
                      if w else ("baseline" if s.get("index", 0) == 0 else DASH))
             ratio = DASH if p["ratio"] is None else f"{p['ratio']:.2f}×"
             fails = [g for g in s.get("gates") or [] if g.get("status") == "fail"]
-            outcome = ("pass" if p["passed"] else "fail: " + _why_failed(fails)) if s.get("gates") else DASH
+            outcome = ("pass" if p["passed"] else "fail: " + _fail_counts(fails)) if s.get("gates") else DASH
             rows.append(("selected" if p["selected"] else "fail" if not p["passed"] else "", [
                 esc(s.get("index")) + (' <span class="badge">selected</span>' if p["selected"] else ""),
                 f"<code>{esc(s.get('name'))}</code>", esc(fmt_ms(p["p50"])), _ratio_cell(s, base),
@@ -612,6 +612,15 @@ def _frontier_section(report: dict[str, Any]) -> str:
         out.append("<h3>Not tried</h3><ul>" + "".join(
             f"<li>{', '.join(names)}{': ' + esc(r) if r else ''}</li>" for r, names in reasons.items()) + "</ul>")
     return "".join(out)
+
+
+def _fail_counts(fails: list[dict[str, Any]]) -> str:
+    """'accuracy drop at 8 groups; model size': which gates rejected a candidate, and how widely."""
+    by_gate: dict[str, int] = {}
+    for g in fails:
+        by_gate[str(g.get("gate"))] = by_gate.get(str(g.get("gate")), 0) + (1 if g.get("group") not in (None, "") else 0)
+    return "; ".join(esc(gate_words(n)) + (f" at {k} group{'s' if k != 1 else ''}" if k else "")
+                     for n, k in by_gate.items())
 
 
 def _latency_section(report: dict[str, Any]) -> str:
