@@ -82,6 +82,16 @@ def json_summary(report: dict, out_dir: Path) -> dict:
             "exceeded": exceeded, "steps": steps}
 
 
+def _executor(recipe, kind: str | None, address: str | None):
+    """The executor of --executor/--ray-address, else of the recipe's [run] table; connected now,
+    so that an unreachable cluster is exit 2 before any work."""
+    from .executor import check_address, executor_for
+
+    if address is not None and (kind or recipe.run.executor) != "ray":
+        raise EdgefairError("--ray-address: only used with --executor ray")
+    return executor_for(recipe, kind, check_address(address, "--ray-address"))
+
+
 def check_writable(out_dir: Path) -> None:
     """Fail before any work when the output folder cannot be written."""
     import os
@@ -121,9 +131,11 @@ def main() -> None:
 @click.option("--latency-from", "latency_from", multiple=True, type=click.Path(dir_okay=False, path_type=Path), help="Latency JSON from `edgefair probe` on the device; replaces local latency for models with the same sha256 (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (verdict, model to ship, steps, checks beyond a limit) on stdout instead of the table.")
 @click.option("--previous", "previous", default=None, type=click.Path(path_type=Path), help="Output folder of the last release: compare every model with the model it shipped, per group ([gates] max_group_regression_vs_previous can fail a regression).")
+@click.option("--executor", "executor_kind", type=click.Choice(["embedded", "ray"]), default=None, help="Where candidates and eval inference run: in this process (default, or the recipe's [run] executor) or on a Ray cluster.")
+@click.option("--ray-address", default=None, metavar="ADDRESS", help="With --executor ray: auto, HOST:PORT or ray://HOST:PORT (default: the recipe's [run] ray_address, else a local cluster).")
 @handle_errors
 def run(recipe: Path | None, out_dir: Path, quiet: bool, verbose: bool, no_cache: bool, cache_dir: Path | None, latency_from: tuple[Path, ...], as_json: bool,
-        previous: Path | None) -> None:
+        previous: Path | None, executor_kind: str | None, ray_address: str | None) -> None:
     """Export, compress step by step, evaluate every step per group, gate, and write reports.
 
     Without RECIPE, runs the bundled reference recipe (UCI Adult MLP).
@@ -150,8 +162,13 @@ def run(recipe: Path | None, out_dir: Path, quiet: bool, verbose: bool, no_cache
     for f in latency_from:
         if not f.is_file():
             raise EdgefairError(f"--latency-from: file not found: {f}")
-    with Progress(enabled=not quiet) as progress:
-        report = run_pipeline(parsed, out_dir, cache=cache, latency_from=latency_from, progress=progress, previous=previous)
+    executor = _executor(parsed, executor_kind, ray_address)
+    try:
+        with Progress(enabled=not quiet) as progress:
+            report = run_pipeline(parsed, out_dir, cache=cache, latency_from=latency_from, progress=progress, previous=previous,
+                                  executor=executor)
+    finally:
+        executor.close()
     _evict(cache, max_bytes)
     if as_json:
         click.echo(json.dumps(json_summary(report, out_dir), indent=2))
@@ -232,8 +249,11 @@ def report(out_dir: Path) -> None:
 @click.option("--budget", default=None, metavar="DURATION", help="Time budget, e.g. 90s, 10m, 1h: no new candidate starts once it is spent (the ones built are still evaluated).")
 @click.option("--no-cache", is_flag=True, help="Recompute every candidate instead of reusing cached ones.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Cache folder (default: $EDGEFAIR_CACHE_DIR or ~/.cache/edgefair).")
+@click.option("--executor", "executor_kind", type=click.Choice(["embedded", "ray"]), default=None, help="Where candidates and eval inference run: in this process (default, or the recipe's [run] executor) or on a Ray cluster.")
+@click.option("--ray-address", default=None, metavar="ADDRESS", help="With --executor ray: auto, HOST:PORT or ray://HOST:PORT (default: the recipe's [run] ray_address, else a local cluster).")
 @handle_errors
-def tune(recipe: Path, out_dir: Path, budget: str | None, no_cache: bool, cache_dir: Path | None) -> None:
+def tune(recipe: Path, out_dir: Path, budget: str | None, no_cache: bool, cache_dir: Path | None, executor_kind: str | None,
+         ray_address: str | None) -> None:
     """Search compression settings for the best model that passes RECIPE's gates.
 
     Tries dynamic and static int8, then structured pruning at 25/50/75% (fine-tuned when the
@@ -258,8 +278,12 @@ def tune(recipe: Path, out_dir: Path, budget: str | None, no_cache: bool, cache_
     check_writable(out_dir)
     cache = Cache(None if no_cache else (cache_dir or default_dir()))
     max_bytes = max_bytes_from_env()
-    with Progress() as progress:
-        report = search(parsed, out_dir, cache=cache, progress=progress, budget_s=budget_s)
+    executor = _executor(parsed, executor_kind, ray_address)
+    try:
+        with Progress() as progress:
+            report = search(parsed, out_dir, cache=cache, progress=progress, budget_s=budget_s, executor=executor)
+    finally:
+        executor.close()
     _evict(cache, max_bytes)
     info = report["search"]
     click.echo(terminal_table(report))

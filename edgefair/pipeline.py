@@ -60,8 +60,12 @@ class Compressor:
     """
 
     def __init__(self, inputs: Inputs, workdir: Path, cache: Cache, progress: Progress, *, search: bool = False,
-                 budget_s: float | None = None, started: float | None = None) -> None:
+                 budget_s: float | None = None, started: float | None = None, executor: Any = None) -> None:
+        from .executor import Executor
+
         self.inputs, self.workdir, self.cache, self.progress = inputs, workdir, cache, progress
+        self.executor = executor or Executor()  # builds candidates ahead (e.g. on Ray); in process: nothing ahead
+        self.prebuilt: dict[str, Any] = {}  # candidate name -> executor.Built, taken by _apply
         self.by_name: dict[str, StepModel] = {"baseline": inputs.baseline}
         self.specs = {s.name: s for s in inputs.recipe.steps}
         self.search, self.budget_s = search, budget_s
@@ -86,8 +90,9 @@ class Compressor:
         lost: dict[str, str] = {}  # candidate name -> why it has no model, for the candidates reading it
         restore = self._trap_sigint()
         try:
+            self.prebuilt = self.executor.build_candidates(self, specs)
             for k, spec in enumerate(specs, 1):
-                stop = "interrupted (Ctrl-C)" if self.interrupted else self._budget_spent()
+                stop = None if spec.name in self.prebuilt else "interrupted (Ctrl-C)" if self.interrupted else self._budget_spent()
                 if stop:
                     self.not_tried += [{"name": s.name, "kind": s.kind, "reason": stop} for s in specs[k - 1:]]
                     break
@@ -196,6 +201,9 @@ class Compressor:
         return step
 
     def _apply(self, spec: StepSpec, src: StepModel, step: StepModel) -> None:
+        if spec.name in self.prebuilt:  # built by the executor's task: its model, warnings and details
+            self.prebuilt.pop(spec.name).apply_to(step)
+            return
         if REGISTRY[spec.kind].needs_torch and src.torch_model is None:
             self._rebuild_torch(src)
         ctx = StepContext(
@@ -275,13 +283,14 @@ def _wrong_where(probs: np.ndarray, bad: np.ndarray, labels: np.ndarray | None, 
     return out
 
 
-def _read_outputs(inputs: Inputs, model: StepModel, batch_size: int, base, nonfinite: list[int]):
+def _read_outputs(inputs: Inputs, model: StepModel, batch_size: int, base, nonfinite: list[int], outputs=None):
     """(probabilities, raw outputs) of `model`, batch by batch of eval rows: only what the
     statistics keep outlives a batch. A compressed model that overflows (fp16, bad ranges) is a
     failed step, not bad input: its non-finite rows count as wrong (and flipped) predictions and
-    a gate fails it; their number is added to ``nonfinite[0]``."""
+    a gate fails it; their number is added to ``nonfinite[0]``. `outputs`: the raw outputs batch
+    by batch from an executor (default: inference here)."""
     start, labels = 0, inputs.eval.labels
-    for out in predict_batches(model.path, inputs.eval, batch_size=batch_size):
+    for out in (predict_batches(model.path, inputs.eval, batch_size=batch_size) if outputs is None else outputs):
         rows = slice(start, start + len(out))
         bad = _nonfinite_mask(out)
         if bad.any():
@@ -330,7 +339,8 @@ def measure_latency(
 
 
 def evaluate(
-    inputs: Inputs, models: list[StepModel], cache: Cache, progress: Progress, latency_from: tuple[Path, ...] = ()
+    inputs: Inputs, models: list[StepModel], cache: Cache, progress: Progress, latency_from: tuple[Path, ...] = (),
+    executor: Any = None,
 ) -> list[dict[str, Any]]:
     """Per-group statistics of every model against the baseline (step 0) on the same rows."""
     recipe = inputs.recipe
@@ -352,9 +362,10 @@ def evaluate(
         labels = None if config.embedding else inputs.eval.labels  # an embedding is judged by fidelity alone
         evaluator = Evaluator(masks, labels, inputs.eval.n, config)
         base = None
+        remote = executor.predictions(inputs, {i: (models[i].path, batch[i]) for i in need}, progress) if executor else {}
         for i in need:  # the baseline first: its metrics and resamples serve every step
             nonfinite = [0]
-            model = evaluator.model_from_batches(_read_outputs(inputs, models[i], batch[i], base, nonfinite))
+            model = evaluator.model_from_batches(_read_outputs(inputs, models[i], batch[i], base, nonfinite, remote.get(i)))
             if i == 0:
                 if nonfinite[0]:
                     raise DataError(f"model.source: the baseline gives non-finite outputs for {nonfinite[0]} of {inputs.eval.n} eval rows")
@@ -436,10 +447,12 @@ def run(
     latency_from: tuple[Path, ...] = (),
     progress: Progress = lambda s: None,
     previous: Path | None = None,
+    executor: Any = None,
 ) -> dict[str, Any]:
     """The whole job. Raises EdgefairError on bad input before anything is written to `out_dir`.
     `previous`: the output folder of the last release, whose selected model every model of this
-    run is compared with per group (`previous.py`).
+    run is compared with per group (`previous.py`). `executor` (executor.py): where eval inference
+    runs (default: the recipe's [run] executor, else in this process).
     (`edgefair tune`, whose steps are alternatives, is `tune.search`.)"""
     from .gates import apply_gates
     from .publish import check_target, publish
@@ -451,6 +464,10 @@ def run(
         from .previous import load_previous
 
         last_release = load_previous(previous)  # bad folder: exit 2 before any work
+    if executor is None:
+        from .executor import executor_for
+
+        executor = executor_for(recipe)  # an unreachable cluster: exit 2 before any work
     cache = cache or Cache(None)
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="edgefair-") as tmp:
@@ -459,13 +476,14 @@ def run(
         inputs = prepare(recipe, workdir, cache, progress)
         timings["prepare"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        models = Compressor(inputs, workdir, cache, progress).run()
+        models = Compressor(inputs, workdir, cache, progress, executor=executor).run()
         timings["compress"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        results = evaluate(inputs, models, cache, progress, latency_from)
+        results = evaluate(inputs, models, cache, progress, latency_from, executor=executor)
         timings["evaluate"] = time.perf_counter() - t0
         report = build_report(recipe=recipe, inputs=inputs, models=models, results=results, environment=environment(), timings=timings)
         report["mode"] = "run"
+        report["executor"] = executor.describe()
         if last_release is not None:
             compare_previous(report, inputs, models, last_release, progress)
         apply_gates(report, recipe.gates, confidence=recipe.evaluate.confidence, min_group_size=recipe.data.min_group_size,

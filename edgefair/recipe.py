@@ -154,6 +154,24 @@ class SelectConfig:
 
 
 @dataclass(frozen=True)
+class RunConfig:
+    # where tune candidates and eval inference run (README, "Scaling out on Ray"); gates, selection
+    # and latency always stay in the edgefair process
+    executor: Literal["embedded", "ray"] = "embedded"
+    ray_address: str | None = None  # "auto", "local" (default: a cluster on this machine), "HOST:PORT" or "ray://HOST:PORT"
+
+    def __post_init__(self) -> None:
+        from .executor import check_address
+
+        if self.ray_address is not None and self.executor != "ray":
+            raise ValueError("ray_address: only used with executor = \"ray\"")
+        try:
+            check_address(self.ray_address, "ray_address")
+        except RecipeError as e:
+            raise ValueError(str(e)) from None
+
+
+@dataclass(frozen=True)
 class StepSpec:
     index: int  # 1-based; the baseline is step 0
     name: str
@@ -173,6 +191,7 @@ class Recipe:
     steps: tuple[StepSpec, ...]
     gates: GatesConfig
     select: SelectConfig = SelectConfig()
+    run: RunConfig = RunConfig()
 
     @property
     def base(self) -> Path:
@@ -194,7 +213,7 @@ class Recipe:
         }
 
 
-TOP_LEVEL = {"model", "data", "evaluate", "latency", "steps", "gates", "select"}
+TOP_LEVEL = {"model", "data", "evaluate", "latency", "steps", "gates", "select", "run"}
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -267,6 +286,7 @@ def parse_recipe(raw: dict[str, Any], *, path: Path, sha256: str = "") -> Recipe
         steps=steps,
         gates=gates,
         select=build(SelectConfig, raw.get("select", {}), "select"),
+        run=build(RunConfig, raw.get("run", {}), "run"),
     )
 
 

@@ -84,11 +84,14 @@ def search(
     cache: Any = None,
     progress: Any = lambda s: None,
     budget_s: float | None = None,
+    executor: Any = None,
 ) -> dict[str, Any]:
     """Build every candidate of `recipe` (a `tune_recipe`), evaluate and gate those that were built,
     select by `[select] by`, and publish to `out_dir`. Raises EdgefairError on bad input before
     anything is written. `report["search"]["interrupted"]` is true when Ctrl-C stopped it early
-    (the report then covers the candidates built until then); a second Ctrl-C aborts."""
+    (the report then covers the candidates built until then); a second Ctrl-C aborts.
+    `executor` (executor.py): where candidates are built and eval inference runs (default: the
+    recipe's [run] executor, else in this process); gates and selection stay here."""
     from .cache import Cache
     from .pipeline import Compressor, environment, evaluate
     from .prepare import prepare
@@ -96,6 +99,10 @@ def search(
     from .report import build_report
 
     started = time.perf_counter()
+    if executor is None:
+        from .executor import executor_for
+
+        executor = executor_for(recipe)  # an unreachable cluster: exit 2 before any work
     cache = cache or Cache(None)
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="edgefair-tune-") as tmp:
@@ -103,7 +110,7 @@ def search(
         inputs = prepare(recipe, workdir, cache, progress)  # Ctrl-C here: nothing found yet, nothing written
         timings["prepare"] = time.perf_counter() - started
         t0 = time.perf_counter()
-        compressor = Compressor(inputs, workdir, cache, progress, search=True, budget_s=budget_s, started=started)
+        compressor = Compressor(inputs, workdir, cache, progress, search=True, budget_s=budget_s, started=started, executor=executor)
         models = compressor.run()
         timings["compress"] = time.perf_counter() - t0
         interrupted = compressor.interrupted
@@ -111,7 +118,7 @@ def search(
             progress(f"interrupted: evaluating the {len(models) - 1} candidate(s) built so far (Ctrl-C again to abort)")
         t0 = time.perf_counter()
         try:
-            results = evaluate(inputs, models, cache, progress)
+            results = evaluate(inputs, models, cache, progress, executor=executor)
         except KeyboardInterrupt:  # keep what was found: statistics without latency (cached ones are reused)
             if interrupted:  # the second Ctrl-C: abort
                 raise
@@ -119,10 +126,11 @@ def search(
             progress("interrupted: finishing without latency measurements (Ctrl-C again to abort)")
             quick = dataclasses.replace(inputs, recipe=dataclasses.replace(
                 inputs.recipe, latency=dataclasses.replace(inputs.recipe.latency, enabled=False)))
-            results = evaluate(quick, models, cache, progress)
+            results = evaluate(quick, models, cache, progress, executor=executor)
         timings["evaluate"] = time.perf_counter() - t0
         report = build_report(recipe=recipe, inputs=inputs, models=models, results=results, environment=environment(), timings=timings)
         report["mode"] = "tune"
+        report["executor"] = executor.describe()
         select(report, recipe)
         report["skipped"] = compressor.skipped
         report["not_tried"] = compressor.not_tried

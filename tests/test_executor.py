@@ -1,0 +1,167 @@
+"""The executor seam (edgefair/executor.py) without a cluster: the task path, run in this process
+(`InProcessTasks`), gives the embedded run's report; tasks refuse data or models that differ from
+the driver's; the `[run]` table and the command line options. Ray itself: tests/test_ray.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import BASE_RECIPE, run_cli, write_recipe
+from edgefair.errors import EdgefairError, RecipeError
+from edgefair.executor import ExecutorError, InProcessTasks, _common_job, predict_task
+from edgefair.recipe import load_recipe
+
+STEPS = """
+[[steps]]
+kind = "quantize_dynamic"
+
+[[steps]]
+name = "static"
+kind = "quantize_static"
+input = "baseline"
+"""
+
+# selection by size, not by latency: the same choice whatever the timings
+SMALLEST = "\n[select]\nby = \"smallest\"\n\n[gates]\nmax_group_accuracy_drop = 0.9\n"
+NO_LATENCY = BASE_RECIPE.replace("[latency]\n", "[latency]\nenabled = false\n")  # measured on the driver either way
+TUNE_PICK = ("dynamic-int8", "static-int8-keep-float", "structured-50", "structured-50-int8")
+
+VARYING_STEP = ("latency", "seconds", "cache")  # timings, and whether a cache served it
+VARYING_TOP = ("timings_s", "created_at", "executor")
+
+
+def statistics(report: dict) -> dict:
+    """report.json without timings, latency, cache use and the executor's description. Warnings
+    that compare timings (speed) are dropped too; every other warning stays."""
+    out = {k: v for k, v in report.items() if k not in VARYING_TOP and k not in ("steps", "frontier", "search")}
+    out["steps"] = [{k: v for k, v in s.items() if k not in VARYING_STEP} | {"details": _untimed(s.get("details")),
+                     "warnings": [w for w in s.get("warnings", []) if "slower" not in w and "faster" not in w]}
+                    for s in report["steps"]]
+    if "search" in report:
+        out["search"] = {k: v for k, v in report["search"].items() if k != "elapsed_s"}
+    if "frontier" in report:
+        out["frontier"] = [{k: v for k, v in f.items() if k not in ("p50_ms", "p50_ratio_vs_baseline")} for f in report["frontier"]]
+    return out
+
+
+def _untimed(value):
+    """Step details without their timings (`seconds`, e.g. fine-tuning's)."""
+    if isinstance(value, dict):
+        return {k: _untimed(v) for k, v in value.items() if k != "seconds"}
+    return value
+
+
+def assert_same(got: dict, expected: dict) -> None:
+    """`statistics` equal, failing on the first step and key that differ (readable diffs)."""
+    a, b = statistics(got), statistics(expected)
+    assert [s["name"] for s in a["steps"]] == [s["name"] for s in b["steps"]]
+    for sa, sb in zip(a["steps"], b["steps"]):
+        for key in sorted(set(sa) | set(sb)):
+            assert sa.get(key) == sb.get(key), f"step {sa['name']}: {key}"
+    assert a == b
+
+
+def tune_recipe_subset(path: Path):
+    from edgefair.tune import tune_recipe
+
+    recipe = tune_recipe(load_recipe(path))
+    return dataclasses.replace(recipe, steps=tuple(s for s in recipe.steps if s.name in TUNE_PICK))
+
+
+def test_task_path_gives_the_embedded_report(recipe_dir, tmp_path):
+    from edgefair.pipeline import run
+
+    recipe = load_recipe(write_recipe(recipe_dir / "r.toml", BASE_RECIPE + STEPS + SMALLEST))
+    embedded = run(recipe, tmp_path / "embedded")
+    tasks = run(recipe, tmp_path / "tasks", executor=InProcessTasks(shard_rows=300))  # 3 shards of 800 rows per model
+    assert embedded["steps"][1]["eval_batch_size"] == 1  # dynamic int8 runs at the deployed batch: shards cut whole batches
+    assert_same(tasks, embedded)
+    assert [s["sha256"] for s in tasks["steps"]] == [s["sha256"] for s in embedded["steps"]]
+    # latency is measured on the driver in both, and the report says so
+    assert embedded["executor"] == {"kind": "embedded", "latency": tasks["executor"]["latency"]}
+    assert "driver" in tasks["executor"]["latency"] and all(s["latency"]["source"] == "local" for s in tasks["steps"])
+
+
+def test_task_path_gives_the_embedded_tune(recipe_dir, tmp_path):
+    """Candidates built as tasks (a chained one after the one it reads, a failing one skipped with
+    the same reason) and evaluated as tasks: the same report as the search in process."""
+    from edgefair.tune import search
+
+    recipe = tune_recipe_subset(write_recipe(recipe_dir / "t.toml", NO_LATENCY + SMALLEST))
+    lines: list[str] = []
+    embedded = search(recipe, tmp_path / "embedded")
+    tasks = search(recipe, tmp_path / "tasks", executor=InProcessTasks(), progress=lines.append)
+    assert [s["name"] for s in tasks["steps"]] == ["baseline", "dynamic-int8", "structured-50", "structured-50-int8"]
+    assert [c["name"] for c in tasks["skipped"]] == ["static-int8-keep-float"]
+    assert_same(tasks, embedded)
+    assert "candidates on in-process tasks: 4 of 4 built, 0 running" in lines
+
+
+def test_a_cached_candidate_is_not_rebuilt_by_a_task(recipe_dir, tmp_path):
+    from edgefair.cache import Cache
+    from edgefair.tune import search
+
+    recipe = tune_recipe_subset(write_recipe(recipe_dir / "t.toml", NO_LATENCY + SMALLEST))
+    cache = Cache(tmp_path / "cache")
+    first = search(recipe, tmp_path / "a", cache=cache, executor=InProcessTasks())
+    lines: list[str] = []
+    second = search(recipe, tmp_path / "b", cache=cache, executor=InProcessTasks(), progress=lines.append)
+    # the three built candidates come from the cache; only the one that failed (never cached) is tried again, as in process
+    assert [line for line in lines if line.startswith("candidates on")] == ["candidates on in-process tasks: 1 of 4 built, 0 running"]
+    assert [s["cache"]["model"] for s in second["steps"][1:]] == ["hit"] * 3
+    assert_same(second, first)
+
+
+def test_a_task_refuses_data_that_reads_differently_than_on_the_driver(recipe_dir, tmp_path):
+    from edgefair.cache import Cache
+    from edgefair.prepare import prepare
+
+    recipe = load_recipe(write_recipe(recipe_dir / "r.toml", BASE_RECIPE))
+    inputs = prepare(recipe, tmp_path, Cache(None))
+    job = _common_job(inputs)
+    baseline = inputs.baseline.path.read_bytes()
+    good = {**job, "file": inputs.baseline.path.name, "sha256": job["baseline_sha256"], "batch_size": 64, "shard": 1, "shards": 2}
+    out = np.load(__import__("io").BytesIO(predict_task(json.dumps(good), baseline, baseline)))
+    assert out.shape == (416, 3)  # the second of two shards of 800 rows in whole batches of 64: batches 6 to 12, rows 384 to 799
+    with pytest.raises(ExecutorError, match=r"data.eval: .*eval.npz reads differently on worker"):
+        predict_task(json.dumps({**good, "digests": {**job["digests"], "eval": "0" * 64}}), baseline, baseline)
+    with pytest.raises(ExecutorError, match="does not match its sha256"):
+        predict_task(json.dumps(good), baseline, baseline[:-1])
+    # a recipe file changed after it was read: tasks would read another recipe
+    (recipe_dir / "r.toml").write_text((recipe_dir / "r.toml").read_text() + "\n")
+    with pytest.raises(ExecutorError, match="changed since it was read"):
+        _common_job(inputs)
+
+
+def test_run_table_parses_and_names_bad_keys(recipe_dir):
+    ok = load_recipe(write_recipe(recipe_dir / "a.toml", BASE_RECIPE + '\n[run]\nexecutor = "ray"\nray_address = "ray://head:10001"\n'))
+    assert (ok.run.executor, ok.run.ray_address) == ("ray", "ray://head:10001")
+    assert load_recipe(write_recipe(recipe_dir / "b.toml", BASE_RECIPE)).run.executor == "embedded"
+    for text, message in [
+        ('executor = "spark"', "run.executor: must be one of 'embedded', 'ray'"),
+        ('executor = "ray"\nray_address = "head"', "run.ray_address: expected \"auto\", \"local\", \"HOST:PORT\" or \"ray://HOST:PORT\""),
+        ('ray_address = "auto"', "run.ray_address: only used with executor = \"ray\""),
+        ("workers = 3", "run.workers: unknown key"),
+    ]:
+        with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            load_recipe(write_recipe(recipe_dir / "c.toml", BASE_RECIPE + f"\n[run]\n{text}\n"))
+
+
+def test_cli_executor_options_are_checked_before_any_work(recipe_dir, tmp_path):
+    recipe = write_recipe(recipe_dir / "r.toml", BASE_RECIPE)
+    result = run_cli(["run", str(recipe), "--out", str(tmp_path / "o"), "--ray-address", "auto"])
+    assert result.exit_code == 2 and result.output.strip() == "Error: --ray-address: only used with --executor ray"
+    result = run_cli(["tune", str(recipe), "--out", str(tmp_path / "o"), "--executor", "ray", "--ray-address", "nowhere"])
+    assert result.exit_code == 2 and "--ray-address: expected" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+    result = run_cli(["run", str(recipe), "--out", str(tmp_path / "o"), "--executor", "spark"])
+    assert result.exit_code == 2 and "'spark' is not one of 'embedded', 'ray'" in result.output
+
+
+def test_executor_error_is_bad_input():
+    assert issubclass(ExecutorError, EdgefairError)  # the CLI's one-line message and exit 2
