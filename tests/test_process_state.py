@@ -6,6 +6,7 @@ module from its own folder."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -133,3 +134,75 @@ def test_a_run_leaves_process_state_as_it_found_it(factory_recipe, tmp_path, mon
         monkeypatch.undo()
         os.umask(old_mask)
         root.setLevel(level)
+
+
+THREAD_RECIPE = """
+[model]
+source = "tiny.onnx"
+
+[data]
+eval = "eval.npz"
+calibration = "calib.npz"
+groups = ["g", "h"]
+min_group_size = 40
+
+[evaluate]
+bootstrap = 100
+seed = {seed}
+
+[latency]
+warmup = 1
+runs = 10
+sessions = 1
+min_time_s = 0
+
+[[steps]]
+kind = "{kind}"
+"""
+
+
+def statistics(report: dict) -> list:
+    """What a run measured, without timings, latency and cache use."""
+    return [(s["name"], s["sha256"], s["overall"], s["groups"], s["gates"]) for s in report["steps"]] + [report["verdict"]]
+
+
+def test_two_pipelines_in_two_threads_match_sequential_runs(tiny, tmp_path):
+    """Two runs in two threads of one process (an ONNX source: torch's exporter itself is not
+    thread-safe) give the statistics of the same runs one after the other, and each its own folder."""
+    import threading
+
+    import numpy as np
+    import torch
+
+    from edgefair.cache import Cache
+    from edgefair.export import export_onnx
+    from edgefair.pipeline import run
+    from edgefair.recipe import load_recipe
+
+    module = torch.export.load(str(tiny / "tiny.pt2")).module()
+    export_onnx(module, {"features": np.zeros((4, 6), np.float32)}, ["features"], tmp_path / "tiny.onnx")
+    for name in ("eval.npz", "calib.npz"):
+        (tmp_path / name).symlink_to(tiny / name)
+    recipes = [load_recipe(write_recipe(tmp_path / f"r{i}.toml", THREAD_RECIPE.format(seed=i, kind=kind)))
+               for i, kind in enumerate(("quantize_static", "quantize_dynamic"))]
+    alone = [statistics(run(r, tmp_path / f"alone-{i}", cache=Cache(None))) for i, r in enumerate(recipes)]
+    together: list = [None, None]
+    errors: list = []
+
+    def work(i: int) -> None:
+        try:
+            together[i] = statistics(run(recipes[i], tmp_path / f"together-{i}", cache=Cache(None)))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert together == alone
+    assert alone[0] != alone[1]  # two different runs, not one result twice
+    for i in range(2):
+        report = json.loads((tmp_path / f"together-{i}" / "report.json").read_text())
+        assert statistics(report) == alone[i]
