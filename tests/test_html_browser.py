@@ -140,6 +140,14 @@ def test_report_html_in_a_real_browser(chromium, browser, evil_run, tmp_path):
     assert page.evaluate("[...document.querySelectorAll('details')].every(d => d.open)")
     page.close()
 
+    # the selector is radio buttons and CSS: it works with scripts turned off
+    context = browser.new_context(java_script_enabled=False, viewport=SCREEN)
+    static = context.new_page()
+    static.goto((evil_run / "report.html").resolve().as_uri())
+    static.click(f"label[for=fs-{other}]")
+    assert static.is_visible(f".p-{other} svg") and not static.is_visible(f".p-{first} svg")
+    context.close()
+
     narrow, seen_narrow = _open(browser, evil_run / "report.html", width=420, height=900)
     # nothing runs off a 420 px screen: wide tables and charts scroll inside their own box
     assert narrow.evaluate("document.documentElement.scrollWidth") <= 420
