@@ -342,6 +342,8 @@ class RayExecutor(TaskExecutor):
         self.ray, self.shard_rows = ray, shard_rows
         self.address = check_address(address, "ray_address") or LOCAL
         self.started = False
+        if self.address not in ("auto", LOCAL):
+            _reachable(self.address)
         if ray.is_initialized():  # this process is already connected (a caller's ray.init): use that
             self.address = "connected"
         else:
@@ -359,8 +361,6 @@ class RayExecutor(TaskExecutor):
             if temp_dir:
                 kwargs["_temp_dir"] = temp_dir
         else:
-            if self.address != "auto":
-                _reachable(self.address)
             kwargs["address"] = self.address
         try:
             ray.init(**kwargs)

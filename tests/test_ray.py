@@ -1,0 +1,187 @@
+"""The Ray executor on a real local Ray cluster (started once for this file, on loopback, 2 CPUs):
+the same report.json statistics and verdict as the embedded run, for a run and a tune; a worker
+killed mid-task is retried and the run's statistics do not change; Ctrl-C cancels the tasks; an
+unreachable cluster is exit 2 with one line. Skipped without Ray, except in CI (CI installs it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BASE_RECIPE, run_cli, write_recipe
+from test_executor import NO_LATENCY, SMALLEST, STEPS, assert_same, tune_recipe_subset
+
+if os.environ.get("CI"):
+    import ray  # noqa: F401 - CI installs the ray extra: a missing Ray is a failure there
+else:
+    pytest.importorskip("ray")
+
+from edgefair.executor import TEST_HOOK_ENV, ExecutorError, RayExecutor  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray cluster for this file; its workers see the test hook's folder."""
+    hook = Path(tempfile.mkdtemp(prefix="ef-hook-"))
+    temp = tempfile.mkdtemp(prefix="ef-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(TEST_HOOK_ENV, str(hook))  # before the cluster starts: its workers inherit it
+        executor = RayExecutor(num_cpus=2, temp_dir=temp)
+        try:
+            yield executor, hook
+        finally:
+            executor.close()
+            shutil.rmtree(temp, ignore_errors=True)
+            shutil.rmtree(hook, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def assets(tiny, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ray-assets")
+    for f in tiny.iterdir():
+        if f.is_file():
+            (root / f.name).symlink_to(f)
+    write_recipe(root / "r.toml", BASE_RECIPE + STEPS + SMALLEST)
+    write_recipe(root / "t.toml", NO_LATENCY + SMALLEST)
+    return root
+
+
+@pytest.fixture(scope="module")
+def embedded(assets, tmp_path_factory):
+    from edgefair.pipeline import run
+    from edgefair.recipe import load_recipe
+
+    return run(load_recipe(assets / "r.toml"), tmp_path_factory.mktemp("embedded") / "out")
+
+
+def test_ray_run_gives_the_embedded_statistics_and_verdict(cluster, assets, embedded, tmp_path):
+    executor, _ = cluster
+    out = tmp_path / "ray"
+    result = run_cli(["run", str(assets / "r.toml"), "--out", str(out), "--executor", "ray"])
+    assert result.exit_code in (0, 1), result.output
+    assert "· evaluate: 3 of 3 inference tasks on ray done" in result.output  # progress across tasks
+    report = json.loads((out / "report.json").read_text())
+    assert_same(report, json.loads(json.dumps(embedded)))
+    assert report["executor"]["kind"] == "ray" and report["executor"]["cpus"] == 2
+    # latency never comes from a cluster worker: the driver measured it, and the report says so
+    assert "driver" in report["executor"]["latency"] and all(s["latency"]["source"] == "local" for s in report["steps"])
+
+
+def test_ray_tune_gives_the_embedded_report(cluster, assets, tmp_path):
+    from edgefair.tune import search
+
+    executor, _ = cluster
+    recipe = tune_recipe_subset(assets / "t.toml")
+    expected = search(recipe, tmp_path / "embedded")
+    lines: list[str] = []
+    executor.shard_rows = 300  # 3 shards per model: the driver merges them in row order
+    try:
+        got = search(recipe, tmp_path / "ray", executor=executor, progress=lines.append)
+    finally:
+        executor.shard_rows = 200_000
+    assert "candidates on ray: 4 of 4 built, 0 running" in lines
+    assert [c["name"] for c in got["skipped"]] == ["static-int8-keep-float"]  # skipped with the same reason
+    assert_same(got, expected)
+
+
+def _pause_one_task(hook: Path, seconds: float, then) -> threading.Thread:
+    """The next task attempt on the cluster sleeps `seconds`; `then(pid)` runs once it does."""
+    for f in hook.iterdir():
+        f.unlink()
+    (hook / "pause").write_text(str(seconds))
+
+    def watch() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            pid_file = hook / "paused.pid"
+            if pid_file.is_file() and pid_file.read_text():
+                then(int(pid_file.read_text()))
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_worker_killed_mid_task_is_retried_and_the_statistics_do_not_change(cluster, assets, embedded, tmp_path):
+    from edgefair.pipeline import run
+    from edgefair.recipe import load_recipe
+
+    executor, hook = cluster
+    killed: list[int] = []
+
+    def kill(pid: int) -> None:
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    watcher = _pause_one_task(hook, 60, kill)
+    t0 = time.monotonic()
+    report = run(load_recipe(assets / "r.toml"), tmp_path / "out", executor=executor)
+    watcher.join(5)
+    assert killed, "no task paused: the hook did not run on a worker"
+    assert time.monotonic() - t0 < 60  # the killed task was run again, not waited for
+    with pytest.raises(ProcessLookupError):
+        os.kill(killed[0], 0)
+    assert_same(report, json.loads(json.dumps(embedded)))
+
+
+def test_ctrl_c_cancels_the_running_tasks(cluster, assets, tmp_path):
+    from edgefair.pipeline import run
+    from edgefair.recipe import load_recipe
+
+    executor, hook = cluster
+    paused: list[int] = []
+
+    def interrupt(pid: int) -> None:
+        paused.append(pid)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in this (the driver's) process
+
+    watcher = _pause_one_task(hook, 120, interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run(load_recipe(assets / "r.toml"), tmp_path / "out", executor=executor)
+    watcher.join(5)
+    assert paused and not (tmp_path / "out").exists()
+    deadline = time.monotonic() + 30  # a cancelled task's worker is stopped (force), not left sleeping
+    while time.monotonic() < deadline:
+        try:
+            os.kill(paused[0], 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the paused task's worker {paused[0]} still runs after Ctrl-C")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_cluster_is_exit_2_with_one_line_before_any_work(assets, tmp_path):
+    port = _closed_port()
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(ExecutorError, match=f"executor ray: cannot reach the Ray cluster at {address}"):
+            RayExecutor(address)
+    # a fresh process, as a release pipeline runs it: the recipe's [run] table names the cluster
+    recipe = write_recipe(tmp_path / "r.toml", (assets / "r.toml").read_text()
+                          + f'\n[run]\nexecutor = "ray"\nray_address = "127.0.0.1:{port}"\n')
+    for f in ("tiny.pt2", "eval.npz", "calib.npz"):
+        (tmp_path / f).symlink_to(assets / f)
+    done = subprocess.run([sys.executable, "-c", "from edgefair.cli import main; main()", "run", str(recipe), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == f"Error: executor ray: cannot reach the Ray cluster at 127.0.0.1:{port} (Connection refused)"
+    assert not (tmp_path / "o").exists()
