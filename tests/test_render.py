@@ -314,11 +314,12 @@ def test_html_escapes_every_user_string(run):
     report["recipe"]["path"] = f"/tmp/{EVIL_SCRIPT}.toml"
     report["environment"]["cpu"] = EVIL_SCRIPT
     report["selected"]["reason"] = EVIL_SCRIPT
+    report["steps"][2]["name"] = f"{EVIL_SCRIPT}-{EVIL_VALUE}"  # in the selector, panels, charts, tables
     page = render_html(report)
     # the page's one script is edgefair's own (it opens folded sections for printing)
     assert page.lower().count("<script") == 1 and f"<script>{R.html.SCRIPT}</script>" in page
     assert EVIL_VALUE not in page
-    assert page.count("&lt;script&gt;") >= 3  # the warning, the CPU, the reason
+    assert page.count("&lt;script&gt;") >= 3 + 6  # the warning, the CPU, the reason, the step's name
     assert "<code>script&gt;.toml</code>" in page  # the recipe, by its file name (no local folder)
     tags = _Tags()
     tags.feed(page)
