@@ -28,6 +28,7 @@ import numpy as np
 CHUNK_ROWS = 2048  # rows per chunk: (B x 2048) float64 weights are 16 MB at B = 1,000
 REPLICATE_BLOCK = 256  # replicates drawn per generator call (prefixes of a larger n_boot are identical)
 FIXED_POINT = 2.0 ** 32  # a real feature in [-1, 1] counts in units of 2**-32
+CACHED_WEIGHTS = 16_000_000  # keep the weights (<= 128 MB) when they fit: later models of a run skip drawing them
 # Poisson(1) by table lookup: a uniform 16-bit value indexes the inverse CDF, so P[w = k] is
 # P[Poisson(1) = k] rounded to multiples of 2**-16 (variance 0.99997; weights above 8, together
 # 1e-6 likely, are cut). Within-cell rescaling makes the mean immaterial.
@@ -59,6 +60,15 @@ class PoissonBootstrap:
         self.order = np.argsort(cell_of_row, kind="stable")  # a chunk then spans few cells
         self.bounds = np.searchsorted(cell_of_row[self.order], np.arange(n_cells + 1))
         self.sizes = np.diff(self.bounds).astype(np.float64)
+        self._kept: dict[int, np.ndarray] | None = {} if n_boot * len(cell_of_row) <= CACHED_WEIGHTS else None
+
+    def _weights(self, chunk: int, rows: int) -> np.ndarray:
+        if self._kept is not None and chunk in self._kept:
+            return self._kept[chunk]
+        w = poisson_weights(self.seed, chunk, self.n_boot, rows)
+        if self._kept is not None:
+            self._kept[chunk] = w
+        return w
 
     def sums(self, builders: Sequence[tuple[Builder, np.ndarray]]) -> list[np.ndarray]:
         """For each ``(build, fixed)``: (B, C, F) float64 replicate sums of ``build``'s features per
@@ -83,7 +93,7 @@ class PoissonBootstrap:
             x = np.rint(x * scale)
             if np.abs(x).max(initial=0.0) * MAX_WEIGHT * CHUNK_ROWS >= _EXACT_LIMIT:
                 raise ValueError("bootstrap features must be small integers or reals in [-1, 1]")
-            w = poisson_weights(self.seed, chunk, self.n_boot, b - a)
+            w = self._weights(chunk, b - a)
             first, last = np.searchsorted(self.bounds, [a, b - 1], side="right") - 1
             for c in range(first, last + 1):
                 s0, s1 = max(a, self.bounds[c]) - a, min(b, self.bounds[c + 1]) - a

@@ -173,6 +173,22 @@ def test_results_do_not_depend_on_blas_threads():
     assert results[0] == results[1]
 
 
+def test_kept_weights_give_the_same_result_as_drawing_them_again(monkeypatch):
+    """Small sets keep their bootstrap weights for the next model; large ones draw them again."""
+    from edgefair import bootstrap as bs
+
+    case = small_case(n=5000)
+    config = st.StatsConfig(n_boot=150, seed=8)
+    results = []
+    for limit in (bs.CACHED_WEIGHTS, 0):
+        monkeypatch.setattr(bs, "CACHED_WEIGHTS", limit)
+        ev = st.Evaluator(case["masks"], case["y"], 5000, config)
+        base = ev.model(case["base"], case["base_out"])
+        results.append(json.dumps([ev.compare(base), ev.compare(ev.model(case["step"], case["step_out"]), base)]))
+        assert (ev._engine._kept is None) == (limit == 0)
+    assert results[0] == results[1]
+
+
 def test_batches_that_do_not_add_up_to_the_rows_are_refused():
     case = small_case(n=100)
     ev = st.Evaluator(case["masks"], case["y"], 100, st.StatsConfig(n_boot=10))
