@@ -151,3 +151,41 @@ def test_verbose_adds_the_per_group_tables(recipe_dir, tmp_path):
     full = run_cli(["run", str(recipe), "--out", str(tmp_path / "b"), "--verbose"])
     assert "per step, per group" not in short.stdout and "per step, per group" in full.stdout
     assert full.stdout.count("\n") > short.stdout.count("\n")
+
+
+def test_run_on_a_terminal_draws_progress_with_stage_timings(recipe_dir, tmp_path):
+    """A real pseudo-terminal: `edgefair run` shows each finished stage with its duration."""
+    import os
+    import pty
+    import re
+    import subprocess
+    import sys
+    import threading
+
+    recipe = write_recipe(recipe_dir / "r.toml", BASE_RECIPE + "\n[[steps]]\nkind = 'quantize_dynamic'\n")
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    proc = subprocess.Popen([sys.executable, "-c", "from edgefair.cli import main; main()", "run", str(recipe), "--out", str(tmp_path / "o")],
+                            stdin=slave, stdout=slave, stderr=slave, env={**env, "TERM": "xterm", "COLUMNS": "120"})
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: the terminal's other end is closed
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    assert proc.wait(timeout=300) in (0, 1)
+    reader.join(10)
+    os.close(master)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode("utf-8", "replace"))
+    for stage in ("step 1: quantize_dynamic (quantize_dynamic)", "latency: interleaved over all models"):
+        assert re.search(rf"✓ {re.escape(stage)} \d+\.\d+ s", text), stage
+    assert "· latency" not in text  # the plain lines are for logs, not terminals
