@@ -7,6 +7,7 @@ the key path. Downstream code never sees the raw TOML.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -201,8 +202,9 @@ class Recipe:
         return (self.base / rel).resolve()
 
     def resolved(self) -> dict[str, Any]:
-        """The recipe as edgefair understood it (defaults filled in), for report.json."""
-        return {
+        """The recipe as edgefair understood it (defaults filled in), for report.json: JSON has no
+        infinity, so `inf` (e.g. keep_float_max_slowdown) is written as the string "inf", as in TOML."""
+        return _json_safe({
             "model": as_dict(self.model),
             "data": as_dict(self.data),
             "evaluate": as_dict(self.evaluate),
@@ -210,7 +212,17 @@ class Recipe:
             "steps": [{"name": s.name, "kind": s.kind, "input": s.input, **as_dict(s.config)} for s in self.steps],
             "gates": as_dict(self.gates),
             "select": as_dict(self.select),
-        }
+        })
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 TOP_LEVEL = {"model", "data", "evaluate", "latency", "steps", "gates", "select", "run"}

@@ -245,6 +245,36 @@ def test_keep_float_in_the_pipeline_lands_in_report_json(clipped, tmp_path):
     assert "### Repairs" in md and f"`{kf['kept_float'][0]}`" in md
 
 
+def test_an_unbounded_slowdown_is_written_to_report_json_as_inf(clipped, tmp_path):
+    """keep_float_max_slowdown = inf (README: no bound, no timing) is a float JSON cannot hold."""
+    np.savez(clipped / "eval.npz", **dict(np.load(clipped / "heldout.npz")))
+    recipe = write_recipe(clipped / "inf.toml", """
+        [model]
+        source = "m.pt2"
+        [data]
+        eval = "eval.npz"
+        calibration = "calib.npz"
+        groups = ["g"]
+        [evaluate]
+        bootstrap = 100
+        [latency]
+        enabled = false
+        [[steps]]
+        kind = "quantize_static"
+        calibration_rows = 128
+        keep_float = "worst_group"
+        keep_float_max = 1
+        keep_float_max_slowdown = inf
+        [gates]
+        min_group_agreement = 0.5
+        """)
+    result = run_cli(["run", str(recipe), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["recipe"]["resolved"]["steps"][0]["keep_float_max_slowdown"] == "inf"
+    assert report["steps"][1]["details"]["keep_float"]["latency"] is None  # no timing at all
+
+
 # ---- latency-aware repair (keep_float_max_slowdown) ------------------------------------------------
 
 
