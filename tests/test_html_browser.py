@@ -165,8 +165,10 @@ def test_report_html_in_a_real_browser(chromium, browser, evil_run, tmp_path):
 
 def test_screenshot_script(chromium, evil_run, tmp_path):
     """The script that makes the README's screenshot, on a real output folder."""
-    png = shots.screenshot(evil_run, tmp_path / "img" / "shot.png", width=1000, height=700, at="section.forest")
+    png = shots.screenshot(evil_run, tmp_path / "img" / "shot.png", width=1000, height=700, at="section.forest", step=2)
     assert _png_size(png) == (1000, 700)
+    full = shots.screenshot(evil_run, tmp_path / "full.png", width=420, full_page=True)
+    assert _png_size(full)[0] == 420 and _png_size(full)[1] > 2000
     assert shots.main([str(tmp_path / "missing"), "--png", str(tmp_path / "x.png")]) == 2
 
 
