@@ -251,9 +251,10 @@ def report(out_dir: Path) -> None:
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Cache folder (default: $EDGEFAIR_CACHE_DIR or ~/.cache/edgefair).")
 @click.option("--executor", "executor_kind", type=click.Choice(["embedded", "ray"]), default=None, help="Where candidates and eval inference run: in this process (default, or the recipe's [run] executor) or on a Ray cluster.")
 @click.option("--ray-address", default=None, metavar="ADDRESS", help="With --executor ray: auto, HOST:PORT or ray://HOST:PORT (default: the recipe's [run] ray_address, else a local cluster).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (as run --json, plus the search, the frontier and tuned.toml) on stdout instead of the tables.")
 @handle_errors
 def tune(recipe: Path, out_dir: Path, budget: str | None, no_cache: bool, cache_dir: Path | None, executor_kind: str | None,
-         ray_address: str | None) -> None:
+         ray_address: str | None, as_json: bool) -> None:
     """Search compression settings for the best model that passes RECIPE's gates.
 
     Tries dynamic and static int8, then structured pruning at 25/50/75% (fine-tuned when the
@@ -266,6 +267,7 @@ def tune(recipe: Path, out_dir: Path, budget: str | None, no_cache: bool, cache_
     \b
     Example:
       edgefair tune recipe.toml --out edgefair-tune --budget 10m
+      edgefair tune recipe.toml --json > tune-summary.json
     """
     from .cache import Cache, default_dir, max_bytes_from_env
     from .progress import Progress
@@ -286,23 +288,30 @@ def tune(recipe: Path, out_dir: Path, budget: str | None, no_cache: bool, cache_
         executor.close()
     _evict(cache, max_bytes)
     info = report["search"]
-    click.echo(terminal_table(report))
-    click.echo("\n".join(frontier_lines(report)))
-    click.echo(f"candidates: {info['evaluated']} evaluated, {info['skipped']} skipped, {info['not_tried']} not tried, of {info['candidates']}")
+    echo = (lambda text: None) if as_json else click.echo  # with --json, stdout carries the JSON alone
+    echo(terminal_table(report))
+    echo("\n".join(frontier_lines(report)))
+    echo(f"candidates: {info['evaluated']} evaluated, {info['skipped']} skipped, {info['not_tried']} not tried, of {info['candidates']}")
     sel = report["selected"]
     if sel:
         note = (f"Interrupted: chosen among the {info['evaluated']} of {info['candidates']} candidates built before Ctrl-C."
                 if info["interrupted"] else None)
         write_tuned_recipe(out_dir / "tuned.toml", parsed, sel["name"], thresholds=report["gates_applied"]["thresholds"], note=note)
         if sel["step"] == 0 and not info["evaluated"]:
-            click.echo(f"no candidate was built: keep the uncompressed model ({out_dir}/tuned.toml has no steps)")
+            echo(f"no candidate was built: keep the uncompressed model ({out_dir}/tuned.toml has no steps)")
         elif sel["step"] == 0:
-            click.echo(f"no passing candidate beats the uncompressed model ({report['gates_applied']['select']}): keep it ({out_dir}/tuned.toml has no steps)")
+            echo(f"no passing candidate beats the uncompressed model ({report['gates_applied']['select']}): keep it ({out_dir}/tuned.toml has no steps)")
         else:
-            click.echo(f"selected pipeline ({report['gates_applied']['select']}): {sel['name']}; recipe written to {out_dir}/tuned.toml")
+            echo(f"selected pipeline ({report['gates_applied']['select']}): {sel['name']}; recipe written to {out_dir}/tuned.toml")
     else:
         (out_dir / "tuned.toml").unlink(missing_ok=True)  # an earlier tune's recommendation must not survive this one
-        click.echo("no candidate passed every gate")
+        echo("no candidate passed every gate")
+    if as_json:
+        summary = json_summary(report, out_dir)
+        if info["interrupted"]:
+            summary["exit_code"] = EXIT_INTERRUPTED
+        summary.update(search=info, frontier=report.get("frontier"), tuned_recipe=str(out_dir / "tuned.toml") if sel else None)
+        click.echo(json.dumps(summary, indent=2))
     if info["interrupted"]:
         click.echo(f"Interrupted: reports on the candidates evaluated so far written to {out_dir}/", err=True)
         sys.exit(EXIT_INTERRUPTED)

@@ -42,9 +42,10 @@ def reports(tmp_path_factory, tiny):
     (root / "tiny.onnx").write_bytes((run_out / "00-baseline.onnx").read_bytes())
     tune_out = root / "tune"
     recipe = write_recipe(root / "t.toml", BASE_RECIPE.replace("tiny.pt2", "tiny.onnx") + LENIENT)
-    result = run_cli(["tune", str(recipe), "--out", str(tune_out)])
+    result = run_cli(["tune", str(recipe), "--out", str(tune_out), "--json"])
     assert result.exit_code in (0, 1), result.output
-    return {"run": json.loads((run_out / "report.json").read_text()), "tune": json.loads((tune_out / "report.json").read_text())}
+    return {"run": json.loads((run_out / "report.json").read_text()), "tune": json.loads((tune_out / "report.json").read_text()),
+            "tune_stdout": result.stdout, "tune_exit": result.exit_code, "tune_out": tune_out}
 
 
 @pytest.mark.parametrize("mode", ["run", "tune"])
@@ -52,6 +53,16 @@ def test_real_reports_validate(reports, mode):
     report = reports[mode]
     assert report["mode"] == mode
     assert _errors(report) == []
+
+
+def test_tune_json_prints_the_summary_on_stdout(reports):
+    summary = json.loads(reports["tune_stdout"])  # stdout is the JSON alone
+    report = reports["tune"]
+    assert summary["exit_code"] == reports["tune_exit"] and summary["verdict"] == report["verdict"]
+    assert summary["search"] == report["search"] and summary["frontier"] == report["frontier"]
+    assert summary["selected"] == report["selected"]
+    if report["selected"]:
+        assert summary["tuned_recipe"] == str(reports["tune_out"] / "tuned.toml") and (reports["tune_out"] / "tuned.toml").is_file()
 
 
 def test_schema_catches_a_broken_report(reports):
