@@ -267,16 +267,13 @@ def group_columns(data: Any, groups: tuple[str, ...], source: str) -> dict[str, 
     from its file (the pipeline loads train and calibration data without their group columns)."""
     if all(g in data.attributes for g in groups):
         return {g: np.asarray(data.attributes[g]).astype(str) for g in groups}
-    from ..data import _read_csv, _read_npz
+    from ..data import read_columns
 
     path = Path(data.path)
     try:
-        if path.suffix.lower() == ".npz":
-            columns = _read_npz(path, source)
-        elif path.suffix.lower() == ".csv":
-            columns = _read_csv(path, source, text=set(groups))
-        else:
-            raise StepError(f"prune.recovery_weighting = \"groups\": cannot read group columns from {path.name}")
+        if not path.is_file():
+            raise DataError(f"cannot read group columns from {path.name} (an .npz, .csv or .parquet file)")
+        columns = read_columns(path, source, text=groups)
     except DataError as e:
         raise StepError(f"prune.recovery_weighting = \"groups\": {e}") from e
     out = {}

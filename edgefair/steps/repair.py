@@ -57,8 +57,9 @@ def calibration_attributes(
     labels = calibration.labels
     missing = [g for g in names if g not in attrs]
     path = Path(calibration.path)
-    if missing or (labels is None and path.is_file()):
-        columns = _read_columns(path, key)
+    tabular = path.is_file() and path.suffix.lower() in (".npz", ".csv", ".parquet")
+    if missing or (labels is None and tabular):
+        columns = _read_columns(path, key, names)
         for g in missing:
             if g not in columns:
                 have = ", ".join(sorted(columns))
@@ -75,14 +76,12 @@ def calibration_attributes(
     return {g: attrs[g] for g in names}, labels
 
 
-def _read_columns(path: Path, key: str) -> dict[str, np.ndarray]:
-    from .. import data as data_mod
+def _read_columns(path: Path, key: str, names: Sequence[str]) -> dict[str, np.ndarray]:
+    from ..data import read_columns
 
-    if path.suffix.lower() == ".npz":
-        return data_mod._read_npz(path, key)
-    if path.suffix.lower() == ".csv":
-        return data_mod._read_csv(path, key, text=set())
-    raise DataError(f"{key}: cannot read group columns from {path.name}")
+    if not path.is_file():
+        raise DataError(f"{key}: cannot read group columns from {path.name} (an .npz, .csv or .parquet file)")
+    return read_columns(path, key, text=tuple(names))
 
 
 def cells_of(attributes: Mapping[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
