@@ -31,7 +31,8 @@ def sha256_bytes(data: bytes) -> str:
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `final`; rename it into place only if the block succeeds.
 
-    A crash or an exception leaves no file under the final name (and no temporary behind).
+    An exception leaves no file under the final name and no temporary behind; a killed process
+    may leave a hidden `.part` temporary, never a half-written file under the final name.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
