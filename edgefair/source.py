@@ -160,13 +160,23 @@ def _forget_imports(folder: Path) -> Iterator[None]:
     """Remove from sys.modules what was imported from `folder` (the user's model code) meanwhile, so
     that the process keeps no trace of it: another recipe's `model.py`, or this one edited, is
     imported afresh, and runs in one process (threads, workers) do not share module state.
-    Installed libraries the code imported stay imported."""
+    Installed libraries the code imported stay imported, even from a virtual environment inside
+    `folder`, and so do new submodules of packages imported before (edgefair's, torch's)."""
+    import site
+    import sysconfig
+
     before = set(sys.modules)
     try:
         yield
     finally:
+        installed = {sys.prefix, sys.base_prefix, sys.exec_prefix, *sysconfig.get_paths().values(), site.getusersitepackages()}
+        installed |= set(site.getsitepackages()) if hasattr(site, "getsitepackages") else set()
+        roots = [Path(p).resolve() for p in installed if p]
         for name in set(sys.modules) - before:
-            if any(_inside(p, folder) for p in _places(sys.modules.get(name))):
+            if name.partition(".")[0] in before:
+                continue
+            places = _places(sys.modules.get(name))
+            if any(_inside(p, folder) and not any(_inside(p, r) for r in roots) for p in places):
                 sys.modules.pop(name, None)
 
 
