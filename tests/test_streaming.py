@@ -67,35 +67,37 @@ def reference(request):
 
 def multinomial_replicates(case: dict, keys: list[str], n_boot: int, seed: int) -> dict[str, np.ndarray]:
     """The bootstrap edgefair used before: inside every cell of identical group membership, each
-    replicate draws the cell's size in rows uniformly with replacement. Per-row statistics
-    summed with the drawn counts: name -> (B, len(keys))."""
+    replicate draws the cell's size in rows uniformly with replacement. Per-row features summed
+    with the drawn counts per cell, then over the cells of each group: name -> (B, len(keys))."""
     y, masks = case["y"], case["masks"]
     n = len(y)
-    cell_of_row, _ = finest_cells(masks, n)
-    rng = np.random.default_rng(seed)
-    counts = np.zeros((n_boot, n))
-    for c in np.unique(cell_of_row):
-        rows = np.flatnonzero(cell_of_row == c)
-        draws = rng.integers(0, len(rows), size=(n_boot, len(rows)))
-        counts[:, rows] = np.stack([np.bincount(d, minlength=len(rows)) for d in draws])
-    out = {name: np.zeros((n_boot, len(keys))) for name in CI_FIELDS}
+    cell_of_row, membership = finest_cells(masks, n)
     edges = np.linspace(0.0, 1.0, 16)
-    hits, eces = {}, {}
-    for which in ("step", "base"):
+    columns = []
+    for which in ("step", "base"):  # correct, then confidence - correct in the row's calibration bin
         p = case[which]
         conf, hit = p.max(axis=1), p.argmax(axis=1) == y
         bins = np.digitize(conf, edges[1:-1], right=True)  # right-closed bins, as metrics.py documents
-        hits[which] = {key: counts[:, masks[key]] @ hit[masks[key]] for key in keys}
-        eces[which] = {key: sum(np.abs(counts[:, masks[key] & (bins == b)] @ (conf - hit)[masks[key] & (bins == b)])
-                                for b in range(15)) for key in keys}
-    flip = case["step"].argmax(axis=1) != case["base"].argmax(axis=1)
+        columns += [hit[:, None], np.eye(15)[bins] * (conf - hit)[:, None]]
+    columns.append((case["step"].argmax(axis=1) != case["base"].argmax(axis=1))[:, None])
+    x = np.hstack(columns).astype(np.float64)  # (N, 1 + 15 + 1 + 15 + 1)
+    rng = np.random.default_rng(seed)
+    cell_sums = np.zeros((n_boot, membership.shape[1], x.shape[1]))
+    for c in range(membership.shape[1]):
+        rows = np.flatnonzero(cell_of_row == c)
+        draws = rng.integers(0, len(rows), size=(n_boot, len(rows))) + len(rows) * np.arange(n_boot)[:, None]
+        counts = np.bincount(draws.ravel(), minlength=n_boot * len(rows)).reshape(n_boot, len(rows))
+        cell_sums[:, c] = counts @ x[rows]
+    index = {key: i for i, key in enumerate(masks)}
+    out = {name: np.zeros((n_boot, len(keys))) for name in CI_FIELDS}
     for j, key in enumerate(keys):
-        size = masks[key].sum()
-        out["accuracy"][:, j] = hits["step"][key] / size
-        out["ece"][:, j] = eces["step"][key] / size
-        out["accuracy_delta"][:, j] = (hits["step"][key] - hits["base"][key]) / size
-        out["ece_delta"][:, j] = (eces["step"][key] - eces["base"][key]) / size
-        out["flip_rate"][:, j] = counts[:, masks[key]] @ flip[masks[key]] / size
+        s = cell_sums[:, membership[index[key]]].sum(axis=1) / masks[key].sum()  # (B, F) group means
+        ece_step, ece_base = np.abs(s[:, 1:16]).sum(axis=1), np.abs(s[:, 17:32]).sum(axis=1)
+        out["accuracy"][:, j] = s[:, 0]
+        out["ece"][:, j] = ece_step
+        out["accuracy_delta"][:, j] = s[:, 0] - s[:, 16]
+        out["ece_delta"][:, j] = ece_step - ece_base
+        out["flip_rate"][:, j] = s[:, 32]
     return out
 
 
