@@ -50,7 +50,7 @@ import edgefair, edgefair.cache, edgefair.cli
 for module in pkgutil.walk_packages(edgefair.__path__, "edgefair."):  # one version of the code for every run
     try:
         importlib.import_module(module.name)
-    except ImportError:  # an optional extra
+    except Exception:  # an optional extra; a run that needs it fails and says so
         pass
 edgefair.cache.code_fingerprint()  # and one cache key for it, whatever is edited meanwhile
 import onnx, onnxruntime, onnxruntime.quantization, onnxscript, scipy.stats, torch, torch.export, torch.onnx  # noqa: F401
