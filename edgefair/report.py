@@ -160,6 +160,7 @@ def summary(report: dict[str, Any]) -> list[str]:
             out.append(f"  why: {sel['reason']}")
     else:
         out.append(f"verdict: {verdict} · no model to ship: no candidate passed every gate")
+    out += _largest_harm(report)
     limits = r.thresholds(report)
     if limits:
         ga = report.get("gates_applied") or {}
@@ -189,6 +190,25 @@ def summary(report: dict[str, Any]) -> list[str]:
     if counts:
         out.append(counts)
     out.append("per-group tables: report.md, report.html; every number: report.json")
+    return out
+
+
+def _largest_harm(report: dict[str, Any]) -> list[str]:
+    """The largest harm relative to its limit (group, gate, size), and at the model to ship when
+    that is another step: the same sentences as the first screen of report.md and report.html."""
+    from . import render as r
+
+    found = r.largest_harm(report)
+    if found is None:
+        return []
+    label = r.confidence_label(report)
+    step, gate = found
+    out = _wrap(f"largest harm: {r.harm_sentence(step, gate, label)}", "", "  ")
+    sel = r.selected_step(report)
+    if sel is not None and sel is not step and sel.get("index", 0) > 0:
+        g = r.worst_harm(sel)
+        if g is not None:
+            out += _wrap(f"at the model to ship: {r.harm_sentence(sel, g, label)}", "", "  ")
     return out
 
 

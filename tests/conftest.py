@@ -131,6 +131,17 @@ def recipe_dir(tiny, tmp_path) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="session")
+def bundled_out(tmp_path_factory) -> Path:
+    """One run of the bundled recipe (`edgefair run`, no cache) for the whole session: its output
+    folder, with what the terminal printed in ../terminal.txt."""
+    out = tmp_path_factory.mktemp("bundled") / "out"
+    result = run_cli(["run", "--out", str(out), "--no-cache"])
+    assert result.exit_code == 0, result.output
+    (out.parent / "terminal.txt").write_text(result.output)
+    return out
+
+
 def run_cli(args: list[str]):
     from click.testing import CliRunner
 

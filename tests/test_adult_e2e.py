@@ -15,11 +15,26 @@ from conftest import REPO, run_cli
 
 
 @pytest.fixture(scope="module")
-def adult_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("adult") / "out"
-    result = run_cli(["run", "--out", str(out), "--no-cache"])
-    assert result.exit_code == 0, result.output
-    return out, json.loads((out / "report.json").read_text())
+def adult_run(bundled_out):
+    return bundled_out, json.loads((bundled_out / "report.json").read_text())
+
+
+def test_the_terminal_names_the_largest_harm_first(adult_run):
+    """README/issue: the first screen of the terminal names the group, metric and size of the
+    largest harm (the same sentence as report.md's, recomputed here from the gate entries)."""
+    from edgefair import render as r
+
+    out, report = adult_run
+    text = (out.parent / "terminal.txt").read_text().splitlines()
+    step, gate = r.largest_harm(report)
+    best = max(((g["value"] / g["threshold"]), g["group"]) for s in report["steps"][1:] for g in s["gates"]
+               if g["gate"] in r.GATE_TEXT and g.get("direction") == "max" and g.get("value") is not None and g.get("threshold"))
+    assert gate["group"] == best[1]
+    verdict = next(i for i, x in enumerate(text) if x.startswith("verdict:"))  # after the progress lines (stderr)
+    line = next(i for i, x in enumerate(text) if x.startswith("largest harm:"))
+    assert 0 < line - verdict <= 3  # right under the verdict
+    joined = " ".join(x.strip() for x in text[line:line + 3])
+    assert gate["group"] in joined and r.gate_words(gate["gate"]) in joined and r.fmt_observed(gate) in joined
 
 
 def test_default_recipe_reports_every_group_of_every_step(adult_run):

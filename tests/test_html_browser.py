@@ -175,11 +175,8 @@ def test_screenshot_script(chromium, evil_run, tmp_path):
 # ---- the bundled recipe: the largest harm on the first screen -----------------------------------------
 
 @pytest.fixture(scope="module")
-def bundled_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bundled") / "out"
-    result = run_cli(["run", "--out", str(out), "-q"])
-    assert result.exit_code == 0, result.output
-    return out
+def bundled_run(bundled_out) -> Path:
+    return bundled_out  # the session's one run of the bundled recipe (conftest.py)
 
 
 def _expected_largest(report: dict) -> tuple[dict, dict]:
