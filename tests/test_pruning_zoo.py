@@ -59,7 +59,8 @@ def run_member(name: str, workdir: str) -> dict:
     with torch.no_grad():
         torch_pruned = outcome.torch_model(torch.from_numpy(x)).numpy()
     return {"outputs": outputs, "torch_pruned": torch_pruned, "details": outcome.details, "model": model,
-            "share": prunable_share_removed(model, outcome.torch_model), "classes": member.classes}
+            "share": prunable_share_removed(model, outcome.torch_model), "classes": member.classes,
+            "channels_last": [p.is_contiguous(memory_format=torch.channels_last) for p in outcome.torch_model.parameters() if p.ndim == 4]}
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +92,7 @@ def test_export_int8_and_structured_pruning_run(name, zoo_dir):
     assert r["details"]["engine"] == "torch-pruning"
     assert r["details"]["params_after"] < r["details"]["params_before"]
     assert FEATURE_LAYER[name] in r["details"]["channels"], r["details"]["skipped"]
+    assert all(r["channels_last"])  # 2-D conv weights come back channels-last (faster recovery on CPU)
     for w in r["details"]["channels"]:  # every listed layer really shrank
         before, after = r["details"]["channels"][w]
         assert after < before
