@@ -215,6 +215,7 @@ class Compressor:
             seed=self.inputs.recipe.evaluate.seed,
             probabilities=self.inputs.probabilities,
             groups=self.inputs.recipe.data.groups, label=self.inputs.recipe.data.label, output_kind=self.inputs.output_kind,
+            progress=getattr(self.progress, "advance", None),
         )
         outcome = REGISTRY[spec.kind].apply(spec.config, src.path, step.path, ctx)
         step.torch_model, step.warnings, step.details = outcome.torch_model, outcome.warnings, outcome.details

@@ -318,3 +318,13 @@ def test_missing_recovery_data_is_a_clear_error(tmp_path):
     cfg = PruneConfig(sparsity=0.5, structured=True, finetune_epochs=1, distill=True, recovery_data="calibration")
     with pytest.raises(StepError, match='prune.recovery_data = "calibration": needs data.calibration'):
         _prune(model, tmp_path / "c", cfg, train=train)
+
+
+def test_finetune_reports_each_epoch_to_the_progress_hook():
+    """Progress (terminal only) sees every fine-tuning epoch: (1, 3), (2, 3), (3, 3)."""
+    x, y = _task(128, seed=0)
+    seen = []
+    torch.manual_seed(0)
+    finetune(MLP(), {"features": x}, y, ["features"], FinetuneSettings(epochs=3, lr=1e-2, batch_size=64, seed=0),
+             on_epoch=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]

@@ -27,6 +27,7 @@ class StepContext:
     groups: tuple[str, ...] = ()  # data.groups: attributes that quantize_static's stratified sampling and keep_float split by
     label: str | None = None  # data.label (None: "label" when present)
     output_kind: str = "logits"  # logits | probabilities | embedding: how distillation compares outputs
+    progress: Callable[[int, int], None] | None = None  # (done, total) of a long step's units, e.g. epochs; display only
 
 
 @dataclass

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -78,6 +78,7 @@ def finetune(
     probabilities: bool = False,
     distill: bool | None = None,
     row_weights: np.ndarray | None = None,
+    on_epoch: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Train `model` in place with Adam (cosine-decayed lr) on cross-entropy and/or distillation.
 
@@ -147,6 +148,8 @@ def finetune(
                 total += loss.item() * len(idx)
             sched.step()
             losses.append(total / n)
+            if on_epoch is not None:  # progress: epochs done of the total (display only)
+                on_epoch(len(losses), settings.epochs)
         _set_mode(model, False)
         after = None if teacher_pred is None else _agreement(model, x_all, n, probabilities, teacher_pred)
     for p in model.parameters():

@@ -179,7 +179,7 @@ def _structured_with_recovery(cfg: PruneConfig, src: Path, dst: Path, ctx: StepC
     teacher = ctx.torch_model if cfg.distill or cfg.recovery_weighting == "disagreement" else None
     t0 = time.perf_counter()
     result = finetune(model, data.inputs, labels, names, settings, teacher=teacher, probabilities=ctx.probabilities,
-                      distill=cfg.distill, row_weights=weights)
+                      distill=cfg.distill, row_weights=weights, on_epoch=ctx.progress)
     result["seconds"] = round(time.perf_counter() - t0, 3)
     result["data"] = source
     result["file"] = data.path.name
