@@ -148,7 +148,7 @@ class Engine:
                 skipped.update({w: f"shares its channels with {excluded[0]}, which is excluded" for w in names if w not in excluded})
                 continue
             n = self.dg.get_out_channels(root)
-            score = np.zeros(n)
+            score, ranked = np.zeros(n), False
             for item in group.items:
                 m = item.dep.target.module
                 if m not in producers or not self.dg.is_out_channel_pruning_fn(item.dep.handler):
@@ -161,6 +161,10 @@ class Engine:
                 if norms is None or any(r is None for r in item.root_idxs):
                     continue
                 score[np.asarray(item.root_idxs)] += norms / (norms.mean() if norms.mean() > 0 else 1.0)
+                ranked = True
+            if score is not None and not ranked:
+                skipped.update(dict.fromkeys(names or [self._weight(root)], "no conv, linear or embedding weight ranks these channels"))
+                continue
             if score is None:
                 skipped.update(dict.fromkeys(names, "Torch-Pruning maps these channels out of range (a split of a concatenation)"))
                 continue
@@ -173,7 +177,6 @@ class Engine:
 
     def prune(self, sparsity: float, kind: str, scope: str, *, check: bool = True) -> Result:
         """Prune every group the plan allows; `check` runs the per-group output check (see module doc)."""
-        import torch
         from torch import nn
 
         from .structured import select_channels
@@ -201,11 +204,10 @@ class Engine:
                 continue
             result.groups_pruned += 1
             result.groups_unchecked += int(mixing or not check)
-        with torch.no_grad():
-            for m, n in before.items():
-                after = self.dg.get_out_channels(m)
-                if after != n and not _is_depthwise(m):
-                    result.channels[self._weight(m)] = [n, after]
+        for m, n in before.items():
+            after = self.dg.get_out_channels(m)
+            if after != n and not _is_depthwise(m):
+                result.channels[self._weight(m)] = [n, after]
         for w in result.channels:
             result.skipped.pop(w, None)
         for n, p in self.model.named_parameters():  # Torch-Pruning makes new parameters that require grad
