@@ -108,7 +108,16 @@ def publish(out_dir: str | os.PathLike, report: dict[str, Any], model_files: dic
 
 def render_all(out_dir: str | os.PathLike, report: dict[str, Any]) -> None:
     """(Re-)render the human reports of an output folder from a report dict (`edgefair report`):
-    published as a whole like a run's folder, everything else in it kept."""
+    published as a whole like a run's folder, everything else in it kept. From inside the folder
+    (`edgefair report .`), which cannot be swapped under the shell sitting in it, each report and
+    then the manifest is replaced on its own, atomically: report.json and the models stay as the
+    run wrote them."""
+    here = Path(os.path.abspath(os.getcwd()))
+    inside = Path(os.path.abspath(out_dir))
+    if here == inside or inside in here.parents:
+        _render_into(inside, report)
+        write_json(inside / MANIFEST, manifest(inside, report))
+        return
     target = check_target(out_dir)
     with _staging(target) as stage:
         _carry_over(target, stage, ours={*RENDERED, MANIFEST})

@@ -248,3 +248,17 @@ def test_report_and_manifest_carry_no_absolute_local_path(published, tmp_path_fa
     assert report["recipe"]["path"] == "../r.toml" and (out / report["recipe"]["path"]).resolve() == (root / "r.toml").resolve()
     assert report["data"]["eval"]["path"] == "eval.npz" and report["data"]["calibration"]["path"] == "calib.npz"
     assert manifest["inputs"]["recipe"]["path"] == "../r.toml" and manifest["inputs"]["data.eval"]["path"] == "eval.npz"
+
+
+def test_report_rerenders_from_inside_the_folder(published, tmp_path, monkeypatch):
+    """`edgefair report .` from inside the output folder re-renders in place (the folder cannot be
+    swapped under the shell that sits in it): same files, manifest hashes matching."""
+    _, src, _ = published
+    out = tmp_path / "out"
+    shutil.copytree(src, out)
+    (out / "report.md").write_text("stale")
+    monkeypatch.chdir(out)
+    result = run_cli(["report", "."])
+    assert result.exit_code == 0, result.output
+    assert (out / "report.md").read_text() == (src / "report.md").read_text()
+    assert complete(out)["created_at"] == json.loads((src / "report.json").read_text())["created_at"]
