@@ -262,3 +262,10 @@ def test_report_rerenders_from_inside_the_folder(published, tmp_path, monkeypatc
     assert result.exit_code == 0, result.output
     assert (out / "report.md").read_text() == (src / "report.md").read_text()
     assert complete(out)["created_at"] == json.loads((src / "report.json").read_text())["created_at"]
+
+
+def test_a_mount_point_is_refused_as_output_folder(recipe_dir, small_disk):
+    """A mount point (a CI volume) cannot be renamed away: exit 2 before the run, naming it."""
+    result = run_cli(["run", str(write_recipe(recipe_dir / "r.toml", RECIPE)), "--out", str(small_disk)])
+    assert result.exit_code == 2 and f"output folder {small_disk}: is a mount point" in result.output
+    assert "· " not in result.output and list(small_disk.iterdir()) == []
