@@ -57,8 +57,9 @@ class PoissonBootstrap:
 
     def __init__(self, cell_of_row: np.ndarray, n_cells: int, *, n_boot: int, seed: int) -> None:
         self.n_boot, self.seed, self.n_cells = n_boot, seed, n_cells
-        self.order = np.argsort(cell_of_row, kind="stable")  # a chunk then spans few cells
-        self.bounds = np.searchsorted(cell_of_row[self.order], np.arange(n_cells + 1))
+        order = np.argsort(cell_of_row, kind="stable")  # a chunk then spans few cells
+        self.order = order.astype(np.int32) if len(order) < 2**31 else order
+        self.bounds = np.searchsorted(cell_of_row[order], np.arange(n_cells + 1))
         self.sizes = np.diff(self.bounds).astype(np.float64)
         self._kept: dict[int, np.ndarray] | None = {} if n_boot * len(cell_of_row) <= CACHED_WEIGHTS else None
 

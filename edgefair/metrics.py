@@ -302,6 +302,7 @@ def grouped_rates(cm: np.ndarray, *, positive_label: int = 1) -> dict[str, np.nd
 
 
 DENSE_GROUP_ELEMENTS = 2_000_000  # 16 MB of float64
+SUM_CHUNK = 65_536  # rows per running-sum piece in Groups
 
 
 class Groups:
@@ -316,14 +317,18 @@ class Groups:
         # small cases: a dense (G, N) 0/1 matrix makes sums one product, a few times faster
         small = len(self.masks) * len(self.masks[0]) <= DENSE_GROUP_ELEMENTS if self.masks else False
         self._dense = np.array(self.masks, dtype=np.float64) if small else None
-        self._zeros = np.zeros(int(self.sizes.max(initial=0)), dtype=np.intp)  # bincount's index for one total
 
     def __len__(self) -> int:
         return len(self.masks)
 
-    def _total(self, values: np.ndarray) -> float:
-        """Sum of a group's values added one after another, in row order."""
-        return float(np.bincount(self._zeros[:len(values)], weights=values, minlength=1)[0])
+    @staticmethod
+    def _total(values: np.ndarray) -> float:
+        """Sum of a group's values added one after another from 0.0, in row order (a running sum
+        carried across chunks: the same additions as one pass, without a per-row index)."""
+        total = 0.0
+        for a in range(0, len(values), SUM_CHUNK):
+            total = float(np.cumsum(np.concatenate([[total], values[a:a + SUM_CHUNK]]))[-1])
+        return total
 
     def sums(self, values: np.ndarray) -> np.ndarray:
         """Per-group sums of (N,) or (N, F) values: (G,) or (G, F)."""

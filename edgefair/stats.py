@@ -234,6 +234,7 @@ class Evaluator:
         if self._engine is None:
             self._engine = PoissonBootstrap(self._cells[0], membership.shape[1], n_boot=self.config.n_boot,
                                             seed=self.config.seed)
+            self._cells = (None, membership)  # the engine keeps the rows' order: the cell of each row is not needed again
         return self._engine.sums(builders)
 
     # -- one model ------------------------------------------------------------------------------
