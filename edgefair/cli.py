@@ -273,7 +273,7 @@ def tune(recipe: Path, out_dir: Path, budget: str | None, no_cache: bool, cache_
     from .progress import Progress
     from .recipe import load_recipe
     from .report import terminal_table
-    from .tune import frontier_lines, parse_budget, search, tune_recipe, write_tuned_recipe
+    from .tune import frontier_lines, parse_budget, search, tune_recipe
 
     budget_s = parse_budget(budget) if budget is not None else None
     parsed = tune_recipe(load_recipe(recipe))
@@ -293,18 +293,14 @@ def tune(recipe: Path, out_dir: Path, budget: str | None, no_cache: bool, cache_
     echo("\n".join(frontier_lines(report)))
     echo(f"candidates: {info['evaluated']} evaluated, {info['skipped']} skipped, {info['not_tried']} not tried, of {info['candidates']}")
     sel = report["selected"]
-    if sel:
-        note = (f"Interrupted: chosen among the {info['evaluated']} of {info['candidates']} candidates built before Ctrl-C."
-                if info["interrupted"] else None)
-        write_tuned_recipe(out_dir / "tuned.toml", parsed, sel["name"], thresholds=report["gates_applied"]["thresholds"], note=note)
+    if sel:  # tuned.toml was published with the report (tune.search)
         if sel["step"] == 0 and not info["evaluated"]:
             echo(f"no candidate was built: keep the uncompressed model ({out_dir}/tuned.toml has no steps)")
         elif sel["step"] == 0:
             echo(f"no passing candidate beats the uncompressed model ({report['gates_applied']['select']}): keep it ({out_dir}/tuned.toml has no steps)")
         else:
             echo(f"selected pipeline ({report['gates_applied']['select']}): {sel['name']}; recipe written to {out_dir}/tuned.toml")
-    else:
-        (out_dir / "tuned.toml").unlink(missing_ok=True)  # an earlier tune's recommendation must not survive this one
+    else:  # publishing replaced the folder: an earlier tune's tuned.toml is gone
         echo("no candidate passed every gate")
     if as_json:
         summary = json_summary(report, out_dir)

@@ -95,9 +95,10 @@ def search(
     from .cache import Cache
     from .pipeline import Compressor, environment, evaluate
     from .prepare import prepare
-    from .publish import publish
+    from .publish import check_target, publish
     from .report import build_report
 
+    check_target(out_dir)  # an unwritable output folder fails now, not after the whole search
     started = time.perf_counter()
     if executor is None:
         from .executor import executor_for
@@ -140,7 +141,15 @@ def search(
             "elapsed_s": round(time.perf_counter() - started, 3),
         }
         report["frontier"] = frontier(report)
-        publish(out_dir, report, {m.index: m.path for m in models})
+        extra = {}
+        sel = report["selected"]
+        if sel:  # published with the rest, so the folder never holds a report without its tuned.toml
+            info = report["search"]
+            note = (f"Interrupted: chosen among the {info['evaluated']} of {info['candidates']} candidates built before Ctrl-C."
+                    if info["interrupted"] else None)
+            extra["tuned.toml"] = tuned_recipe_text(Path(out_dir) / "tuned.toml", recipe, sel["name"],
+                                                    thresholds=report["gates_applied"]["thresholds"], note=note)
+        publish(out_dir, report, {m.index: m.path for m in models}, extra_files=extra)
     return report
 
 
@@ -240,7 +249,12 @@ def chain(recipe: Recipe, name: str) -> list[StepSpec]:
 
 def write_tuned_recipe(path: Path, recipe: Recipe, selected: str, *, thresholds: dict[str, float] | None = None,
                        note: str | None = None) -> None:
-    """A recipe whose steps are the chain that produced the selected step; its paths are relative
+    write_text(path, tuned_recipe_text(path, recipe, selected, thresholds=thresholds, note=note))
+
+
+def tuned_recipe_text(path: Path, recipe: Recipe, selected: str, *, thresholds: dict[str, float] | None = None,
+                      note: str | None = None) -> str:
+    """A recipe (TOML text, to be written at `path`) whose steps are the chain that produced the selected step; its paths are relative
     to where it is written, like any recipe's. `thresholds`: the gate thresholds in force during
     the tune (defaults included), written out so that the release build gates by the same limits.
     Written by a TOML writer, so any name or path (quotes, `input.1`) reads back as it was."""
@@ -278,7 +292,7 @@ def write_tuned_recipe(path: Path, recipe: Recipe, selected: str, *, thresholds:
     header = f"# Chosen by `edgefair tune {where}` ([select] by = {recipe.select.by!r} among the candidates that passed every gate).\n"
     if note:
         header += f"# {note}\n"
-    write_text(path, header + "\n" + tomli_w.dumps(_plain(doc)))
+    return header + "\n" + tomli_w.dumps(_plain(doc))
 
 
 def _plain(value: Any) -> Any:

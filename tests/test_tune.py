@@ -86,6 +86,10 @@ def test_tune_picks_the_fastest_passing_candidate_and_writes_a_runnable_recipe(r
 
     tuned = (out / "tuned.toml").read_text()
     assert "[select]" in tuned and "max_group_accuracy_drop = 0.9" in tuned and "max_group_tpr_drop = 0.03" in tuned
+    # published with the folder (never written after it): the manifest lists it with its hash
+    from edgefair.io import sha256_file
+
+    assert json.loads((out / "manifest.json").read_text())["files"]["tuned.toml"]["sha256"] == sha256_file(out / "tuned.toml")
     again = tmp_path / "again"
     result = run_cli(["run", str(out / "tuned.toml"), "--out", str(again), "-q"])
     assert result.exit_code == 0, result.output
