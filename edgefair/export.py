@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,11 @@ import numpy as np
 
 from .errors import ExportError
 from .io import atomic_path
+
+# torch.onnx.export is not safe to run in two threads at once (it fails with "Failed to export the
+# model with torch.export"), and silencing its chatter swaps sys.stdout/stderr, which are the
+# process's: one export at a time per process
+_EXPORT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,7 @@ def export_onnx(
         dims.append({a: (torch.export.Dim("batch") if a == 0 else torch.export.Dim(f"{n}_dim{a}")) for a in axes})
     kwargs: dict[str, Any] = {"opset_version": opset} if opset else {}
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with atomic_path(dst) as tmp, warnings.catch_warnings():
+    with _EXPORT_LOCK, atomic_path(dst) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sink = io.StringIO()
         try:

@@ -151,11 +151,6 @@ def _symbolic_shapes(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _quiet() -> None:
-    """Kept for callers of old: does nothing. The root logger's level belongs to the application;
-    onnxruntime's pre-processing suggestion does not fire on pre-processed models."""
-
-
 @register("quantize_dynamic", QuantizeDynamicConfig)
 def quantize_dynamic(cfg: QuantizeDynamicConfig, src: Path, dst: Path, ctx: StepContext) -> StepOutcome:
     import onnx

@@ -25,7 +25,6 @@ from ..config import check
 from ..errors import StepError
 from ..io import atomic_path
 from . import StepContext, StepOutcome, register, require_known
-from .quantize import _quiet
 
 FP16_CPU_WARNING = (
     "fp16 is a size step: onnxruntime's CPU provider has fp16 kernels for few ops and runs the rest "
@@ -122,7 +121,6 @@ def quantize_weights_4bit(cfg: QuantizeWeights4bitConfig, src: Path, dst: Path, 
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    _quiet()
     model = onnx.load(str(src))
     require_known("quantize_weights_4bit.exclude_nodes", cfg.exclude_nodes, (n.name for n in model.graph.node), f"the nodes of {src.name}")
     targets, others = eligible_matmuls(model, cfg.exclude_nodes)
