@@ -37,8 +37,8 @@ ADULT = REPO / "calibration_data" / "adult_eval.npz"
 
 def make_eval_set(rows: int, folder: Path) -> tuple[Path, int]:
     """Adult eval rows resampled to `rows` (seed 0); returns the file and its arrays' bytes."""
-    with np.load(ADULT, allow_pickle=False) as src:
-        data = {k: src[k] for k in src.files}
+    with np.load(ADULT, allow_pickle=False) as src:  # the arrays the recipe reads, no others
+        data = {k: src[k] for k in ("features", "label", "sex", "race")}
     idx = np.random.default_rng(0).integers(0, len(data["label"]), rows)
     big = {k: v[idx] for k, v in data.items()}
     path = folder / f"adult_{rows}.npz"
