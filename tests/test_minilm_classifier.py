@@ -378,9 +378,13 @@ def classifier_run(tmp_path_factory):
         importance = "{prune['importance']}"
         finetune_epochs = 1
         distill = true
+        distill_alpha = {prune.get('distill_alpha', 0.5)}
+        temperature = {prune.get('temperature', 4.0)}
+        lr = {prune.get('lr', 5e-5)}
         recovery_rows = 24
         batch_size = 8
         """)
+    (root / "shipped_prune.json").write_text(json.dumps(prune))
     result = run_cli(["run", str(recipe), "--out", str(root / "out")])
     return root, result
 
@@ -395,7 +399,8 @@ def test_classifier_recipe_runs_end_to_end(classifier_run):
     gates = {g["gate"] for s in report["steps"][1:] for g in s["gates"]}
     assert {"max_group_accuracy_drop", "max_group_tpr_drop", "max_group_fpr_increase", "max_group_ece_increase"} <= gates
     d = report["steps"][2]["details"]
-    assert d["heads_removed"] == 36 and d["ffn_neurons_removed"] == 6 * 768
+    shipped = json.loads((root / "shipped_prune.json").read_text())
+    assert d["heads_removed"] == 6 * int(shipped["heads"] * 12) and d["ffn_neurons_removed"] == 6 * int(shipped["ffn"] * 1536)
     assert d["parameters"]["after"] < 0.85 * d["parameters"]["before"]
     assert d["finetune"]["rows"] == 24 and d["finetune"]["frozen_parameters"] > 0
     for s in report["steps"]:
