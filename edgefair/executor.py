@@ -5,6 +5,8 @@ Three executors share one seam, which the pipeline calls at two points:
 - ``build_candidates(compressor, specs)``: build `edgefair tune`'s candidates before its search
   loop walks them, so that they can be built in parallel; the loop then takes each one's model as
   it would take a cache hit, and every decision (skip, budget, gates, selection) stays with it.
+  A candidate that times models while it is built (keep_float's slowdown bound) is left to the
+  loop, on the driver.
 - ``predictions(inputs, jobs)``: each model's raw outputs on the eval rows, batch by batch in row
   order, which the driver turns into statistics (``stats.Evaluator.model_from_batches``).
 
@@ -40,7 +42,7 @@ import numpy as np
 from .errors import EdgefairError, RecipeError
 
 EXECUTORS = ("embedded", "ray")
-LOCAL = "local"  # ray_address: start a Ray cluster on this machine, on loopback
+LOCAL = "local"  # ray_address: start a one-node Ray cluster on this machine
 # rows per eval-inference task; smaller eval sets are one task per model (the models run in parallel)
 SHARD_ROWS = 200_000
 MAX_RETRIES = 3  # a task whose worker dies (killed, out of memory, node lost) is run again this many times
@@ -194,7 +196,7 @@ class TaskExecutor(Executor):
         pending = list(specs)
         running: dict[Any, Any] = {}
         common = _common_job(inputs)
-        total = len(pending)
+        submitted = 0
         c._armed = True  # Ctrl-C interrupts the wait, not the search's own bookkeeping
         try:
             while pending or running:
@@ -209,6 +211,9 @@ class TaskExecutor(Executor):
                         if not any(s.name == spec.input for s in running.values()) and not any(s.name == spec.input for s in pending):
                             pending.remove(spec)  # its input was not built here (e.g. budget): the loop decides
                             failed.add(spec.name)
+                        continue
+                    if times_latency(spec):
+                        pending.remove(spec)  # timed while built: the search loop builds it here, on the driver
                         continue
                     if c._budget_spent():
                         pending.clear()
@@ -229,6 +234,7 @@ class TaskExecutor(Executor):
                         refs.append(ref)
                     _, base_ref = self._model(base.path)
                     running[self._submit(build_task, json.dumps(job), base_ref, *refs)] = spec
+                    submitted += 1
                 if not running:
                     break
                 for handle in self._wait(list(running)):
@@ -243,7 +249,7 @@ class TaskExecutor(Executor):
                         _write_checked(target, result[1], meta["sha256"], spec.name)
                         files[spec.name] = target
                         built[spec.name] = Built(target, meta["sha256"], meta["warnings"], meta["details"])
-                    c.progress(f"candidates on {self.kind}: {len(built)} of {total} built, {len(running)} running")
+                    c.progress(f"candidates on {self.kind}: {len(built)} of {submitted} tasks done, {len(running)} running")
         except KeyboardInterrupt:
             self._cancel(list(running))
             c.interrupted = True
@@ -326,9 +332,9 @@ class _Thunk:
 
 
 class RayExecutor(TaskExecutor):
-    """Tasks on a Ray cluster. `address`: None or "local" starts one on this machine (loopback,
-    no dashboard); "auto" joins the one running here ($RAY_ADDRESS or `ray start`); "HOST:PORT"
-    a cluster's head; "ray://HOST:PORT" through the Ray client. Connects at once: an unreachable
+    """Tasks on a Ray cluster. `address`: None or "local" starts a one-node cluster on this machine
+    (no dashboard; Ray binds it to the machine's own address, not to loopback); "auto" joins the
+    one running here ($RAY_ADDRESS or `ray start`); "HOST:PORT" a cluster's head; "ray://HOST:PORT" through the Ray client. Connects at once: an unreachable
     cluster is an ExecutorError (exit 2) before any work. `num_cpus` sizes a local cluster."""
 
     kind = "ray"
@@ -356,8 +362,7 @@ class RayExecutor(TaskExecutor):
         ray = self.ray
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
         if self.address == LOCAL:
-            kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
-                          _node_ip_address="127.0.0.1")
+            kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False)
             if temp_dir:
                 kwargs["_temp_dir"] = temp_dir
         else:
@@ -433,6 +438,16 @@ def _reachable(address: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # What a task gets: plain data only
+
+
+def times_latency(spec: Any) -> bool:
+    """A step that times models while it is built (keep_float's slowdown bound): built on the
+    driver, never on a cluster worker, whose timings would lie."""
+    import math
+
+    config = spec.config
+    return (spec.kind == "quantize_static" and getattr(config, "keep_float", "none") != "none"
+            and math.isfinite(getattr(config, "keep_float_max_slowdown", math.inf)))
 
 
 def _common_job(inputs: Any) -> dict[str, Any]:
@@ -604,6 +619,8 @@ def build_task(job_text: str, baseline: bytes, *models: bytes) -> tuple[str, byt
             compressor.by_name[spec.name] = step
         try:
             step = compressor._step(chain[-1])
+        except ExecutorError:
+            raise
         except Exception as e:  # noqa: BLE001 - the search loop skips the candidate with this reason
             return json.dumps({"error": Compressor._one_line(e)}), b""
         meta = {"sha256": sha256_file(step.path), "warnings": step.warnings, "details": step.details}

@@ -1,4 +1,4 @@
-"""The Ray executor on a real local Ray cluster (started once for this file, on loopback, 2 CPUs):
+"""The Ray executor on a real local Ray cluster (started once for this file, this machine only, 2 CPUs):
 the same report.json statistics and verdict as the embedded run, for a run and a tune; a worker
 killed mid-task is retried and the run's statistics do not change; Ctrl-C cancels the tasks; an
 unreachable cluster is exit 2 with one line. Skipped without Ray, except in CI (CI installs it)."""
@@ -74,6 +74,7 @@ def test_ray_run_gives_the_embedded_statistics_and_verdict(cluster, assets, embe
     report = json.loads((out / "report.json").read_text())
     assert_same(report, json.loads(json.dumps(embedded)))
     assert report["executor"]["kind"] == "ray" and report["executor"]["cpus"] == 2
+    assert [n["NodeManagerHostname"] for n in executor.ray.nodes()] == [socket.gethostname()]  # one node: this machine
     # latency never comes from a cluster worker: the driver measured it, and the report says so
     assert "driver" in report["executor"]["latency"] and all(s["latency"]["source"] == "local" for s in report["steps"])
 
@@ -90,7 +91,7 @@ def test_ray_tune_gives_the_embedded_report(cluster, assets, tmp_path):
         got = search(recipe, tmp_path / "ray", executor=executor, progress=lines.append)
     finally:
         executor.shard_rows = 200_000
-    assert "candidates on ray: 4 of 4 built, 0 running" in lines
+    assert "candidates on ray: 3 of 3 tasks done, 0 running" in lines
     assert [c["name"] for c in got["skipped"]] == ["static-int8-keep-float"]  # skipped with the same reason
     assert_same(got, expected)
 
