@@ -27,6 +27,7 @@ import numpy as np
 
 CHUNK_ROWS = 2048  # rows per chunk: (B x 2048) float64 weights are 16 MB at B = 1,000
 REPLICATE_BLOCK = 256  # replicates drawn per generator call (prefixes of a larger n_boot are identical)
+PASS_REPLICATES = 4 * REPLICATE_BLOCK  # replicates whose weights are held at once: 16 MB, whatever n_boot
 FIXED_POINT = 2.0 ** 32  # a real feature in [-1, 1] counts in units of 2**-32
 CACHED_WEIGHTS = 16_000_000  # keep the weights (<= 128 MB) when they fit: later models of a run skip drawing them
 # Poisson(1) by table lookup: a uniform 16-bit value indexes the inverse CDF, so P[w = k] is
@@ -40,13 +41,14 @@ _EXACT_LIMIT = 2.0 ** 53
 Builder = Callable[[np.ndarray], np.ndarray]  # row indices (m,) -> features (m, F): integers or reals in [-1, 1]
 
 
-def poisson_weights(seed: int, chunk: int, n_boot: int, rows: int) -> np.ndarray:
-    """(n_boot, rows) float64 Poisson(1) weights of one chunk (see the module docstring)."""
+def poisson_weights(seed: int, chunk: int, n_boot: int, rows: int, *, first: int = 0) -> np.ndarray:
+    """(n_boot, rows) float64 Poisson(1) weights of one chunk for replicates ``first, first + 1, ...``
+    (``first`` a multiple of ``REPLICATE_BLOCK``; see the module docstring)."""
     key = np.random.SeedSequence(seed).generate_state(2, np.uint64)
     out = np.empty((n_boot, rows))
-    for block, b0 in enumerate(range(0, n_boot, REPLICATE_BLOCK)):
+    for b0 in range(0, n_boot, REPLICATE_BLOCK):
         nb = min(REPLICATE_BLOCK, n_boot - b0)
-        philox = np.random.Philox(key=key, counter=[0, 0, block, chunk])
+        philox = np.random.Philox(key=key, counter=[0, 0, (first + b0) // REPLICATE_BLOCK, chunk])
         u = philox.random_raw(-(-nb * rows // 4)).view(np.uint16)[:nb * rows]  # 4 uniform 16-bit values per draw
         _WEIGHT_OF.take(u, out=out[b0:b0 + nb].reshape(-1))
     return out
@@ -61,14 +63,14 @@ class PoissonBootstrap:
         self.order = order.astype(np.int32) if len(order) < 2**31 else order
         self.bounds = np.searchsorted(cell_of_row[order], np.arange(n_cells + 1))
         self.sizes = np.diff(self.bounds).astype(np.float64)
-        self._kept: dict[int, np.ndarray] | None = {} if n_boot * len(cell_of_row) <= CACHED_WEIGHTS else None
+        self._kept: dict[tuple[int, int], np.ndarray] | None = {} if n_boot * len(cell_of_row) <= CACHED_WEIGHTS else None
 
-    def _weights(self, chunk: int, rows: int) -> np.ndarray:
-        if self._kept is not None and chunk in self._kept:
-            return self._kept[chunk]
-        w = poisson_weights(self.seed, chunk, self.n_boot, rows)
+    def _weights(self, chunk: int, first: int, rows: int) -> np.ndarray:
+        if self._kept is not None and (chunk, first) in self._kept:
+            return self._kept[chunk, first]
+        w = poisson_weights(self.seed, chunk, min(PASS_REPLICATES, self.n_boot - first), rows, first=first)
         if self._kept is not None:
-            self._kept[chunk] = w
+            self._kept[chunk, first] = w
         return w
 
     def sums(self, builders: Sequence[tuple[Builder, np.ndarray]]) -> list[np.ndarray]:
@@ -94,14 +96,15 @@ class PoissonBootstrap:
             x = np.rint(x * scale)
             if np.abs(x).max(initial=0.0) * MAX_WEIGHT * CHUNK_ROWS >= _EXACT_LIMIT:
                 raise ValueError("bootstrap features must be small integers or reals in [-1, 1]")
-            w = self._weights(chunk, b - a)
-            first, last = np.searchsorted(self.bounds, [a, b - 1], side="right") - 1
-            for c in range(first, last + 1):
-                s0, s1 = max(a, self.bounds[c]) - a, min(b, self.bounds[c + 1]) - a
-                if s1 <= s0:
-                    continue
-                acc[:, c] += (w[:, s0:s1] @ x[s0:s1]).astype(np.int64)  # exact integers: no rounding to undo
+            c0, c1 = np.searchsorted(self.bounds, [a, b - 1], side="right") - 1
+            segments = [(c, max(a, self.bounds[c]) - a, min(b, self.bounds[c + 1]) - a) for c in range(c0, c1 + 1)]
+            segments = [(c, s0, s1) for c, s0, s1 in segments if s1 > s0]
+            for c, s0, s1 in segments:
                 point[c] += x[s0:s1].sum(axis=0).astype(np.int64)
+            for r0 in range(0, self.n_boot, PASS_REPLICATES):
+                w = self._weights(chunk, r0, b - a)
+                for c, s0, s1 in segments:  # exact integers: no rounding to undo
+                    acc[r0:r0 + len(w), c] += (w[:, s0:s1] @ x[s0:s1]).astype(np.int64)
         weight = acc[:, :, 0].astype(np.float64)  # (B, C): each replicate's weight in each cell
         with np.errstate(divide="ignore", invalid="ignore"):
             factor = np.where(weight > 0, self.sizes / weight, 0.0)[:, :, None]

@@ -36,7 +36,7 @@ from scipy import stats as sps
 
 from edgefair import groups as grp
 from edgefair import metrics as mt
-from edgefair.bootstrap import CACHED_WEIGHTS, CHUNK_ROWS, PoissonBootstrap
+from edgefair.bootstrap import CACHED_WEIGHTS, CHUNK_ROWS, PASS_REPLICATES, PoissonBootstrap
 from edgefair.errors import DataError, RecipeError
 from edgefair.intervals import widen_intervals
 
@@ -151,14 +151,15 @@ BOOTSTRAP_MEMORY_ERROR = ("evaluate.bootstrap: {n_boot} replicates over {cells} 
 def bootstrap_bytes(*, n_boot: int, rows: int, cells: int, groups: int, bins: int, labelled: bool) -> int:
     """Peak memory of one step's bootstrap, in bytes, bounded whatever the number of rows: the per-cell sums
     of one pass (int64, and two float64 copies) over the step's and the baseline's features
-    (BOOT_RATES + calibration bins each), the flips and the cell weights, one chunk's float64
-    weights (``bootstrap.CHUNK_ROWS`` rows), the per-group aggregates (B, groups + 1, F) of both
+    (BOOT_RATES + calibration bins each), the flips and the cell weights, the float64 weights of
+    one chunk (``bootstrap.CHUNK_ROWS`` rows) and at most ``PASS_REPLICATES`` replicates, the
+    per-group aggregates (B, groups + 1, F) of both
     models, ~14 (B, groups + 1) replicate arrays, and the weights kept while they fit in
     ``bootstrap.CACHED_WEIGHTS``."""
     g = groups + 1
     f = 2 + (2 * (BOOT_RATES + bins) if labelled else 0)
     kept = n_boot * rows if n_boot * rows <= CACHED_WEIGHTS else 0  # weights kept for small sets
-    return 8 * n_boot * (3 * cells * f + CHUNK_ROWS + 2 * g * f + 14 * g) + 8 * kept
+    return 8 * n_boot * (3 * cells * f + 2 * g * f + 14 * g) + 8 * min(n_boot, PASS_REPLICATES) * CHUNK_ROWS + 8 * kept
 
 
 def check_bootstrap_memory(masks: Mapping[str, np.ndarray], n: int, config: StatsConfig, *, labelled: bool) -> None:

@@ -191,6 +191,20 @@ def test_kept_weights_give_the_same_result_as_drawing_them_again(monkeypatch):
     assert results[0] == results[1]
 
 
+def test_replicates_beyond_one_pass_are_the_same_as_in_one_pass(monkeypatch):
+    """More replicates than ``PASS_REPLICATES`` are summed pass by pass (bounded weights in memory)
+    with the same weights as when all are held at once."""
+    from edgefair import bootstrap as bs
+
+    cells = np.random.default_rng(0).integers(0, 3, 3000)
+    x = np.random.default_rng(1).random((3000, 2))
+    builders = [(lambda rows: x[rows], np.array([False, True]))]
+    got = bs.PoissonBootstrap(cells, 3, n_boot=600, seed=2).sums(builders)[0]
+    monkeypatch.setattr(bs, "PASS_REPLICATES", bs.REPLICATE_BLOCK)  # three passes of 256, 256, 88
+    monkeypatch.setattr(bs, "CACHED_WEIGHTS", 0)
+    assert np.array_equal(bs.PoissonBootstrap(cells, 3, n_boot=600, seed=2).sums(builders)[0], got)
+
+
 def test_batches_that_do_not_add_up_to_the_rows_are_refused():
     case = small_case(n=100)
     ev = st.Evaluator(case["masks"], case["y"], 100, st.StatsConfig(n_boot=10))
