@@ -246,3 +246,14 @@ def test_bootstrap_memory_does_not_grow_with_replicates_times_rows():
     not a replicates x rows matrix (4 bytes x 200 replicates = 800 bytes a row even as float32)."""
     small, large = _compare_peak(10_000, 200), _compare_peak(100_000, 200)
     assert (large - small) / 90_000 < 400
+
+
+def test_memory_check_does_not_grow_with_rows_and_refuses_what_cannot_fit():
+    from edgefair.errors import RecipeError
+
+    need = [st.bootstrap_bytes(n_boot=1000, rows=rows, cells=10, groups=17, bins=15, labelled=True)
+            for rows in (100_000, 1_000_000, 100_000_000)]
+    assert need[0] == need[1] == need[2] < 50e6  # (B, cells, F) sums and one pass of weights, not B x rows
+    masks = group_masks({"g": np.array(["a", "b"] * 50)}, intersections=False)
+    with pytest.raises(RecipeError, match=r"evaluate.bootstrap: 1000000000 replicates over 2 cells .* GB"):
+        st.check_bootstrap_memory(masks, 100, st.StatsConfig(n_boot=10**9), labelled=True)
