@@ -463,3 +463,17 @@ def test_text_cls_data_rebuilds_byte_identically(tmp_path):
     parts = build_text_cls_data.split(race, np.random.default_rng(0))
     assert not set(parts["eval"]) & set(parts["train"]) and not set(parts["eval"]) & set(parts["calib"])
     assert not set(parts["train"]) & set(parts["calib"])
+
+
+def test_readme_lists_every_prune_transformer_key():
+    import dataclasses
+    import re
+
+    from edgefair.steps.transformer_prune import TransformerPruneConfig
+
+    row = next(line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("| `prune_transformer` |"))
+    keys_column = row.split(" | ")[2]
+    named = set(re.findall(r"`([a-z_]+)`", keys_column))
+    fields = {f.name for f in dataclasses.fields(TransformerPruneConfig)}
+    assert fields <= named, fields - named
+    assert named - fields <= {"weight", "calibration", "details"}, named - fields  # importance values, the step's details
