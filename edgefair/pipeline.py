@@ -372,10 +372,15 @@ def evaluate(
                     raise DataError(f"model.source: the baseline gives non-finite outputs for {nonfinite[0]} of {inputs.eval.n} eval rows")
                 base = model
                 progress("statistics: groups, bootstrap, tests")
-            if i in missing:
-                stats[i] = evaluator.compare(model, base if i else None)
-                stats[i]["overall"]["nonfinite_rows"] = nonfinite[0]
-                cache.put_json("stats", keys[i], stats[i])
+                if len(need) > 1:  # its statistics after the first step's: one bootstrap pass over the rows serves both
+                    continue
+            done = [(i, model, nonfinite[0])] if i in missing else []
+            if 0 in missing and stats[0] is None:
+                done.append((0, base, 0))  # the baseline's, deferred: its resampled sums came with this step's
+            for j, m, bad_rows in done:
+                stats[j] = evaluator.compare(m, base if j else None)
+                stats[j]["overall"]["nonfinite_rows"] = bad_rows
+                cache.put_json("stats", keys[j], stats[j])
     latency = measure_latency(inputs, models, shas, latency_from, progress)
     return [
         {"stats": s, "latency": latency[i], "eval_batch_size": batch[i], "cache": {"model": models[i].cache, "stats": "off" if not cache.enabled else ("miss" if i in missing else "hit")}}
