@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BASE_RECIPE, run_cli, write_recipe
-from test_executor import NO_LATENCY, SMALLEST, STEPS, assert_same, tune_recipe_subset
+from test_executor import NO_LATENCY, SMALLEST, STEPS, TUNE_PICK, assert_same, tune_recipe_subset
 
 if os.environ.get("CI"):
     import ray  # noqa: F401 - CI installs the ray extra: a missing Ray is a failure there
@@ -163,6 +163,35 @@ def test_ctrl_c_cancels_the_running_tasks(cluster, assets, tmp_path):
         time.sleep(0.2)
     else:
         pytest.fail(f"the paused task's worker {paused[0]} still runs after Ctrl-C")
+
+
+def test_ctrl_c_during_a_tune_cancels_its_candidate_tasks_and_reports_what_was_built(cluster, assets, tmp_path):
+    from edgefair.tune import search
+
+    executor, hook = cluster
+    paused: list[int] = []
+
+    def interrupt(pid: int) -> None:
+        paused.append(pid)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    watcher = _pause_one_task(hook, 120, interrupt)
+    report = search(tune_recipe_subset(assets / "t.toml"), tmp_path / "out", executor=executor)
+    watcher.join(5)
+    assert paused and report["search"]["interrupted"] is True
+    built = {s["name"] for s in report["steps"][1:]}
+    assert len(built) < 4  # the paused candidate never finished
+    assert {c["name"] for c in report["not_tried"]} | built | {c["name"] for c in report["skipped"]} == set(TUNE_PICK)
+    assert all(c["reason"] == "interrupted (Ctrl-C)" for c in report["not_tried"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(paused[0], 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the paused candidate's worker {paused[0]} still runs after Ctrl-C")
 
 
 def _closed_port() -> int:
