@@ -291,3 +291,16 @@ by = "smallest"
     assert again.model.dynamic_axes == {"input.1": (1,)}
     assert [(s.name, s.config) for s in again.steps] == [(s.name, s.config) for s in recipe.steps[:1]]
     assert again.resolved()["evaluate"] == recipe.resolved()["evaluate"]
+
+
+def test_labelled_recovery_epochs_follow_the_train_rows():
+    """README: tune's structured candidates recover on data.train for about 1,000 optimizer steps
+    (batch 64), 2 to 20 epochs: Adult's 36,177 rows get 2, the digits' 719 rows get 20."""
+    from edgefair.recipe import load_recipe
+    from edgefair.tune import candidates, recovery_epochs
+
+    assert recovery_epochs(load_recipe(REPO / "calibration_data" / "adult_mlp.toml")) == 2
+    digits = load_recipe(REPO / "calibration_data" / "digits_cnn.toml")
+    assert recovery_epochs(digits) == 20
+    pruned = [s for s in candidates(digits) if s.kind == "prune"]
+    assert pruned and all(s.config.finetune_epochs == 20 for s in pruned)
