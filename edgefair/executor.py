@@ -341,6 +341,9 @@ class RayExecutor(TaskExecutor):
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None, shard_rows: int = SHARD_ROWS,
                  temp_dir: str | None = None) -> None:
+        import signal
+
+        self._saved = (dict(os.environ), signal.getsignal(signal.SIGTERM))  # importing ray and ray.init change both: close() puts them back
         try:
             import ray
         except ImportError:
@@ -418,8 +421,20 @@ class RayExecutor(TaskExecutor):
                 pass
 
     def close(self) -> None:
+        """Disconnect (a cluster started here stops), and undo what ray.init changed in this
+        process: environment variables (PYTHONBREAKPOINT, RAY_*) and the SIGTERM handler."""
+        import signal
+        import threading
+
         if self.started and self.ray.is_initialized():
             self.ray.shutdown()
+        if self.started:
+            env, handler = self._saved
+            for key in [k for k in os.environ if k not in env]:
+                del os.environ[key]
+            os.environ.update(env)
+            if threading.current_thread() is threading.main_thread() and handler is not None:
+                signal.signal(signal.SIGTERM, handler)
         self.started = False
 
 

@@ -37,6 +37,7 @@ def cluster():
     temp = tempfile.mkdtemp(prefix="ef-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(TEST_HOOK_ENV, str(hook))  # before the cluster starts: its workers inherit it
+        env, sigterm = dict(os.environ), signal.getsignal(signal.SIGTERM)
         executor = RayExecutor(num_cpus=2, temp_dir=temp)
         try:
             yield executor, hook
@@ -44,6 +45,9 @@ def cluster():
             executor.close()
             shutil.rmtree(temp, ignore_errors=True)
             shutil.rmtree(hook, ignore_errors=True)
+        # Ray's import and ray.init set environment variables (PYTHONBREAKPOINT, RAY_*) and a SIGTERM
+        # handler in this process: closing the executor puts them back
+        assert dict(os.environ) == env and signal.getsignal(signal.SIGTERM) == sigterm
 
 
 @pytest.fixture(scope="module")
