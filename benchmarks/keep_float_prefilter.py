@@ -2,13 +2,15 @@
 (`keep_float_candidates`): the first compute nodes in graph order, or the noisiest by onnxruntime's
 `qdq_loss_debug` on the worst group's calibration rows (`keep_float_prefilter = "sqnr"`), against
 ranking every node. EfficientNet-Lite0 (59 quantized nodes), per-channel static int8, the shipped
-recipe's repair settings (keep_float_max 6, max_slowdown 1.25).
+recipe's repair settings (keep_float_max 6) but with no latency bound (`keep_float_max_slowdown =
+inf`) and no latency stage, so that the comparison does not depend on timings (the build machine
+was shared by other jobs when this was measured).
 
     python benchmarks/keep_float_prefilter.py [--candidates 16] [--out DIR]
 
 Runs the real pipeline (no cache) on `calibration_data/efficientnet_lite0.toml`'s data; prints, per
 variant, the worst group's top-1 agreement with fp32 on the EVAL rows (never seen by the repair),
-p50 over fp32 (interleaved, 1 thread, batch 1), the nodes kept in float and the repair's time.
+the nodes kept in float, and the time of the repair and of the prefilter.
 Needs the `vision` extra.
 """
 
@@ -28,7 +30,7 @@ def recipe(candidates: int) -> str:
                         (f"sqnr-{candidates}", f'keep_float_candidates = {candidates}\nkeep_float_prefilter = "sqnr"'),
                         ("all-64", "keep_float_candidates = 64")):
         steps.append((name, 'keep_float = "worst_group"\nkeep_float_max = 6\nkeep_float_target = 0.99\n'
-                            f'keep_float_max_slowdown = 1.25\n{extra}'))
+                            f'keep_float_max_slowdown = inf\n{extra}'))
     body = "\n".join(
         f'[[steps]]\nname = "{n}"\nkind = "quantize_static"\ninput = "baseline"\nmethod = "minmax"\nper_channel = true\nformat = "qdq"\n{x}\n'
         for n, x in steps
@@ -48,12 +50,7 @@ min_group_size = 50
 bootstrap = 200
 
 [latency]
-threads = 1
-batch_size = 1
-warmup = 10
-runs = 60
-min_time_s = 0.5
-sessions = 3
+enabled = false
 
 {body}
 """
@@ -70,16 +67,15 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     (tmp / "r.toml").write_text(recipe(args.candidates))
     report = run(load_recipe(tmp / "r.toml"), args.out or tmp / "out")
-    print("| variant | eval worst-group agreement | p50 vs fp32 | kept in float | repair s | prefilter s |")
-    print("|---|---|---|---|---|---|")
+    print("| variant | eval worst-group agreement | kept in float | repair s | prefilter s |")
+    print("|---|---|---|---|---|")
     for s in report["steps"][1:]:
         ok = {g: e for g, e in s["groups"].items() if e.get("status") == "ok" and e.get("flip_rate") is not None}
-        worst = min(ok, key=lambda g: 1 - ok[g]["flip_rate"] if False else -ok[g]["flip_rate"])
+        worst = max(ok, key=lambda g: (ok[g]["flip_rate"], g))
         kf = (s.get("details") or {}).get("keep_float") or {}
         pre = kf.get("prefilter") or {}
-        lat = s.get("latency") or {}
-        print(f"| {s['name']} | {1 - ok[worst]['flip_rate']:.3f} ({worst}) | {lat.get('ratio_p50_vs_first', float('nan')):.2f}x "
-              f"| {len(kf.get('kept_float', []))} | {kf.get('seconds', '-')} | {pre.get('seconds', '-')} |")
+        print(f"| {s['name']} | {1 - ok[worst]['flip_rate']:.3f} ({worst}) "
+              f"| {', '.join(kf.get('kept_float', [])) or '-'} | {kf.get('seconds', '-')} | {pre.get('seconds', '-')} |")
 
 
 if __name__ == "__main__":
