@@ -363,7 +363,7 @@ class RayExecutor(TaskExecutor):
         import logging
 
         ray = self.ray
-        kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
+        kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}  # no banner, no token notice
         if self.address == LOCAL:
             kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False)
             if temp_dir:
