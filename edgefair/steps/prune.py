@@ -151,7 +151,7 @@ NOT_FINETUNED = "data.train is given but finetune_epochs = 0: the pruned model w
 
 def _structured_with_recovery(cfg: PruneConfig, src: Path, dst: Path, ctx: StepContext) -> StepOutcome:
     """Prune structurally (without structured.py's own fine-tuning), then recover here, then export."""
-    source, data, labels = _recovery_data(cfg, ctx)  # refuse before the pruning work
+    source, data, labels = recovery_data(cfg, ctx)  # refuse before the pruning work
     plain = dataclasses.replace(cfg, finetune_epochs=0, distill=False, recovery_data="auto", distill_loss="auto",
                                 recovery_weighting="none", recovery_groups=(), disagreement_weight=4.0,
                                 recovery_max_weight=5.0)
@@ -197,8 +197,9 @@ def _structured_with_recovery(cfg: PruneConfig, src: Path, dst: Path, ctx: StepC
     return StepOutcome(torch_model=model, warnings=warnings, details=details)
 
 
-def _recovery_data(cfg: PruneConfig, ctx: StepContext) -> tuple[str, Any, np.ndarray | None]:
-    """("data.train" | "data.calibration", the Dataset, its labels or None when label-free)."""
+def recovery_data(cfg: Any, ctx: StepContext, key: str = "prune") -> tuple[str, Any, np.ndarray | None]:
+    """("data.train" | "data.calibration", the Dataset, its labels or None when label-free), for a
+    step config with `recovery_data` and `distill` (prune, prune_transformer: `key` names it)."""
     choice = cfg.recovery_data
     if choice == "auto":
         if ctx.train is not None:
@@ -207,18 +208,18 @@ def _recovery_data(cfg: PruneConfig, ctx: StepContext) -> tuple[str, Any, np.nda
             choice = "calibration"
         else:
             raise StepError(
-                "prune.finetune_epochs: recovery fine-tuning needs data: data.train (labelled rows), or data.calibration "
+                f"{key}.finetune_epochs: recovery fine-tuning needs data: data.train (labelled rows), or data.calibration "
                 "with distill = true (label-free distillation on its inputs; recovery_data = \"calibration\")"
             )
     if choice == "train":
         if ctx.train is None or ctx.train.labels is None:
             raise StepError(
-                "prune.recovery_data = \"train\": needs labelled data.train; without labels use "
+                f"{key}.recovery_data = \"train\": needs labelled data.train; without labels use "
                 "recovery_data = \"calibration\" with distill = true (label-free distillation)"
             )
         return "data.train", ctx.train, ctx.train.labels
     if ctx.calibration is None:
-        raise StepError("prune.recovery_data = \"calibration\": needs data.calibration (its inputs are distilled on)")
+        raise StepError(f"{key}.recovery_data = \"calibration\": needs data.calibration (its inputs are distilled on)")
     return "data.calibration", ctx.calibration, None  # label-free: a label column in the file is never read
 
 

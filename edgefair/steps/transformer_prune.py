@@ -36,6 +36,7 @@ from ..config import check, in_range, positive
 from ..errors import StepError
 from . import StepContext, StepOutcome, register
 from .finetune import FinetuneSettings, finetune
+from .prune import recovery_data
 
 KEY = "prune_transformer"
 NO_LAYERS = (
@@ -201,7 +202,7 @@ def prune_transformer_step(cfg: TransformerPruneConfig, src: Path, dst: Path, ct
     if not encoder_layers(ctx.torch_model):
         raise StepError(NO_LAYERS)
     names = _input_names(src)
-    recovery = _recovery_data(cfg, ctx) if cfg.finetune_epochs else None  # refuse before the pruning work
+    recovery = recovery_data(cfg, ctx, KEY) if cfg.finetune_epochs else None  # refuse before the pruning work
     model = copy.deepcopy(ctx.torch_model)  # a step never edits its input
     model.eval()
     layers = encoder_layers(model)
@@ -249,26 +250,6 @@ def _calibration_feed(cfg: TransformerPruneConfig, ctx: StepContext, names: list
     mask = ctx.calibration.inputs.get("attention_mask")
     mask = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask[:rows])).float()
     return feed, mask
-
-
-def _recovery_data(cfg: TransformerPruneConfig, ctx: StepContext) -> tuple[str, Any, np.ndarray | None]:
-    """("data.train" | "data.calibration", the Dataset, its labels or None when label-free)."""
-    choice = cfg.recovery_data
-    if choice == "auto":
-        if ctx.train is not None:
-            choice = "train"
-        elif cfg.distill and ctx.calibration is not None:
-            choice = "calibration"
-        else:
-            raise StepError(f"{KEY}.finetune_epochs: recovery needs data.train (labelled rows), or data.calibration "
-                            "with distill = true (label-free distillation on its inputs)")
-    if choice == "train":
-        if ctx.train is None or ctx.train.labels is None:
-            raise StepError(f"{KEY}.recovery_data = \"train\": needs labelled data.train")
-        return "data.train", ctx.train, ctx.train.labels
-    if ctx.calibration is None:
-        raise StepError(f"{KEY}.recovery_data = \"calibration\": needs data.calibration")
-    return "data.calibration", ctx.calibration, None
 
 
 def _recover(cfg: TransformerPruneConfig, ctx: StepContext, model: Any, names: list[str], source: str, data: Any,
