@@ -388,11 +388,11 @@ def test_sqnr_prefilter_keeps_the_node_the_full_ranking_puts_first(clipped, tmp_
 
 
 def test_keep_float_with_few_candidates_prefilters_by_sqnr_and_says_so(clipped, tmp_path):
-    _, out = _static(clipped, tmp_path, "few", keep_float="worst_group", keep_float_max=1, keep_float_candidates=1)
+    _, out = _static(clipped, tmp_path, "few", keep_float="worst_group", keep_float_max=1, keep_float_candidates=1,
+                     keep_float_prefilter="sqnr")
     kf = out.details["keep_float"]
     assert kf["prefilter"]["ranked"] == 1 and kf["prefilter"]["of"] == 3 and kf["prefilter"]["group"] == "g=z"
     assert kf["candidates"] == 1 and kf["kept_float"] == [kf["ranking"][0]["node"]]
     assert any("by SQNR" in w for w in out.warnings)
-    _, graph = _static(clipped, tmp_path, "few-graph", keep_float="worst_group", keep_float_max=1, keep_float_candidates=1,
-                       keep_float_prefilter="graph_order")
+    _, graph = _static(clipped, tmp_path, "few-graph", keep_float="worst_group", keep_float_max=1, keep_float_candidates=1)
     assert graph.details["keep_float"]["prefilter"] is None
