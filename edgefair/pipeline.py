@@ -328,7 +328,16 @@ def measure_latency(
     latency: list[dict[str, Any] | None] = [None] * len(models)
     if lat.enabled:
         progress("latency: interleaved over all models")
-        latency = [dict(r, source="local") for r in measure_interleaved([m.path for m in models], inputs.eval.inputs, settings)]
+        # identical files (a repair that kept nothing in float, a step that changed nothing) are one
+        # model: timed once and given the same figures, so timing noise cannot rank a file against itself
+        first: dict[str, int] = {}
+        for i, sha in enumerate(shas):
+            first.setdefault(sha, i)
+        timed = sorted(set(first.values()))
+        measured = dict(zip(timed, measure_interleaved([models[i].path for i in timed], inputs.eval.inputs, settings)))
+        latency = [dict(measured[first[sha]], source="local",
+                        **({"same_file_as_step": models[first[sha]].index} if first[sha] != i else {}))
+                   for i, sha in enumerate(shas)]
     for i, sha in enumerate(shas):
         if sha in device:
             latency[i] = {**device[sha], "source": "device", "local": latency[i]}

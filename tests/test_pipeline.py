@@ -294,3 +294,25 @@ def save_softmax_model(path, *, scale: float) -> None:
 
     ep = torch.export.export(Soft().eval(), (torch.zeros(4, 6),), dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(ep, str(path))
+
+
+def test_identical_model_files_are_timed_once_and_share_their_latency(recipe_dir, tmp_path):
+    """Two steps that write the same file (same sha256) are one model: timed once, same figures,
+    so timing noise cannot make a file look faster than itself (and decide what ships)."""
+    recipe = write_recipe(recipe_dir / "twins.toml", BASE_RECIPE + """
+        [[steps]]
+        name = "a"
+        kind = "quantize_dynamic"
+
+        [[steps]]
+        name = "b"
+        kind = "quantize_dynamic"
+        input = "baseline"
+        """)
+    out = tmp_path / "out"
+    result = run_cli(["run", str(recipe), "--out", str(out), "-q"])
+    assert result.exit_code in (0, 1), result.output
+    a, b = json.loads((out / "report.json").read_text())["steps"][1:]
+    assert a["sha256"] == b["sha256"]
+    assert b["latency"]["same_file_as_step"] == 1 and "same_file_as_step" not in a["latency"]
+    assert {k: v for k, v in b["latency"].items() if k != "same_file_as_step"} == a["latency"]
