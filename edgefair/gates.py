@@ -421,6 +421,11 @@ def apply_gates(report: dict[str, Any], gates: Any, *, confidence: float, min_gr
     }
 
 
+# `fastest`: steps whose p50 is within the fastest one's p50 ratio interval, and at most this factor
+# above it, are as fast as it; the smallest of them ships
+TIE_BAND_MAX = 1.03
+
+
 def _choose(passing: list[dict[str, Any]], by: str) -> tuple[dict[str, Any] | None, str]:
     if not passing:
         return None, "no step passed every gate"
@@ -436,6 +441,7 @@ def _choose(passing: list[dict[str, Any]], by: str) -> tuple[dict[str, Any] | No
     # first), so that the same models give the same choice however the timing noise falls
     ratio, ci = lat.get("ratio_p50_vs_first"), lat.get("ratio_p50_ci")
     band = ci[1] / ratio if ratio and ci and ci[1] > ratio else 1.0
+    band = min(band, TIE_BAND_MAX)  # a wide interval (a noisy machine) must not tie a clearly slower step
     tied = [s for s in passing if _speed(s)[0] <= lat["p50_ms"] * band]
     chosen = min(tied, key=lambda s: (s["size_bytes"], s["index"]))
     if len(tied) == 1:

@@ -279,11 +279,16 @@ def test_fastest_treats_steps_within_timing_noise_as_tied_and_ships_the_smallest
         return {"index": i, "name": f"s{i}", "model": f"0{i}.onnx", "size_bytes": size, "overall": {}, "groups": {},
                 "latency": {"p50_ms": p50, "p95_ms": p50, "ratio_p50_vs_first": p50, "ratio_p50_ci": ci}}
 
-    steps = [step(0, 1.0, 900, [1, 1]), step(1, 0.50, 500, [0.45, 0.56]), step(2, 0.53, 400, [0.48, 0.58]), step(3, 0.70, 300, [0.6, 0.8])]
+    steps = [step(0, 1.0, 900, [1, 1]), step(1, 0.50, 500, [0.45, 0.56]), step(2, 0.51, 400, [0.46, 0.57]), step(3, 0.70, 300, [0.6, 0.8])]
     report = {"steps": steps}
     apply_gates(report, GatesConfig(max_size_mb=1.0), confidence=0.95, select=SelectConfig(by="fastest"))
     assert report["selected"]["step"] == 2 and "within timing noise" in report["selected"]["reason"]
     steps[1]["latency"]["ratio_p50_ci"] = [0.499, 0.501]  # a precise measurement: step 1 is faster
+    apply_gates(report, GatesConfig(max_size_mb=1.0), confidence=0.95, select=SelectConfig(by="fastest"))
+    assert report["selected"]["step"] == 1
+    # a wide interval (a noisy machine) ties at most 3% above the fastest: 6% slower is slower
+    steps[1]["latency"]["ratio_p50_ci"] = [0.40, 0.70]
+    steps[2]["latency"].update(p50_ms=0.53, ratio_p50_vs_first=0.53)
     apply_gates(report, GatesConfig(max_size_mb=1.0), confidence=0.95, select=SelectConfig(by="fastest"))
     assert report["selected"]["step"] == 1
 
