@@ -303,4 +303,4 @@ def test_labelled_recovery_epochs_follow_the_train_rows():
     digits = load_recipe(REPO / "calibration_data" / "digits_cnn.toml")
     assert recovery_epochs(digits) == 20
     pruned = [s for s in candidates(digits) if s.kind == "prune"]
-    assert pruned and all(s.config.finetune_epochs == 20 for s in pruned)
+    assert pruned and all(s.config.finetune_epochs == 20 and s.config.distill_alpha == 1.0 for s in pruned)
