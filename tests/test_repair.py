@@ -203,11 +203,10 @@ def test_stratified_calibration_puts_the_small_group_in_the_ranges(clipped, tmp_
     assert _agreement(clipped, path)["z"] > _agreement(clipped, plain_path)["z"]
 
 
-def test_keep_float_in_the_pipeline_lands_in_report_json(clipped, tmp_path):
-    np.savez(clipped / "eval.npz", **dict(np.load(clipped / "heldout.npz")))
-    recipe = write_recipe(
-        clipped / "r.toml",
-        """
+def _keep_float_recipe(root, name: str, extra: str = ""):
+    """A recipe over the clipped model with one keep-float quantize_static step (+ `extra` keys)."""
+    np.savez(root / "eval.npz", **dict(np.load(root / "heldout.npz")))
+    return write_recipe(root / name, f"""
         [model]
         source = "m.pt2"
         [data]
@@ -223,10 +222,14 @@ def test_keep_float_in_the_pipeline_lands_in_report_json(clipped, tmp_path):
         calibration_rows = 128
         keep_float = "worst_group"
         keep_float_max = 1
+        {extra}
         [gates]
         min_group_agreement = 0.5
-        """,
-    )
+        """)
+
+
+def test_keep_float_in_the_pipeline_lands_in_report_json(clipped, tmp_path):
+    recipe = _keep_float_recipe(clipped, "r.toml")
     out = tmp_path / "out"
     result = run_cli(["run", str(recipe), "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -247,27 +250,7 @@ def test_keep_float_in_the_pipeline_lands_in_report_json(clipped, tmp_path):
 
 def test_an_unbounded_slowdown_is_written_to_report_json_as_inf(clipped, tmp_path):
     """keep_float_max_slowdown = inf (README: no bound, no timing) is a float JSON cannot hold."""
-    np.savez(clipped / "eval.npz", **dict(np.load(clipped / "heldout.npz")))
-    recipe = write_recipe(clipped / "inf.toml", """
-        [model]
-        source = "m.pt2"
-        [data]
-        eval = "eval.npz"
-        calibration = "calib.npz"
-        groups = ["g"]
-        [evaluate]
-        bootstrap = 100
-        [latency]
-        enabled = false
-        [[steps]]
-        kind = "quantize_static"
-        calibration_rows = 128
-        keep_float = "worst_group"
-        keep_float_max = 1
-        keep_float_max_slowdown = inf
-        [gates]
-        min_group_agreement = 0.5
-        """)
+    recipe = _keep_float_recipe(clipped, "inf.toml", "keep_float_max_slowdown = inf")
     result = run_cli(["run", str(recipe), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
