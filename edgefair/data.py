@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import DataError
 from .formats import ReadOptions, call_loader, image_paths, near, read_image_folder, read_parquet, stack_images
+from .mapped import map_npz, release, row_chunks
 
 DEFAULT_LABEL = "label"
 CSV_INPUT = "__features__"  # placeholder name until the model's input name is known
@@ -36,10 +37,13 @@ class Dataset:
         return len(next(iter(self.inputs.values())))
 
     def batches(self, batch_size: int, *, limit: int | None = None):
-        """Yield input feeds of at most `batch_size` rows, in order."""
+        """Yield input feeds of at most `batch_size` rows, in order; rows mapped from the file
+        (mapped.py) are handed back to the kernel as the pass goes."""
         n = self.n if limit is None else min(limit, self.n)
-        for start in range(0, n, batch_size):
-            yield {k: v[start : start + batch_size] for k, v in self.inputs.items()}
+        for chunk in row_chunks(self.inputs, n):
+            rows = len(next(iter(chunk.values())))
+            for start in range(0, rows, batch_size):
+                yield {k: v[start : start + batch_size] for k, v in chunk.items()}
 
     def rename_input(self, old: str, new: str) -> "Dataset":
         inputs = {(new if k == old else k): v for k, v in self.inputs.items()}
@@ -57,12 +61,15 @@ def load(
     ignore: Sequence[str] = (),
     optional_groups: Sequence[str] = (),
     options: ReadOptions | None = None,
+    stream: bool = False,
 ) -> Dataset:
     """Read a data file (or image folder). `key` names the recipe key (e.g. `data.eval`) for error messages.
 
     `ignore` names columns that are never model inputs (label, groups) but need not be present;
     `optional_groups` are group attributes read when the file has them (calibration and train data).
     `options` carries the recipe's loader and image settings (formats.ReadOptions).
+    `stream`: the input arrays of an uncompressed .npz are mapped from the file and read as they
+    are used (mapped.py) instead of held in memory; labels and groups are always read whole.
     """
     options = options or ReadOptions()
     suffix = path.suffix.lower()
@@ -78,7 +85,7 @@ def load(
     elif not path.is_file():
         raise DataError(f"{key}: file not found: {path}")
     elif suffix == ".npz":
-        columns = _read_npz(path, key)
+        columns = _read_npz(path, key, stream=stream)
         kind = "arrays"
     elif suffix in (".csv", ".parquet"):
         text = set(groups) | set(optional_groups)
@@ -153,6 +160,7 @@ def load(
         if len(empty):
             raise DataError(f"{key}: group column {g!r} in {path} has an empty value at data row {int(empty[0]) + 1}")
         attributes[g] = values
+    release(columns)  # labels and groups were copied; mapped inputs are read again as they are used
     return Dataset(path, inputs, labels, attributes)
 
 
@@ -208,10 +216,13 @@ def _labels(arr: np.ndarray, n: int, *, key: str) -> np.ndarray:
     return out
 
 
-def _read_npz(path: Path, key: str) -> dict[str, np.ndarray]:
+def _read_npz(path: Path, key: str, *, stream: bool = False) -> dict[str, np.ndarray]:
     if not zipfile.is_zipfile(path):  # np.load would take any other file for a pickle
         raise DataError(f"{key}: cannot read {path}: not an .npz archive")
     try:
+        mapped = map_npz(path) if stream else None
+        if mapped is not None:
+            return mapped
         with np.load(path, allow_pickle=False) as z:
             return {name: z[name] for name in z.files}
     except ValueError as e:

@@ -9,6 +9,7 @@ import numpy as np
 
 from .data import Dataset
 from .errors import DataError, GeneratedModelError, ModelLoadError
+from .mapped import row_chunks
 from .runtime import fixed_batch, make_session
 
 
@@ -86,7 +87,7 @@ def conform_inputs(session, data: Dataset, key: str) -> Dataset:
         if arr.dtype.kind in "USO":
             raise DataError(f"{key}: array {spec.name!r} in {data.path.name} holds strings, model input expects {spec.type}")
         if arr.dtype.kind == "f":
-            bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+            bad = np.concatenate([~np.isfinite(c["a"].reshape(len(c["a"]), -1)).all(axis=1) for c in row_chunks({"a": arr})])
             if bad.any():
                 raise DataError(
                     f"{key}: array {spec.name!r} in {data.path.name} has NaN or infinite values in {int(bad.sum())} rows "

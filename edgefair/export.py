@@ -48,7 +48,7 @@ def export_onnx(
     import onnx
     import torch
 
-    args = tuple(torch.from_numpy(np.ascontiguousarray(examples[n])) for n in input_names)
+    args = tuple(torch.from_numpy(np.array(examples[n], order="C")) for n in input_names)
     dims: list[dict[int, Any]] = []
     for n in input_names:
         axes = sorted({0, *((dynamic_axes or {}).get(n, ()))})
@@ -94,7 +94,7 @@ def check_parity(
     import torch
 
     with torch.no_grad():
-        ref = module(*(torch.from_numpy(np.ascontiguousarray(feed[n])) for n in input_names))
+        ref = module(*(torch.from_numpy(np.array(feed[n], order="C")) for n in input_names))
     if isinstance(ref, (tuple, list)):
         ref = ref[0]
     ref = ref.detach().numpy()

@@ -19,6 +19,7 @@ from .cache import Cache, make_key
 from .errors import DataError
 from .evaluate import BASELINE_FILE, DEFAULT_EVAL_BATCH, conform_inputs
 from .export import check_parity, export_onnx
+from .mapped import row_chunks
 from .recipe import Recipe
 from .runtime import fixed_batch, make_session
 from .source import ModelSource, load_source, source_dependencies, source_identity
@@ -121,7 +122,9 @@ def read_options(recipe: Recipe) -> data_mod.ReadOptions:
 def _load_data(recipe: Recipe):
     d = recipe.data
     options = read_options(recipe)
-    eval_data = data_mod.load(recipe.resolve(d.eval), key="data.eval", label=d.label, groups=d.groups, features=d.features, options=options)
+    eval_data = data_mod.load(
+        recipe.resolve(d.eval), key="data.eval", label=d.label, groups=d.groups, features=d.features, options=options, stream=True,
+    )
     calib = train = None
     # calibration and train rows keep the group attributes they have (group-aware steps use them)
     if d.calibration:
@@ -146,9 +149,9 @@ def dataset_digest(data: data_mod.Dataset) -> str:
     if data.labels is not None:
         arrays.append(("labels", "", data.labels))
     for role, name, arr in arrays:
-        arr = np.ascontiguousarray(arr)
         digest.update(f"{role}:{name}:{arr.dtype.str}:{arr.shape}\n".encode())
-        digest.update(arr.view(np.uint8).reshape(-1) if arr.size else b"")
+        for chunk in row_chunks({name: arr}) if arr.size else ():  # mapped rows are read as the hash goes
+            digest.update(np.ascontiguousarray(chunk[name]).view(np.uint8).reshape(-1))
     return digest.hexdigest()
 
 
@@ -308,7 +311,7 @@ def _check_torch_inputs(source: ModelSource, data: data_mod.Dataset) -> None:
             shown = tuple("batch" if i == 0 else w if w is not None else "any" for i, w in enumerate(want))
             table = f" ({arr.shape[1]} feature columns)" if data.path.suffix.lower() in (".csv", ".parquet") and arr.ndim == 2 else ""
             raise DataError(f"data.eval: array {name!r} in {data.path.name} has shape {arr.shape}{table}, model input expects {shown}")
-    args = [torch.from_numpy(np.ascontiguousarray(data.inputs[n][:2])) for n in source.input_names]
+    args = [torch.from_numpy(np.array(data.inputs[n][:2], order="C")) for n in source.input_names]
     try:
         with torch.no_grad():
             source.module(*args)

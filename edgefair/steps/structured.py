@@ -464,7 +464,7 @@ def example_inputs(names: list[str], ctx: StepContext, batch: int = 2) -> tuple:
         raise StepError("prune: structured pruning needs data.train or data.calibration to trace the model")
     if data.n < batch:
         raise StepError(f"prune: the model's batch axis is fixed at {batch}, but {data.path.name} has {data.n} rows")
-    return tuple(torch.from_numpy(np.ascontiguousarray(data.inputs[n][:batch])) for n in names)
+    return tuple(torch.from_numpy(np.array(data.inputs[n][:batch], order="C")) for n in names)
 
 
 def structured_step(cfg: Any, src: Path, dst: Path, ctx: StepContext) -> StepOutcome:

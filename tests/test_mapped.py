@@ -1,0 +1,144 @@
+"""Eval arrays mapped from an uncompressed .npz (mapped.py): the same values as np.load, the same
+statistics as an eval set held in memory, and resident memory that a pass hands back."""
+
+from __future__ import annotations
+
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgefair import data as data_mod
+from edgefair import mapped
+from edgefair.errors import DataError
+
+from conftest import BASE_RECIPE, run_cli, write_recipe
+
+
+def _arrays() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    return {
+        "x": rng.normal(size=(50, 4, 3)).astype(np.float32),
+        "ids": rng.integers(0, 9, size=(50, 7)),
+        "mask": rng.random(50) < 0.5,
+        "label": rng.integers(0, 2, 50).astype(np.int8),
+        "group": np.array(["alpha", "b"] * 25),
+        "bytes": np.array([b"q", b"rr"] * 25),
+    }
+
+
+def test_mapped_arrays_equal_np_load_and_are_read_only(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, **_arrays())
+    got = mapped.map_npz(path)
+    with np.load(path, allow_pickle=False) as z:
+        assert sorted(got) == sorted(z.files)
+        for name in z.files:
+            assert got[name].dtype == z[name].dtype and got[name].shape == z[name].shape
+            np.testing.assert_array_equal(got[name], z[name])
+            assert mapped.mapping_of(got[name][3:9]) is not None  # views read the file too
+            assert not got[name].flags.writeable
+
+
+@pytest.mark.parametrize("how", ["compressed", "fortran", "object"])
+def test_members_that_cannot_be_mapped_fall_back_to_reading_whole(tmp_path, how):
+    path = tmp_path / "d.npz"
+    if how == "compressed":
+        np.savez_compressed(path, x=np.ones((4, 2), np.float32))
+    elif how == "fortran":
+        np.savez(path, x=np.asfortranarray(np.arange(12, dtype=np.float32).reshape(4, 3)))
+    else:
+        np.savez(path, x=np.array([{"a": 1}, None], dtype=object))
+    assert mapped.map_npz(path) is None
+    if how == "object":  # read whole, the pickle is still refused
+        with pytest.raises(DataError, match="pickled"):
+            data_mod.load(path, key="data.eval", label=None, groups=(), stream=True)
+    else:
+        loaded = data_mod.load(path, key="data.eval", label=None, groups=(), stream=True)
+        assert mapped.mapping_of(loaded.inputs["x"]) is None
+        with np.load(path) as z:
+            np.testing.assert_array_equal(loaded.inputs["x"], z["x"])
+
+
+def test_a_truncated_npz_is_a_data_error_not_a_crash(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.ones((1000, 8), np.float32))
+    raw = path.read_bytes()
+    # cut the member's data but keep the zip's central directory: the sizes no longer fit the file
+    with zipfile.ZipFile(path) as z:
+        offset = z.infolist()[0].header_offset
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(raw[: offset + 200] + raw[-200:])
+    with pytest.raises(DataError, match=r"data\.eval.*cut\.npz"):
+        data_mod.load(cut, key="data.eval", label=None, groups=(), stream=True)
+
+
+def test_only_inputs_stay_mapped_labels_and_groups_are_copied(tmp_path):
+    path = tmp_path / "d.npz"
+    arrays = _arrays()
+    np.savez(path, **arrays)
+    loaded = data_mod.load(path, key="data.eval", label="label", groups=["group"], ignore=("bytes", "mask", "ids"), stream=True)
+    assert mapped.mapping_of(loaded.inputs["x"]) is not None
+    assert mapped.mapping_of(loaded.labels) is None and mapped.mapping_of(loaded.attributes["group"]) is None
+    np.testing.assert_array_equal(loaded.labels, arrays["label"])
+    feeds = list(loaded.batches(7))
+    np.testing.assert_array_equal(np.concatenate([f["x"] for f in feeds]), arrays["x"])
+    assert [len(f["x"]) for f in feeds] == [7] * 7 + [1]
+
+
+def _resident_kb(path: Path) -> int:
+    """Resident kB of this process's mappings of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if len(head) >= 5 and "-" in head[0] and ":" in head[3]:  # a mapping's first line
+            inside = line.endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_a_pass_over_mapped_rows_hands_the_pages_back(tmp_path, monkeypatch):
+    """The claim behind the million-row benchmark: a pass over the eval rows keeps at most about
+    RELEASE_BYTES of them resident, however many there are."""
+    monkeypatch.setattr(mapped, "RELEASE_BYTES", 2**20)
+    path = tmp_path / "big.npz"
+    np.savez(path, features=np.ones((40_000, 256), np.float32))  # 41 MB
+    loaded = data_mod.load(path, key="data.eval", label=None, groups=(), stream=True)
+    peak = 0
+    total = 0.0
+    for feed in loaded.batches(1000):
+        total += float(feed["features"].sum(dtype=np.float64))
+        peak = max(peak, _resident_kb(path))
+    assert total == 40_000 * 256
+    assert 0 < peak <= 4 * 1024, f"{peak} kB of the file resident during the pass"
+    assert _resident_kb(path) == 0
+    # without the release the whole file would stay resident after one pass: the check can fail
+    whole = mapped.map_npz(path)["features"]
+    float(whole.sum(dtype=np.float64))
+    assert _resident_kb(path) > 30 * 1024
+
+
+def test_mapped_and_in_memory_eval_sets_give_the_same_statistics(recipe_dir):
+    """The same rows from an uncompressed (mapped) and a compressed (read whole) .npz: report.json
+    statistics and verdicts equal."""
+    with np.load(recipe_dir / "eval.npz") as z:
+        np.savez_compressed(recipe_dir / "eval_packed.npz", **{k: z[k] for k in z.files})
+    reports = []
+    for name in ("eval.npz", "eval_packed.npz"):
+        text = BASE_RECIPE.replace('eval = "eval.npz"', f'eval = "{name}"') + '\n[[steps]]\nkind = "quantize_dynamic"\n'
+        recipe = write_recipe(recipe_dir / f"r_{name}.toml", text)
+        out = recipe_dir / f"out_{name}"
+        result = run_cli(["run", str(recipe), "--out", str(out), "--no-cache", "-q"])
+        assert result.exit_code in (0, 1), result.output
+        reports.append(json.loads((out / "report.json").read_text()))
+    a, b = reports
+    assert a["verdict"] == b["verdict"]
+    assert len(a["steps"]) == len(b["steps"]) == 2
+    for sa, sb in zip(a["steps"], b["steps"]):
+        for field in ("overall", "groups", "disparity", "gates", "passed"):
+            assert sa[field] == sb[field], field
