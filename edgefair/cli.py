@@ -82,14 +82,18 @@ def json_summary(report: dict, out_dir: Path) -> dict:
             "exceeded": exceeded, "steps": steps}
 
 
-def _executor(recipe, kind: str | None, address: str | None):
-    """The executor of --executor/--ray-address, else of the recipe's [run] table; connected now,
-    so that an unreachable cluster is exit 2 before any work."""
+def _executor(recipe, kind: str | None, address: str | None, latency_node: str | None = None):
+    """The executor of --executor/--ray-address/--latency-node, else of the recipe's [run] table;
+    connected now, so that an unreachable cluster or an unknown node is exit 2 before any work."""
     from .executor import check_address, executor_for
 
     if address is not None and (kind or recipe.run.executor) != "ray":
         raise EdgefairError("--ray-address: only used with --executor ray")
-    return executor_for(recipe, kind, check_address(address, "--ray-address"))
+    if latency_node is not None and (kind or recipe.run.executor) != "ray":
+        raise EdgefairError("--latency-node: only used with --executor ray")
+    if latency_node is not None and not latency_node.strip():
+        raise EdgefairError("--latency-node: must name a node (its id, IP address or host name)")
+    return executor_for(recipe, kind, check_address(address, "--ray-address"), latency_node)
 
 
 def check_writable(out_dir: Path) -> None:
@@ -133,9 +137,10 @@ def main() -> None:
 @click.option("--previous", "previous", default=None, type=click.Path(path_type=Path), help="Output folder of the last release: compare every model with the model it shipped, per group ([gates] max_group_regression_vs_previous can fail a regression).")
 @click.option("--executor", "executor_kind", type=click.Choice(["embedded", "ray"]), default=None, help="Where candidates and eval inference run: in this process (default, or the recipe's [run] executor) or on a Ray cluster.")
 @click.option("--ray-address", default=None, metavar="ADDRESS", help="With --executor ray: auto, HOST:PORT or ray://HOST:PORT (default: the recipe's [run] ray_address, else a local cluster).")
+@click.option("--latency-node", default=None, metavar="NODE", help="With --executor ray: time latency on this cluster node (id, IP address or host name), by one task holding all its CPUs (default: the recipe's [run] latency_node, else on this machine).")
 @handle_errors
 def run(recipe: Path | None, out_dir: Path, quiet: bool, verbose: bool, no_cache: bool, cache_dir: Path | None, latency_from: tuple[Path, ...], as_json: bool,
-        previous: Path | None, executor_kind: str | None, ray_address: str | None) -> None:
+        previous: Path | None, executor_kind: str | None, ray_address: str | None, latency_node: str | None) -> None:
     """Export, compress step by step, evaluate every step per group, gate, and write reports.
 
     Without RECIPE, runs the bundled reference recipe (UCI Adult MLP).
@@ -162,7 +167,7 @@ def run(recipe: Path | None, out_dir: Path, quiet: bool, verbose: bool, no_cache
     for f in latency_from:
         if not f.is_file():
             raise EdgefairError(f"--latency-from: file not found: {f}")
-    executor = _executor(parsed, executor_kind, ray_address)
+    executor = _executor(parsed, executor_kind, ray_address, latency_node)
     try:
         with Progress(enabled=not quiet) as progress:
             report = run_pipeline(parsed, out_dir, cache=cache, latency_from=latency_from, progress=progress, previous=previous,
@@ -251,10 +256,11 @@ def report(out_dir: Path) -> None:
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Cache folder (default: $EDGEFAIR_CACHE_DIR or ~/.cache/edgefair).")
 @click.option("--executor", "executor_kind", type=click.Choice(["embedded", "ray"]), default=None, help="Where candidates and eval inference run: in this process (default, or the recipe's [run] executor) or on a Ray cluster.")
 @click.option("--ray-address", default=None, metavar="ADDRESS", help="With --executor ray: auto, HOST:PORT or ray://HOST:PORT (default: the recipe's [run] ray_address, else a local cluster).")
+@click.option("--latency-node", default=None, metavar="NODE", help="With --executor ray: time latency on this cluster node (id, IP address or host name), by one task holding all its CPUs (default: the recipe's [run] latency_node, else on this machine).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (as run --json, plus the search, the frontier and tuned.toml) on stdout instead of the tables.")
 @handle_errors
 def tune(recipe: Path, out_dir: Path, budget: str | None, no_cache: bool, cache_dir: Path | None, executor_kind: str | None,
-         ray_address: str | None, as_json: bool) -> None:
+         ray_address: str | None, latency_node: str | None, as_json: bool) -> None:
     """Search compression settings for the best model that passes RECIPE's gates.
 
     Tries dynamic and static int8, then structured pruning at 25/50/75% (fine-tuned when the
@@ -280,7 +286,7 @@ def tune(recipe: Path, out_dir: Path, budget: str | None, no_cache: bool, cache_
     check_writable(out_dir)
     cache = Cache(None if no_cache else (cache_dir or default_dir()))
     max_bytes = max_bytes_from_env()
-    executor = _executor(parsed, executor_kind, ray_address)
+    executor = _executor(parsed, executor_kind, ray_address, latency_node)
     try:
         with Progress() as progress:
             report = search(parsed, out_dir, cache=cache, progress=progress, budget_s=budget_s, executor=executor)

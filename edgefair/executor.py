@@ -20,8 +20,10 @@ hashes of the data as the model reads it, and models as bytes keyed by their sha
 object store). A task reads the rows itself, by path, and refuses data whose content hash differs
 from the driver's. Nothing is unpickled from a model file, and no object of the user's is pickled.
 
-Latency is never measured by a task: it stays on the driver (``pipeline.measure_latency``), so
-timings do not come from shared cluster workers. ``describe()`` says so in report.json.
+Latency is never measured on shared workers: it stays on the driver (``pipeline.measure_latency``)
+unless a cluster node is named for it (``[run] latency_node``, ``--latency-node``), where one task
+holding all of that node's CPUs times the models (``latency_task``). ``describe()`` and each step's
+``latency.source`` say which in report.json.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class Built:
     warnings: list[str]
     details: dict[str, Any]
     error: str | None = None
+    seconds: float | None = None  # the step's own build time on the worker
 
     def apply_to(self, step: Any) -> None:
         """Give `step` (a StepModel) this model, as `Compressor._apply` would have built it."""
@@ -100,15 +103,18 @@ def check_address(address: str | None, key: str = "run.ray_address") -> str | No
     return address
 
 
-def executor_for(recipe: Any, kind: str | None = None, address: str | None = None) -> "Executor":
-    """The executor a run uses: `kind`/`address` (command line) over the recipe's `[run]` table."""
+def executor_for(recipe: Any, kind: str | None = None, address: str | None = None, latency_node: str | None = None) -> "Executor":
+    """The executor a run uses: `kind`/`address`/`latency_node` (command line) over the recipe's `[run]` table."""
     run = getattr(recipe, "run", None)
     kind = kind or (run.executor if run is not None else "embedded")
     address = address or (run.ray_address if run is not None else None)
+    node = latency_node or (run.latency_node if run is not None else None)
     if kind == "embedded":
+        if node is not None:
+            raise RecipeError("latency_node: only used with executor = \"ray\"")
         return Executor()
     if kind == "ray":
-        return RayExecutor(address)
+        return RayExecutor(address, latency_node=node)
     raise RecipeError(f"executor: must be one of {', '.join(EXECUTORS)} (got {kind!r})")
 
 
@@ -133,6 +139,12 @@ class Executor:
         from .evaluate import predict_batches
 
         return {i: predict_batches(path, inputs.eval, batch_size=batch) for i, (path, batch) in jobs.items()}
+
+    def measure_latency(self, inputs: Any, paths: list[Path], settings: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """(one latency dict per model, where they were timed) for `paths`: here, on the driver."""
+        from .latency import measure_interleaved
+
+        return measure_interleaved(paths, inputs.eval.inputs, settings), {"source": "local"}
 
     def close(self) -> None:
         pass
@@ -248,7 +260,7 @@ class TaskExecutor(Executor):
                         target = stage / f"{spec.index:02d}-{spec.name}.onnx"
                         _write_checked(target, result[1], meta["sha256"], spec.name)
                         files[spec.name] = target
-                        built[spec.name] = Built(target, meta["sha256"], meta["warnings"], meta["details"])
+                        built[spec.name] = Built(target, meta["sha256"], meta["warnings"], meta["details"], seconds=meta.get("seconds"))
                     c.progress(f"candidates on {self.kind}: {len(built)} of {submitted} tasks done, {len(running)} running")
         except KeyboardInterrupt:
             self._cancel(list(running))
@@ -340,7 +352,7 @@ class RayExecutor(TaskExecutor):
     kind = "ray"
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None, shard_rows: int = SHARD_ROWS,
-                 temp_dir: str | None = None) -> None:
+                 temp_dir: str | None = None, latency_node: str | None = None) -> None:
         import signal
 
         self._saved = (dict(os.environ), signal.getsignal(signal.SIGTERM))  # importing ray and ray.init change both: close() puts them back
@@ -358,6 +370,23 @@ class RayExecutor(TaskExecutor):
         else:
             self._connect(num_cpus, temp_dir)
         self._remote: dict[Callable[..., Any], Any] = {}
+        self.latency_node = None if latency_node is None else self._find_node(latency_node)
+
+    def _find_node(self, name: str) -> dict[str, Any]:
+        """The alive node whose id, IP address or host name is `name`; else ExecutorError (exit 2)
+        naming the nodes there are."""
+        alive = [n for n in self.ray.nodes() if n.get("Alive")]
+        found = [n for n in alive if name in (n.get("NodeID"), n.get("NodeManagerAddress"), n.get("NodeManagerHostname"))]
+        if len(found) != 1:
+            shown = ", ".join(f"{n.get('NodeManagerAddress')} ({n.get('NodeManagerHostname')}, id {str(n.get('NodeID'))[:12]})"
+                              for n in alive[:8])
+            what = "no alive node is" if not found else f"{len(found)} nodes are"
+            self.close()
+            raise ExecutorError(f"latency_node: {what} named {name!r} in the Ray cluster at {self.address} "
+                                f"(name a node by id, IP address or host name; nodes: {shown})")
+        node = found[0]
+        return {"name": name, "id": node["NodeID"], "address": node.get("NodeManagerAddress"),
+                "hostname": node.get("NodeManagerHostname"), "cpus": int(node.get("Resources", {}).get("CPU", 1))}
 
     def _connect(self, num_cpus: int | None, temp_dir: str | None) -> None:
         import logging
@@ -365,6 +394,8 @@ class RayExecutor(TaskExecutor):
         ray = self.ray
         kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}  # no banner, no token notice
         if self.address == LOCAL:
+            # Ray gives a node the machine's address even when asked for loopback
+            # (ray._private.services.resolve_ip_for_localhost): a local cluster is one node, this machine
             kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False)
             if temp_dir:
                 kwargs["_temp_dir"] = temp_dir
@@ -381,8 +412,42 @@ class RayExecutor(TaskExecutor):
 
     def describe(self) -> dict[str, Any]:
         resources = self.ray.cluster_resources()
+        node = self.latency_node
+        latency = LATENCY_NOTE if node is None else (
+            f"measured on cluster node {node['address']} ({node['hostname']}, named {node['name']!r}) by one task "
+            f"holding all its {node['cpus']} CPUs")
         return {"kind": self.kind, "address": self.address, "nodes": len([n for n in self.ray.nodes() if n.get("Alive")]),
-                "cpus": int(resources.get("CPU", 0)), "max_retries": MAX_RETRIES, "latency": LATENCY_NOTE}
+                "cpus": int(resources.get("CPU", 0)), "max_retries": MAX_RETRIES, "latency": latency}
+
+    def measure_latency(self, inputs: Any, paths: list[Path], settings: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """On the named node, by one task that holds all its CPUs (so no other task of the
+        cluster runs beside it); without a named node, on the driver."""
+        if self.latency_node is None:
+            return super().measure_latency(inputs, paths, settings)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        node = self.latency_node
+        common = _common_job(inputs)
+        _, base_ref = self._model(inputs.baseline.path)
+        refs, files = [], []
+        for path in paths:
+            sha, ref = self._model(path)
+            refs.append(ref)
+            files.append({"file": path.name, "sha256": sha})
+        job = {**common, "models": files, "settings": dataclasses.asdict(settings)}
+        task = self.ray.remote(latency_task).options(
+            num_cpus=node["cpus"], max_retries=MAX_RETRIES, retry_exceptions=False,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node["id"], soft=False))
+        handle = task.remote(json.dumps(job), base_ref, *refs)
+        try:
+            result = json.loads(self._get(handle))
+        except KeyboardInterrupt:
+            self._cancel([handle])
+            raise
+        where = {"source": "node", "node": {k: node[k] for k in ("name", "address", "hostname", "cpus")}}
+        if result["node_id"] != node["id"]:
+            raise ExecutorError(f"latency_node: the latency task ran on node {result['node_id'][:12]}, not on {node['name']!r}")
+        return result["latency"], where
 
     def _slots(self) -> int:
         return max(1, int(self.ray.cluster_resources().get("CPU", 1)))
@@ -590,7 +655,8 @@ def _worker_inputs(job: dict[str, Any], baseline: bytes, workdir: Path, *, sets:
                 datasets[name] = None
                 continue
             if name == "eval":
-                data = data_mod.load(recipe.resolve(rel), key="data.eval", label=d.label, groups=d.groups, features=d.features, options=options)
+                data = data_mod.load(recipe.resolve(rel), key="data.eval", label=d.label, groups=d.groups, features=d.features,
+                                     options=options, stream=True)
             elif name == "calibration":
                 data = data_mod.load(recipe.resolve(rel), key="data.calibration", label=None, groups=(), features=d.features,
                                      ignore=(d.label or data_mod.DEFAULT_LABEL,), optional_groups=d.groups, options=options)
@@ -638,7 +704,7 @@ def build_task(job_text: str, baseline: bytes, *models: bytes) -> tuple[str, byt
             raise
         except Exception as e:  # noqa: BLE001 - the search loop skips the candidate with this reason
             return json.dumps({"error": Compressor._one_line(e)}), b""
-        meta = {"sha256": sha256_file(step.path), "warnings": step.warnings, "details": step.details}
+        meta = {"sha256": sha256_file(step.path), "warnings": step.warnings, "details": step.details, "seconds": step.seconds}
         return json.dumps(meta), step.path.read_bytes()
 
 
@@ -671,3 +737,30 @@ def predict_task(job_text: str, baseline: bytes, model: bytes) -> bytes:
     buf = io.BytesIO()
     np.save(buf, out, allow_pickle=False)
     return buf.getvalue()
+
+
+def latency_task(job_text: str, baseline: bytes, *models: bytes) -> str:
+    """Latency of the job's models on this node (``measure_interleaved`` on the eval rows read by
+    path), as JSON with the id of the node it ran on."""
+    import ray
+
+    from .evaluate import BASELINE_FILE
+    from .io import sha256_bytes
+    from .latency import LatencySettings, measure_interleaved
+
+    job = json.loads(job_text)
+    settings = job["settings"]
+    settings = LatencySettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+    with tempfile.TemporaryDirectory(prefix="edgefair-task-") as tmp:
+        workdir = Path(tmp)
+        inputs = _worker_inputs(job, baseline, workdir, sets=("eval",))
+        paths = []
+        for meta, data in zip(job["models"], models):
+            if sha256_bytes(data) != meta["sha256"]:
+                raise ExecutorError(f"executor: the model {meta['file']} a task received does not match its sha256")
+            path = workdir / meta["file"]
+            if meta["file"] != BASELINE_FILE:
+                path.write_bytes(data)
+            paths.append(path)
+        latency = measure_interleaved(paths, inputs.eval.inputs, settings)
+    return json.dumps({"latency": latency, "node_id": ray.get_runtime_context().get_node_id()})

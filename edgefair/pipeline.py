@@ -20,7 +20,7 @@ from .errors import DataError
 from .evaluate import eval_batch_size, predict, predict_batches
 from .groups import group_masks
 from .io import sha256_file
-from .latency import LatencySettings, measure_interleaved, speed_warnings
+from .latency import LatencySettings, speed_warnings
 from .metrics import COMPRESSED_ROW_SUM_TOLERANCE, ROW_SUM_TOLERANCE, to_probabilities
 from .prepare import Inputs, Progress, StepModel, prepare, version
 from .probe import load_device_latency
@@ -183,6 +183,7 @@ class Compressor:
 
     def _step(self, spec: StepSpec) -> StepModel:
         t0 = time.perf_counter()
+        built = self.prebuilt.get(spec.name)  # built by the executor's task, which timed the build
         src = self.by_name[spec.input]
         step = StepModel(spec.index, spec.name, spec.kind, spec.input, self.workdir / f"{spec.index:02d}-{spec.name}.onnx")
         key = step_key(spec, self.inputs, src)
@@ -197,6 +198,8 @@ class Compressor:
             self.cache.put_json("step", key, {"warnings": step.warnings, "details": step.details})
         step.warnings = [*step.warnings, *self.cache.problems[seen:]]  # corrupt cache entries, recomputed
         step.seconds = time.perf_counter() - t0
+        if step.cache != "hit" and built is not None and built.seconds is not None:
+            step.seconds = built.seconds
         self.by_name[spec.name] = step
         return step
 
@@ -304,10 +307,15 @@ def _read_outputs(inputs: Inputs, model: StepModel, batch_size: int, base, nonfi
 
 
 def measure_latency(
-    inputs: Inputs, models: list[StepModel], shas: list[str], latency_from: tuple[Path, ...], progress: Progress
+    inputs: Inputs, models: list[StepModel], shas: list[str], latency_from: tuple[Path, ...], progress: Progress,
+    executor: Any = None,
 ) -> list[dict[str, Any] | None]:
-    """Local latency, interleaved across all models; device measurements replace it by model sha256,
-    and must have been taken with the run's batch size, threads, inter-op threads and optimization level."""
+    """Latency interleaved across all models, on the driver or on the executor's named node
+    (`source` says which); device measurements replace it by model sha256, and must have been taken
+    with the run's batch size, threads, inter-op threads and optimization level."""
+    from .executor import Executor
+
+    executor = executor or Executor()
     from .errors import RecipeError
 
     recipe = inputs.recipe
@@ -327,15 +335,17 @@ def measure_latency(
         raise DataError(f"latency.from_files: {e}") from e
     latency: list[dict[str, Any] | None] = [None] * len(models)
     if lat.enabled:
-        progress("latency: interleaved over all models")
+        where = getattr(executor, "latency_node", None)
+        progress("latency: interleaved over all models" + (f" on node {where['name']}" if where else ""))
         # identical files (a repair that kept nothing in float, a step that changed nothing) are one
         # model: timed once and given the same figures, so timing noise cannot rank a file against itself
         first: dict[str, int] = {}
         for i, sha in enumerate(shas):
             first.setdefault(sha, i)
         timed = sorted(set(first.values()))
-        measured = dict(zip(timed, measure_interleaved([models[i].path for i in timed], inputs.eval.inputs, settings)))
-        latency = [dict(measured[first[sha]], source="local",
+        figures, source = executor.measure_latency(inputs, [models[i].path for i in timed], settings)
+        measured = dict(zip(timed, figures))
+        latency = [dict(measured[first[sha]], **source,
                         **({"same_file_as_step": models[first[sha]].index} if first[sha] != i else {}))
                    for i, sha in enumerate(shas)]
     for i, sha in enumerate(shas):
@@ -390,7 +400,7 @@ def evaluate(
                 stats[j] = evaluator.compare(m, base if j else None)
                 stats[j]["overall"]["nonfinite_rows"] = bad_rows
                 cache.put_json("stats", keys[j], stats[j])
-    latency = measure_latency(inputs, models, shas, latency_from, progress)
+    latency = measure_latency(inputs, models, shas, latency_from, progress, executor)
     return [
         {"stats": s, "latency": latency[i], "eval_batch_size": batch[i], "cache": {"model": models[i].cache, "stats": "off" if not cache.enabled else ("miss" if i in missing else "hit")}}
         for i, s in enumerate(stats)

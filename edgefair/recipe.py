@@ -160,12 +160,19 @@ class RunConfig:
     # and latency always stay in the edgefair process
     executor: Literal["embedded", "ray"] = "embedded"
     ray_address: str | None = None  # "auto", "local" (default: a cluster on this machine), "HOST:PORT" or "ray://HOST:PORT"
+    # a cluster node named for latency (node id, IP or host name): timed there by one task holding
+    # all its CPUs; unset: latency is timed on the driver, never on shared workers
+    latency_node: str | None = None
 
     def __post_init__(self) -> None:
         from .executor import check_address
 
         if self.ray_address is not None and self.executor != "ray":
             raise ValueError("ray_address: only used with executor = \"ray\"")
+        if self.latency_node is not None and self.executor != "ray":
+            raise ValueError("latency_node: only used with executor = \"ray\"")
+        if self.latency_node is not None and not self.latency_node.strip():
+            raise ValueError("latency_node: must name a node (its id, IP address or host name)")
         try:
             check_address(self.ray_address, "ray_address")
         except RecipeError as e:

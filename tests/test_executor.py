@@ -92,15 +92,31 @@ def test_task_path_gives_the_embedded_tune(recipe_dir, tmp_path):
     the same reason) and evaluated as tasks: the same report as the search in process."""
     from edgefair.tune import search
 
+    class Recording(InProcessTasks):
+        """Keeps what each build task said about its candidate."""
+
+        built: dict[str, float] = {}
+
+        def _get(self, handle):
+            result = super()._get(handle)
+            if isinstance(result, tuple):  # a build task: (meta JSON, model bytes)
+                meta = json.loads(result[0])
+                self.built[meta["sha256"]] = meta["seconds"]
+            return result
+
     recipe = tune_recipe_subset(write_recipe(recipe_dir / "t.toml", NO_LATENCY + SMALLEST))
     lines: list[str] = []
     embedded = search(recipe, tmp_path / "embedded")
-    tasks = search(recipe, tmp_path / "tasks", executor=InProcessTasks(), progress=lines.append)
+    tasks = search(recipe, tmp_path / "tasks", executor=Recording(), progress=lines.append)
     assert [s["name"] for s in tasks["steps"]] == ["baseline", "dynamic-int8", "structured-50", "structured-50-int8"]
     assert [c["name"] for c in tasks["skipped"]] == ["static-int8-keep-float"]
     assert_same(tasks, embedded)
     # three tasks; the keep-float repair times models while it is built: the driver builds it (and skips it here)
     assert "candidates on in-process tasks: 3 of 3 tasks done, 0 running" in lines
+    # a candidate's seconds are its build on the worker, not the driver's copy of the file
+    assert [s["seconds"] for s in tasks["steps"][1:]] == pytest.approx([Recording.built[s["sha256"]] for s in tasks["steps"][1:]],
+                                                                       abs=5e-4)  # report.json keeps ms
+    assert all(sec > 0 for sec in Recording.built.values())
 
 
 def test_a_cached_candidate_is_not_rebuilt_by_a_task(recipe_dir, tmp_path):
@@ -146,6 +162,8 @@ def test_run_table_parses_and_names_bad_keys(recipe_dir):
         ('executor = "spark"', "run.executor: must be one of 'embedded', 'ray'"),
         ('executor = "ray"\nray_address = "head"', "run.ray_address: expected \"auto\", \"local\", \"HOST:PORT\" or \"ray://HOST:PORT\""),
         ('ray_address = "auto"', "run.ray_address: only used with executor = \"ray\""),
+        ('latency_node = "n1"', "run.latency_node: only used with executor = \"ray\""),
+        ('executor = "ray"\nlatency_node = " "', "run.latency_node: must name a node"),
         ("workers = 3", "run.workers: unknown key"),
     ]:
         with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace(")", r"\)")):

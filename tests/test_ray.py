@@ -1,7 +1,8 @@
 """The Ray executor on a real local Ray cluster (started once for this file, this machine only, 2 CPUs):
-the same report.json statistics and verdict as the embedded run, for a run and a tune; a worker
-killed mid-task is retried and the run's statistics do not change; Ctrl-C cancels the tasks; an
-unreachable cluster is exit 2 with one line. Skipped without Ray, except in CI (CI installs it)."""
+the same report.json statistics and verdict as the embedded run, for a run, a tune and the bundled
+and digits recipes; latency on a named node; a worker killed mid-task is retried and the run's
+statistics do not change; Ctrl-C cancels the tasks; an unreachable cluster or an unknown node is
+exit 2 with one line. Skipped without Ray, except in CI (CI installs it)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ import threading
 import time
 from pathlib import Path
 
+import copy
+
 import pytest
 
-from conftest import BASE_RECIPE, run_cli, write_recipe
+from conftest import BASE_RECIPE, REPO, run_cli, write_recipe
 from test_executor import NO_LATENCY, SMALLEST, STEPS, TUNE_PICK, assert_same, tune_recipe_subset
 
 if os.environ.get("CI"):
@@ -220,3 +223,75 @@ def test_an_unreachable_cluster_is_exit_2_with_one_line_before_any_work(assets, 
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == f"Error: executor ray: cannot reach the Ray cluster at 127.0.0.1:{port} (Connection refused)"
     assert not (tmp_path / "o").exists()
+
+
+def _same_verdict_on_the_same_latency(got: dict, expected: dict, recipe_path: Path) -> None:
+    """Everything but timings equal: statistics as they are, and the gates, verdict and selection
+    decided again on `got` with `expected`'s latency (a latency gate and `select.by = "fastest"`
+    read timings, which differ from run to run)."""
+    from edgefair.gates import apply_gates
+    from edgefair.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    regated = copy.deepcopy(got)
+    for step, ref in zip(regated["steps"], expected["steps"]):
+        step["latency"] = ref["latency"]
+    apply_gates(regated, recipe.gates, confidence=recipe.evaluate.confidence, min_group_size=recipe.data.min_group_size,
+                positive_label=recipe.data.positive_label, output=recipe.model.output, select=recipe.select)
+    assert_same(regated, expected)
+    assert regated["verdict"] == expected["verdict"] and regated["selected"] == expected["selected"]
+    # and without the substitution, every statistic that does not read a timing is already equal
+    for step, ref in zip(got["steps"], expected["steps"]):
+        for key in ("overall", "groups", "disparity", "sha256", "size_bytes", "eval_batch_size"):
+            assert step[key] == ref[key], f"{step['name']}: {key}"
+
+
+def test_the_bundled_recipe_on_ray_with_latency_on_a_named_node(cluster, bundled_out, tmp_path):
+    """The bundled recipe, as `edgefair run` runs it, on Ray with latency timed on the node named by
+    its host name (this cluster's one node): the embedded run's statistics and verdict, and every
+    step's latency says where it came from."""
+    executor, _ = cluster
+    (node,) = executor.ray.nodes()
+    host = socket.gethostname()
+    out = tmp_path / "ray"
+    result = run_cli(["run", "--out", str(out), "--executor", "ray", "--latency-node", host, "--no-cache"])
+    assert result.exit_code == 0, result.output
+    assert f"· latency: interleaved over all models on node {host}" in result.output
+    report = json.loads((out / "report.json").read_text())
+    expected = json.loads((bundled_out / "report.json").read_text())
+    _same_verdict_on_the_same_latency(report, expected, REPO / "calibration_data" / "adult_mlp.toml")
+    for step in report["steps"]:
+        assert step["latency"]["source"] == "node", step["name"]
+        assert step["latency"]["node"] == {"name": host, "address": node["NodeManagerAddress"], "hostname": host, "cpus": 2}
+        settings = ("batch_size", "threads", "inter_op_threads", "optimization", "sessions", "warmup")
+        assert step["latency"]["p50_ms"] > 0
+        assert {k: step["latency"][k] for k in settings} == {k: expected["steps"][0]["latency"][k] for k in settings}
+    assert f"cluster node {node['NodeManagerAddress']} ({host}" in report["executor"]["latency"]
+    assert "all its 2 CPUs" in report["executor"]["latency"]
+    from test_report_schema import _errors  # the documented schema knows latency from a node
+
+    assert _errors(report) == []
+
+
+def test_the_digits_recipe_on_ray_gives_the_embedded_statistics(cluster, tmp_path):
+    recipe = REPO / "calibration_data" / "digits_cnn.toml"
+    reports = []
+    for how in (["--executor", "embedded"], ["--executor", "ray"]):
+        out = tmp_path / how[1]
+        result = run_cli(["run", str(recipe), "--out", str(out), "--no-cache", "-q", *how])
+        assert result.exit_code == 0, result.output
+        reports.append(json.loads((out / "report.json").read_text()))
+    embedded, ray_report = reports
+    assert ray_report["executor"]["kind"] == "ray" and embedded["executor"]["kind"] == "embedded"
+    _same_verdict_on_the_same_latency(ray_report, embedded, recipe)
+
+
+def test_an_unknown_latency_node_is_exit_2_naming_the_nodes(cluster, assets, tmp_path):
+    result = run_cli(["run", str(assets / "r.toml"), "--out", str(tmp_path / "o"), "--executor", "ray", "--latency-node", "10.9.9.9"])
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert "\n" not in line and line.startswith("Error: latency_node: no alive node is named '10.9.9.9'")
+    assert socket.gethostname() in line  # the nodes there are
+    assert not (tmp_path / "o").exists()
+    result = run_cli(["run", str(assets / "r.toml"), "--out", str(tmp_path / "o"), "--latency-node", "127.0.0.1"])
+    assert result.exit_code == 2 and result.output.strip() == "Error: --latency-node: only used with --executor ray"
