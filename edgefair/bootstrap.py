@@ -73,38 +73,25 @@ class PoissonBootstrap:
             self._kept[chunk, first] = w
         return w
 
-    def sums(self, builders: Sequence[tuple[Builder, np.ndarray]]) -> list[np.ndarray]:
+    def sums(self, builders: Sequence[tuple[Builder, np.ndarray]], runner: "Runner | None" = None) -> list[np.ndarray]:
         """For each ``(build, fixed)``: (B, C, F) float64 replicate sums of ``build``'s features per
         cell, each cell rescaled to its size. ``fixed`` (F,) bool marks real-valued columns (in
         [-1, 1], summed in fixed point); the others must be small integers. All builders share
-        one set of weights, so their replicates are paired."""
+        one set of weights, so their replicates are paired.
+
+        ``runner`` (an executor's, e.g. Ray tasks) computes the integer sums of runs of chunks
+        elsewhere (``partial_sums``) and adds them up; the sums are exact, so the result is the
+        same as in this process, whoever adds them in whichever order."""
         widths = [len(fixed) for _, fixed in builders]
         scale = np.concatenate([[1.0], *[np.where(f, FIXED_POINT, 1.0) for _, f in builders]])
-        f_all = len(scale)
-        acc = np.zeros((self.n_boot, self.n_cells, f_all), dtype=np.int64)
-        point = np.zeros((self.n_cells, f_all), dtype=np.int64)
-        n = len(self.order)
-        for chunk, a in enumerate(range(0, n, CHUNK_ROWS)):
-            b = min(n, a + CHUNK_ROWS)
-            rows = self.order[a:b]
-            x = np.empty((b - a, f_all))
-            x[:, 0] = 1.0
-            col = 1
-            for (build, _), width in zip(builders, widths):
-                x[:, col:col + width] = build(rows)
-                col += width
-            x = np.rint(x * scale)
-            if np.abs(x).max(initial=0.0) * MAX_WEIGHT * CHUNK_ROWS >= _EXACT_LIMIT:
-                raise ValueError("bootstrap features must be small integers or reals in [-1, 1]")
-            c0, c1 = np.searchsorted(self.bounds, [a, b - 1], side="right") - 1
-            segments = [(c, max(a, self.bounds[c]) - a, min(b, self.bounds[c + 1]) - a) for c in range(c0, c1 + 1)]
-            segments = [(c, s0, s1) for c, s0, s1 in segments if s1 > s0]
-            for c, s0, s1 in segments:
-                point[c] += x[s0:s1].sum(axis=0).astype(np.int64)
-            for r0 in range(0, self.n_boot, PASS_REPLICATES):
-                w = self._weights(chunk, r0, b - a)
-                for c, s0, s1 in segments:  # exact integers: no rounding to undo
-                    acc[r0:r0 + len(w), c] += (w[:, s0:s1] @ x[s0:s1]).astype(np.int64)
+        if runner is not None:
+            acc, point = runner(self, lambda a, b: self.features(builders, scale, a, b), len(scale))
+        else:
+            acc = np.zeros((self.n_boot, self.n_cells, len(scale)), dtype=np.int64)
+            point = np.zeros((self.n_cells, len(scale)), dtype=np.int64)
+            for a in range(0, len(self.order), CHUNK_ROWS):
+                x = self.features(builders, scale, a, min(len(self.order), a + CHUNK_ROWS))
+                accumulate(x, a, self.bounds, self.n_boot, self._weights, acc, point)
         weight = acc[:, :, 0].astype(np.float64)  # (B, C): each replicate's weight in each cell
         with np.errstate(divide="ignore", invalid="ignore"):
             factor = np.where(weight > 0, self.sizes / weight, 0.0)[:, :, None]
@@ -114,3 +101,57 @@ class PoissonBootstrap:
             out.append(total[:, :, col:col + width])
             col += width
         return out
+
+    def features(self, builders: Sequence[tuple[Builder, np.ndarray]], scale: np.ndarray, a: int, b: int) -> np.ndarray:
+        """(b - a, F) features of rows ``a:b`` of the cell order, as the exact integers that are
+        summed (a leading column of ones, then each builder's, reals in fixed point)."""
+        rows = self.order[a:b]
+        x = np.empty((b - a, len(scale)))
+        x[:, 0] = 1.0
+        col = 1
+        for build, fixed in builders:
+            x[:, col:col + len(fixed)] = build(rows)
+            col += len(fixed)
+        x = np.rint(x * scale)
+        if np.abs(x).max(initial=0.0) * MAX_WEIGHT * CHUNK_ROWS >= _EXACT_LIMIT:
+            raise ValueError("bootstrap features must be small integers or reals in [-1, 1]")
+        return x
+
+
+Runner = Callable[[PoissonBootstrap, Callable[[int, int], np.ndarray], int], tuple[np.ndarray, np.ndarray]]
+
+
+def accumulate(x: np.ndarray, start: int, bounds: np.ndarray, n_boot: int, weights: Callable[[int, int, int], np.ndarray],
+               acc: np.ndarray, point: np.ndarray) -> None:
+    """Add the features ``x`` of rows ``start, start + 1, ...`` of the cell order (``start`` a
+    multiple of ``CHUNK_ROWS``) into ``acc`` (B, C, F) and ``point`` (C, F), int64, in place.
+    ``bounds`` (C + 1,) are the cells' first rows in that order; ``weights(chunk, first, rows)``
+    gives the chunk's Poisson weights (``poisson_weights``)."""
+    if start % CHUNK_ROWS:
+        raise ValueError(f"rows must start at a chunk boundary (a multiple of {CHUNK_ROWS}), not {start}")
+    for a in range(0, len(x), CHUNK_ROWS):
+        b = min(len(x), a + CHUNK_ROWS)
+        ga, gb = start + a, start + b
+        c0, c1 = np.searchsorted(bounds, [ga, gb - 1], side="right") - 1
+        segments = [(c, max(ga, bounds[c]) - ga, min(gb, bounds[c + 1]) - ga) for c in range(c0, c1 + 1)]
+        segments = [(c, s0, s1) for c, s0, s1 in segments if s1 > s0]
+        xa = x[a:b]
+        for c, s0, s1 in segments:
+            point[c] += xa[s0:s1].sum(axis=0).astype(np.int64)
+        for r0 in range(0, n_boot, PASS_REPLICATES):
+            w = weights(ga // CHUNK_ROWS, r0, b - a)
+            for c, s0, s1 in segments:  # exact integers: no rounding to undo
+                acc[r0:r0 + len(w), c] += (w[:, s0:s1] @ xa[s0:s1]).astype(np.int64)
+
+
+def partial_sums(x: np.ndarray, start: int, bounds: np.ndarray, *, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(acc (B, C, F), point (C, F)) int64 sums of the rows ``start, start + 1, ...`` of the cell
+    order whose features are ``x``: what a task returns; adding every task's gives the sums of
+    ``PoissonBootstrap.sums``, exactly."""
+    n_cells = len(bounds) - 1
+    acc = np.zeros((n_boot, n_cells, x.shape[1]), dtype=np.int64)
+    point = np.zeros((n_cells, x.shape[1]), dtype=np.int64)
+    accumulate(x, start, bounds, n_boot,
+               lambda chunk, first, rows: poisson_weights(seed, chunk, min(PASS_REPLICATES, n_boot - first), rows, first=first),
+               acc, point)
+    return acc, point

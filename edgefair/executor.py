@@ -8,7 +8,12 @@ Three executors share one seam, which the pipeline calls at two points:
   A candidate that times models while it is built (keep_float's slowdown bound) is left to the
   loop, on the driver.
 - ``predictions(inputs, jobs)``: each model's raw outputs on the eval rows, batch by batch in row
-  order, which the driver turns into statistics (``stats.Evaluator.model_from_batches``).
+  order, which the driver turns into per-row quantities (``stats.Evaluator.model_from_batches``).
+- ``bootstrap_runner(progress)``: where the bootstrap's replicate sums, the part of the statistics
+  that costs replicates x rows, are computed. Tasks get the exact integer features of runs of
+  rows (``PoissonBootstrap.features``) and return their per-cell replicate sums
+  (``bootstrap.partial_sums``: the sufficient statistics of every interval); the driver adds them
+  up. Integer sums do not depend on who adds them in which order: the same statistics as in process.
 
 ``Executor`` (``embedded``, the default) does what edgefair always did, in this process: it builds
 nothing ahead, and streams ``evaluate.predict_batches``. ``RayExecutor`` (``ray``) runs the same
@@ -47,6 +52,9 @@ EXECUTORS = ("embedded", "ray")
 LOCAL = "local"  # ray_address: start a one-node Ray cluster on this machine
 # rows per eval-inference task; smaller eval sets are one task per model (the models run in parallel)
 SHARD_ROWS = 200_000
+# rows of the bootstrap's cell order per task: 64 chunks (at 1,000 replicates about 8 GFLOP and 131M
+# weight draws, seconds of work; its features are ~30 MB, its sums a few MB)
+BOOT_ROWS = 64 * 2048
 MAX_RETRIES = 3  # a task whose worker dies (killed, out of memory, node lost) is run again this many times
 CONNECT_TIMEOUT_S = 5.0
 LATENCY_NOTE = "measured on the driver (the machine running edgefair), never on executor workers"
@@ -140,6 +148,10 @@ class Executor:
 
         return {i: predict_batches(path, inputs.eval, batch_size=batch) for i, (path, batch) in jobs.items()}
 
+    def bootstrap_runner(self, progress: Callable[[str], None] = lambda s: None) -> Any:
+        """None: the bootstrap's sums are computed in this process."""
+        return None
+
     def measure_latency(self, inputs: Any, paths: list[Path], settings: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """(one latency dict per model, where they were timed) for `paths`: here, on the driver."""
         from .latency import measure_interleaved
@@ -160,6 +172,7 @@ class TaskExecutor(Executor):
     (handle -> value), `_cancel` (handles) and `_slots` (tasks that may run at once)."""
 
     shard_rows = SHARD_ROWS
+    boot_rows = BOOT_ROWS
 
     def _put(self, data: bytes) -> Any:
         raise NotImplementedError
@@ -304,14 +317,54 @@ class TaskExecutor(Executor):
                 yield out
 
 
+    def bootstrap_runner(self, progress: Callable[[str], None] = lambda s: None) -> Any:
+        """Runs of ``boot_rows`` rows (whole chunks) of the bootstrap's cell order as tasks, at
+        most two per slot in flight (so the driver holds a few runs' features at a time); their
+        int64 sums are added as they come back."""
+        from .bootstrap import CHUNK_ROWS
+
+        def run(engine: Any, features: Callable[[int, int], np.ndarray], width: int) -> tuple[np.ndarray, np.ndarray]:
+            n, step = len(engine.order), max(CHUNK_ROWS, self.boot_rows // CHUNK_ROWS * CHUNK_ROWS)
+            acc = np.zeros((engine.n_boot, engine.n_cells, width), dtype=np.int64)
+            point = np.zeros((engine.n_cells, width), dtype=np.int64)
+            meta = json.dumps({"n_boot": engine.n_boot, "seed": engine.seed, "bounds": [int(b) for b in engine.bounds]})
+            starts = list(range(0, n, step))
+            running: list[Any] = []
+            done = 0
+            try:
+                while starts or running:
+                    while starts and len(running) < 2 * self._slots():
+                        a = starts.pop(0)
+                        running.append(self._submit(bootstrap_task, meta, a, _npy(features(a, min(n, a + step)))))
+                    for handle in self._wait(running):
+                        running.remove(handle)
+                        part_acc, part_point = (np.load(io.BytesIO(b), allow_pickle=False) for b in self._get(handle))
+                        acc += part_acc
+                        point += part_point
+                        done += 1
+                        progress(f"statistics: {done} of {math.ceil(n / step)} bootstrap tasks on {self.kind} done")
+            except KeyboardInterrupt:
+                self._cancel(running)
+                raise
+            return acc, point
+
+        return run
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
 class InProcessTasks(TaskExecutor):
     """The task path run one task at a time in this process (no cluster): a task runs when its
     result is first asked for."""
 
     kind = "in-process tasks"
 
-    def __init__(self, shard_rows: int = SHARD_ROWS) -> None:
-        self.shard_rows = shard_rows
+    def __init__(self, shard_rows: int = SHARD_ROWS, boot_rows: int = BOOT_ROWS) -> None:
+        self.shard_rows, self.boot_rows = shard_rows, boot_rows
 
     def _put(self, data: bytes) -> Any:
         return data
@@ -764,3 +817,15 @@ def latency_task(job_text: str, baseline: bytes, *models: bytes) -> str:
             paths.append(path)
         latency = measure_interleaved(paths, inputs.eval.inputs, settings)
     return json.dumps({"latency": latency, "node_id": ray.get_runtime_context().get_node_id()})
+
+
+def bootstrap_task(meta_text: str, start: int, features: bytes) -> tuple[bytes, bytes]:
+    """The bootstrap's per-cell replicate sums of one run of rows of the cell order
+    (``bootstrap.partial_sums``), as two .npy byte strings (acc, point)."""
+    from .bootstrap import partial_sums
+
+    _test_hook()
+    meta = json.loads(meta_text)
+    x = np.load(io.BytesIO(features), allow_pickle=False)
+    acc, point = partial_sums(x, start, np.asarray(meta["bounds"], dtype=np.int64), n_boot=meta["n_boot"], seed=meta["seed"])
+    return _npy(acc), _npy(point)

@@ -36,7 +36,7 @@ from scipy import stats as sps
 
 from edgefair import groups as grp
 from edgefair import metrics as mt
-from edgefair.bootstrap import CACHED_WEIGHTS, CHUNK_ROWS, PASS_REPLICATES, PoissonBootstrap
+from edgefair.bootstrap import CACHED_WEIGHTS, CHUNK_ROWS, PASS_REPLICATES, PoissonBootstrap, Runner
 from edgefair.errors import DataError, RecipeError
 from edgefair.intervals import widen_intervals
 
@@ -207,13 +207,17 @@ class Evaluator:
     share, so evaluating a recipe's steps one after another does not redo the baseline's work.
     """
 
-    def __init__(self, masks: Mapping[str, np.ndarray], y_true: np.ndarray | None, n: int, config: StatsConfig) -> None:
+    def __init__(self, masks: Mapping[str, np.ndarray], y_true: np.ndarray | None, n: int, config: StatsConfig,
+                 runner: Runner | None = None) -> None:
+        """``runner``: where the bootstrap's sums are computed (``PoissonBootstrap.sums``; an
+        executor's tasks); the statistics are the same wherever."""
         if n == 0:
             raise DataError(NO_ROWS_ERROR)
         self.config, self.n = config, n
         self.masks = grp.validate_masks(masks, n)
         self.keys = list(self.masks)
         self.y_true = y_true
+        self.runner = runner
         # row 0 is "overall", row 1 + i the i-th group
         self.groups = mt.Groups([np.ones(n, dtype=bool), *self.masks.values()])
         self._cells: tuple[np.ndarray, np.ndarray] | None = None
@@ -236,7 +240,7 @@ class Evaluator:
             self._engine = PoissonBootstrap(self._cells[0], membership.shape[1], n_boot=self.config.n_boot,
                                             seed=self.config.seed)
             self._cells = (None, membership)  # the engine keeps the rows' order: the cell of each row is not needed again
-        return self._engine.sums(builders)
+        return self._engine.sums(builders, self.runner)
 
     # -- one model ------------------------------------------------------------------------------
     def model(self, probs: np.ndarray, outputs: np.ndarray | None = None) -> Model:
