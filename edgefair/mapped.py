@@ -9,20 +9,33 @@ Fortran-ordered arrays are read whole, as before; so are .csv and .parquet table
 
 Nothing is unpickled: a member whose header names an object dtype is refused like ``np.load``
 with ``allow_pickle=False`` refuses it.
+
+A mapped file must not change while a run reads it: every pass ends by checking that the file is
+still the one mapped (device, inode, size, modification time), and a changed file is a DataError
+naming it, so statistics are never computed from a mix of two files.
 """
 
 from __future__ import annotations
 
 import mmap
+import os
 import struct
+import weakref
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 
+from .errors import DataError
+
 RELEASE_BYTES = 32 * 2**20  # pages of mapped rows handed back after this many bytes of a pass
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # a zip member's local file header (30 bytes)
+_MAPPED: dict[int, tuple[Path, tuple[int, ...]]] = {}  # id(mapping) -> (file, identity when mapped)
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def map_npz(path: Path) -> dict[str, np.ndarray] | None:
@@ -56,6 +69,8 @@ def map_npz(path: Path) -> dict[str, np.ndarray] | None:
             if offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize > size:
                 return None  # a truncated file: np.load reports it
         view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        _MAPPED[id(view)] = (Path(path), _identity(os.fstat(f.fileno())))
+        weakref.finalize(view, _MAPPED.pop, id(view), None)
     return {
         name: np.frombuffer(view, dtype=dtype, count=int(np.prod(shape, dtype=np.int64)), offset=offset).reshape(shape)
         for name, (offset, shape, dtype) in spans.items()
@@ -84,6 +99,22 @@ def release(arrays: Mapping[str, np.ndarray] | list[np.ndarray]) -> None:
             view.madvise(mmap.MADV_DONTNEED)
 
 
+def check_unchanged(arrays: Mapping[str, np.ndarray]) -> None:
+    """DataError when the file a mapped array reads from is no longer the file that was mapped."""
+    for arr in arrays.values():
+        view = mapping_of(arr)
+        if view is None or id(view) not in _MAPPED:
+            continue
+        path, then = _MAPPED[id(view)]
+        try:
+            now = _identity(os.stat(path))
+        except OSError:
+            now = None
+        if now != then:
+            raise DataError(f"data.eval: {path} changed while edgefair read it; run again once it is written "
+                            "(replace the file with a rename instead of rewriting it in place)")
+
+
 def row_chunks(arrays: Mapping[str, np.ndarray], rows: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """The arrays in consecutive row slices of about ``RELEASE_BYTES``, releasing mapped pages as
     it goes (and at the end), so a pass over a mapped eval set stays small in memory."""
@@ -98,3 +129,4 @@ def row_chunks(arrays: Mapping[str, np.ndarray], rows: int | None = None) -> Ite
             release(arrays)
     finally:
         release(arrays)
+    check_unchanged(arrays)  # a pass that ran to its end read one file, the one mapped

@@ -142,3 +142,18 @@ def test_mapped_and_in_memory_eval_sets_give_the_same_statistics(recipe_dir):
     for sa, sb in zip(a["steps"], b["steps"]):
         for field in ("overall", "groups", "disparity", "gates", "passed"):
             assert sa[field] == sb[field], field
+
+
+def test_a_file_rewritten_while_it_is_read_is_a_data_error(tmp_path):
+    """Rewriting a mapped eval file in place (np.savez to the same path) between passes: the next
+    pass ends with a DataError naming the file, instead of statistics from a mix of two files."""
+    path = tmp_path / "d.npz"
+    np.savez(path, features=np.zeros((5000, 8), np.float32))
+    loaded = data_mod.load(path, key="data.eval", label=None, groups=(), stream=True)
+    assert sum(len(f["features"]) for f in loaded.batches(1000)) == 5000
+    np.savez(path, features=np.ones((5000, 8), np.float32))  # same size, new content and mtime
+    import os
+
+    os.utime(path, ns=(1, 1))  # a different modification time even on a coarse clock
+    with pytest.raises(DataError, match=r"data\.eval: .*d\.npz changed while edgefair read it"):
+        list(loaded.batches(1000))
