@@ -111,8 +111,7 @@ def check_unchanged(arrays: Mapping[str, np.ndarray]) -> None:
         except OSError:
             now = None
         if now != then:
-            raise DataError(f"data.eval: {path} changed while edgefair read it; run again once it is written "
-                            "(replace the file with a rename instead of rewriting it in place)")
+            raise DataError(f"data.eval: {path} changed while edgefair read it; run again once it is written")
 
 
 def row_chunks(arrays: Mapping[str, np.ndarray], rows: int | None = None) -> Iterator[dict[str, np.ndarray]]:
