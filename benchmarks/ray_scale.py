@@ -7,7 +7,7 @@ embedded vs a local Ray cluster of 1 and of 2 worker CPUs, on this machine.
 Workloads (written to a temporary folder, never the repository):
 - eval: the 9,045 Adult eval rows (calibration_data/adult_eval.npz) resampled with replacement to
   `--rows` rows (seed 0); the reference model and one step, static int8; full statistics (sex,
-  race, intersections, `--bootstrap` replicates). Latency off: it is measured on the driver with
+  race, intersections, `--bootstrap` replicates; on Ray the bootstrap's sums run as tasks too). Latency off: it is measured on the driver with
   any executor, so it would add the same time to each.
 - tune: the reference Adult recipe's first `--candidates` tune candidates (int8 variants, keep-float
   repairs, structured pruning with distilled recovery on data.train and int8 on top), evaluated on
