@@ -73,7 +73,8 @@ class PoissonBootstrap:
             self._kept[chunk, first] = w
         return w
 
-    def sums(self, builders: Sequence[tuple[Builder, np.ndarray]], runner: "Runner | None" = None) -> list[np.ndarray]:
+    def sums(self, builders: Sequence[tuple[Builder, np.ndarray]], runner: "Runner | None" = None,
+             advance: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
         """For each ``(build, fixed)``: (B, C, F) float64 replicate sums of ``build``'s features per
         cell, each cell rescaled to its size. ``fixed`` (F,) bool marks real-valued columns (in
         [-1, 1], summed in fixed point); the others must be small integers. All builders share
@@ -81,7 +82,8 @@ class PoissonBootstrap:
 
         ``runner`` (an executor's, e.g. Ray tasks) computes the integer sums of runs of chunks
         elsewhere (``partial_sums``) and adds them up; the sums are exact, so the result is the
-        same as in this process, whoever adds them in whichever order."""
+        same as in this process, whoever adds them in whichever order. ``advance(done, total)``
+        hears how many of the rows were summed here (progress on a terminal)."""
         widths = [len(fixed) for _, fixed in builders]
         scale = np.concatenate([[1.0], *[np.where(f, FIXED_POINT, 1.0) for _, f in builders]])
         if runner is not None:
@@ -89,9 +91,12 @@ class PoissonBootstrap:
         else:
             acc = np.zeros((self.n_boot, self.n_cells, len(scale)), dtype=np.int64)
             point = np.zeros((self.n_cells, len(scale)), dtype=np.int64)
-            for a in range(0, len(self.order), CHUNK_ROWS):
-                x = self.features(builders, scale, a, min(len(self.order), a + CHUNK_ROWS))
+            n = len(self.order)
+            for a in range(0, n, CHUNK_ROWS):
+                x = self.features(builders, scale, a, min(n, a + CHUNK_ROWS))
                 accumulate(x, a, self.bounds, self.n_boot, self._weights, acc, point)
+                if advance is not None and ((a // CHUNK_ROWS) % 16 == 15 or a + CHUNK_ROWS >= n):
+                    advance(min(n, a + CHUNK_ROWS), n)
         weight = acc[:, :, 0].astype(np.float64)  # (B, C): each replicate's weight in each cell
         with np.errstate(divide="ignore", invalid="ignore"):
             factor = np.where(weight > 0, self.sizes / weight, 0.0)[:, :, None]

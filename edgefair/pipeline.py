@@ -381,7 +381,7 @@ def evaluate(
         need = sorted(set(missing) | ({0} if any(i > 0 for i in missing) else set()))
         labels = None if config.embedding else inputs.eval.labels  # an embedding is judged by fidelity alone
         runner = executor.bootstrap_runner(progress) if executor else None  # where the bootstrap sums are computed
-        evaluator = Evaluator(masks, labels, inputs.eval.n, config, runner=runner)
+        evaluator = Evaluator(masks, labels, inputs.eval.n, config, runner=runner, advance=getattr(progress, "advance", None))
         base = None
         remote = executor.predictions(inputs, {i: (models[i].path, batch[i]) for i in need}, progress) if executor else {}
         for i in need:  # the baseline first: its metrics and resamples serve every step

@@ -25,7 +25,7 @@ limit, lives in ``edgefair.gates``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -208,16 +208,17 @@ class Evaluator:
     """
 
     def __init__(self, masks: Mapping[str, np.ndarray], y_true: np.ndarray | None, n: int, config: StatsConfig,
-                 runner: Runner | None = None) -> None:
+                 runner: Runner | None = None, advance: Callable[[int, int], None] | None = None) -> None:
         """``runner``: where the bootstrap's sums are computed (``PoissonBootstrap.sums``; an
-        executor's tasks); the statistics are the same wherever."""
+        executor's tasks); the statistics are the same wherever. ``advance(done, total)``: rows
+        of the bootstrap summed in this process, for progress."""
         if n == 0:
             raise DataError(NO_ROWS_ERROR)
         self.config, self.n = config, n
         self.masks = grp.validate_masks(masks, n)
         self.keys = list(self.masks)
         self.y_true = y_true
-        self.runner = runner
+        self.runner, self.advance = runner, advance
         # row 0 is "overall", row 1 + i the i-th group
         self.groups = mt.Groups([np.ones(n, dtype=bool), *self.masks.values()])
         self._cells: tuple[np.ndarray, np.ndarray] | None = None
@@ -240,7 +241,7 @@ class Evaluator:
             self._engine = PoissonBootstrap(self._cells[0], membership.shape[1], n_boot=self.config.n_boot,
                                             seed=self.config.seed)
             self._cells = (None, membership)  # the engine keeps the rows' order: the cell of each row is not needed again
-        return self._engine.sums(builders, self.runner)
+        return self._engine.sums(builders, self.runner, self.advance)
 
     # -- one model ------------------------------------------------------------------------------
     def model(self, probs: np.ndarray, outputs: np.ndarray | None = None) -> Model:

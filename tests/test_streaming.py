@@ -257,3 +257,22 @@ def test_memory_check_does_not_grow_with_rows_and_refuses_what_cannot_fit():
     masks = group_masks({"g": np.array(["a", "b"] * 50)}, intersections=False)
     with pytest.raises(RecipeError, match=r"evaluate.bootstrap: 1000000000 replicates over 2 cells .* GB"):
         st.check_bootstrap_memory(masks, 100, st.StatsConfig(n_boot=10**9), labelled=True)
+
+
+def test_the_bootstrap_reports_its_progress_and_progress_changes_nothing():
+    """The terminal hears how many rows the bootstrap has summed (every 16 chunks and at the end);
+    listening does not change a statistic."""
+    from scipy.special import softmax as sm
+
+    rng = np.random.default_rng(4)
+    n = 70_000
+    masks = group_masks({"g": rng.choice(["a", "b"], n)}, intersections=False)
+    y = rng.integers(0, 2, n)
+    logits = rng.normal(size=(n, 2)).astype(np.float32)
+    seen: list[tuple[int, int]] = []
+    results = []
+    for advance in (None, lambda done, total: seen.append((done, total))):
+        ev = st.Evaluator(masks, y, n, st.StatsConfig(n_boot=50, seed=0), advance=advance)
+        results.append(json.dumps(ev.compare(ev.model(sm(logits, axis=1), logits)), sort_keys=True))
+    assert seen == [(32_768, n), (65_536, n), (n, n)]
+    assert results[0] == results[1]
