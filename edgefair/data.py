@@ -40,7 +40,7 @@ class Dataset:
         """Yield input feeds of at most `batch_size` rows, in order; rows mapped from the file
         (mapped.py) are handed back to the kernel as the pass goes."""
         n = self.n if limit is None else min(limit, self.n)
-        for chunk in row_chunks(self.inputs, n):
+        for chunk in row_chunks(self.inputs, n, multiple=batch_size):
             rows = len(next(iter(chunk.values())))
             for start in range(0, rows, batch_size):
                 yield {k: v[start : start + batch_size] for k, v in chunk.items()}

@@ -35,46 +35,53 @@ _MAPPED: dict[int, tuple[Path, tuple[int, ...]]] = {}  # id(mapping) -> (file, i
 
 
 def _identity(st: os.stat_result) -> tuple[int, ...]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    # ctime too: it changes on every write, even one that puts the old mtime back (cp -p, rsync -t)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def map_npz(path: Path) -> dict[str, np.ndarray] | None:
     """Read-only arrays mapped from the uncompressed, C-ordered numeric members of an .npz, by
     name (as ``np.load`` names them); None when any member is compressed, object or
-    Fortran-ordered (the caller reads the file whole)."""
-    with zipfile.ZipFile(path) as z:
-        infos = [i for i in z.infolist() if i.filename.endswith(".npy")]
+    Fortran-ordered, or does not fit inside its own zip entry (the caller reads the file whole,
+    and ``np.load`` reports what is wrong with it)."""
+    with open(path, "rb") as f:  # one open file: the directory, the headers and the mapping agree
+        with zipfile.ZipFile(f) as z:
+            infos = [i for i in z.infolist() if i.filename.endswith(".npy")]
         if not infos or any(i.compress_type != zipfile.ZIP_STORED or i.flag_bits & 0x1 for i in infos):
             return None
-    spans = {}
-    with open(path, "rb") as f:
+        spans = {}
         for info in infos:
             f.seek(info.header_offset)
-            fields = _LOCAL_HEADER.unpack(f.read(_LOCAL_HEADER.size))
+            raw = f.read(_LOCAL_HEADER.size)
+            if len(raw) < _LOCAL_HEADER.size:
+                return None
+            fields = _LOCAL_HEADER.unpack(raw)
             if fields[0] != b"PK\x03\x04":
                 return None
-            f.seek(info.header_offset + _LOCAL_HEADER.size + fields[-2] + fields[-1])
-            version = np.lib.format.read_magic(f)
-            if version not in ((1, 0), (2, 0)):
+            member_start = info.header_offset + _LOCAL_HEADER.size + fields[-2] + fields[-1]
+            f.seek(member_start)
+            try:
+                version = np.lib.format.read_magic(f)
+                if version not in ((1, 0), (2, 0)):
+                    return None
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read_header(f)
+            except ValueError:
                 return None
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read_header(f)
             if fortran or dtype.hasobject or dtype.kind not in "biufUS":
                 return None
-            spans[info.filename[: -len(".npy")]] = (f.tell(), shape, dtype)
-        if not spans:
+            count = int(np.prod(shape, dtype=np.int64))
+            # the array must fill its member exactly: a corrupt header would read into the next one
+            if f.tell() + count * dtype.itemsize != member_start + info.compress_size:
+                return None
+            spans[info.filename[: -len(".npy")]] = (f.tell(), count, shape, dtype)
+        if not spans or max(o + c * d.itemsize for o, c, _, d in spans.values()) > os.fstat(f.fileno()).st_size:
             return None
-        size = f.seek(0, 2)
-        for offset, shape, dtype in spans.values():
-            if offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize > size:
-                return None  # a truncated file: np.load reports it
         view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         _MAPPED[id(view)] = (Path(path), _identity(os.fstat(f.fileno())))
         weakref.finalize(view, _MAPPED.pop, id(view), None)
-    return {
-        name: np.frombuffer(view, dtype=dtype, count=int(np.prod(shape, dtype=np.int64)), offset=offset).reshape(shape)
-        for name, (offset, shape, dtype) in spans.items()
-    }
+    return {name: np.frombuffer(view, dtype=dtype, count=count, offset=offset).reshape(shape)
+            for name, (offset, count, shape, dtype) in spans.items()}
 
 
 def mapping_of(arr: np.ndarray) -> mmap.mmap | None:
@@ -114,17 +121,23 @@ def check_unchanged(arrays: Mapping[str, np.ndarray]) -> None:
             raise DataError(f"data.eval: {path} changed while edgefair read it; run again once it is written")
 
 
-def row_chunks(arrays: Mapping[str, np.ndarray], rows: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """The arrays in consecutive row slices of about ``RELEASE_BYTES``, releasing mapped pages as
-    it goes (and at the end), so a pass over a mapped eval set stays small in memory."""
+def row_chunks(arrays: Mapping[str, np.ndarray], rows: int | None = None, *, multiple: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """The first ``rows`` rows of the arrays in consecutive slices of about ``RELEASE_BYTES``, a
+    multiple of ``multiple`` rows each (so that batches cut from them follow the batch grid of
+    row 0), releasing mapped pages as it goes. Before each slice and at the end, a mapped file
+    must still be the one mapped (``check_unchanged``): a file changed between passes is a
+    DataError, not a crash on its missing pages."""
     if not arrays:
         return
     n = len(next(iter(arrays.values()))) if rows is None else rows
     per_row = max(1, sum(a.itemsize * int(np.prod(a.shape[1:], dtype=np.int64)) for a in arrays.values()))
     step = max(1, RELEASE_BYTES // per_row)
+    step = max(multiple, step // multiple * multiple)
     try:
         for start in range(0, n, step):
-            yield {k: v[start : start + step] for k, v in arrays.items()}
+            check_unchanged(arrays)
+            stop = min(start + step, n)
+            yield {k: v[start:stop] for k, v in arrays.items()}
             release(arrays)
     finally:
         release(arrays)

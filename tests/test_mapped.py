@@ -157,3 +157,66 @@ def test_a_file_rewritten_while_it_is_read_is_a_data_error(tmp_path):
     os.utime(path, ns=(1, 1))  # a different modification time even on a coarse clock
     with pytest.raises(DataError, match=r"data\.eval: .*d\.npz changed while edgefair read it"):
         list(loaded.batches(1000))
+
+
+def test_batches_follow_the_batch_grid_of_row_0_across_release_chunks(tmp_path, monkeypatch):
+    """A pass hands pages back in runs of whole batches: every batch but the last is full, as the
+    model (fixed batch, or outputs that depend on the batch) must see them, and `limit` stops at it."""
+    monkeypatch.setattr(mapped, "RELEASE_BYTES", 1000 * 4 * 8 + 123)  # 1,000.x rows: not a multiple of 64
+    path = tmp_path / "d.npz"
+    np.savez(path, features=np.arange(10_000 * 8, dtype=np.float32).reshape(10_000, 8))
+    for stream in (True, False):
+        loaded = data_mod.load(path, key="data.eval", label=None, groups=(), stream=stream)
+        sizes = [len(f["features"]) for f in loaded.batches(64)]
+        assert sizes == [64] * 156 + [16]
+        assert sum(len(f["features"]) for f in loaded.batches(64, limit=100)) == 100
+
+
+REWRITE = """
+import os, sys
+import numpy as np
+from pathlib import Path
+from edgefair import data as data_mod
+from edgefair.errors import DataError
+
+path = Path(sys.argv[1])
+np.savez(path, features=np.zeros((20_000, 64), np.float32))
+loaded = data_mod.load(path, key="data.eval", label=None, groups=(), stream=True)
+sum(len(f["features"]) for f in loaded.batches(1000))  # one whole pass
+before = os.stat(path)
+if sys.argv[2] == "smaller":  # rewritten in place, shorter: its pages beyond the end are gone
+    np.savez(path, features=np.zeros((10, 64), np.float32))
+else:  # the same size, the old modification time put back (cp -p, rsync -t)
+    np.savez(path, features=np.ones((20_000, 64), np.float32))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+try:
+    list(loaded.batches(1000))
+except DataError as e:
+    print(e)
+    sys.exit(2)
+"""
+
+
+@pytest.mark.parametrize("how", ["smaller", "same size, old mtime"])
+def test_a_file_rewritten_between_passes_is_a_data_error_not_a_crash(tmp_path, how):
+    """In a child process, so that a regression shows as a failed test, not a crashed session
+    (reading a mapped page past a file's new end is SIGBUS)."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", REWRITE, str(tmp_path / "d.npz"), how.split(",")[0]],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert "d.npz changed while edgefair read it" in done.stdout
+
+
+def test_a_header_that_does_not_fit_its_member_is_not_mapped(tmp_path):
+    """A corrupt shape in a member's header would make the array read into the next member: such
+    a file is read by np.load instead, which reports it (a DataError naming the file)."""
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.ones(100, np.float32), y=np.zeros(100, np.float32))
+    raw = path.read_bytes()
+    assert raw.count(b"(100,)") == 2
+    path.write_bytes(raw.replace(b"(100,)", b"(199,)", 1))
+    assert mapped.map_npz(path) is None
+    with pytest.raises(DataError, match=r"data\.eval: cannot read .*d\.npz"):
+        data_mod.load(path, key="data.eval", label=None, groups=(), stream=True)
