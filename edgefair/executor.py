@@ -117,9 +117,9 @@ def executor_for(recipe: Any, kind: str | None = None, address: str | None = Non
     kind = kind or (run.executor if run is not None else "embedded")
     address = address or (run.ray_address if run is not None else None)
     node = latency_node or (run.latency_node if run is not None else None)
-    if kind == "embedded":
-        if node is not None:
-            raise RecipeError("latency_node: only used with executor = \"ray\"")
+    if kind == "embedded":  # a recipe's Ray settings are ignored when the command line says embedded
+        if latency_node is not None:
+            raise RecipeError("--latency-node: only used with --executor ray")
         return Executor()
     if kind == "ray":
         return RayExecutor(address, latency_node=node)
@@ -338,12 +338,14 @@ class TaskExecutor(Executor):
                         running.append(self._submit(bootstrap_task, meta, a, _npy(features(a, min(n, a + step)))))
                     for handle in self._wait(running):
                         running.remove(handle)
-                        part_acc, part_point = (np.load(io.BytesIO(b), allow_pickle=False) for b in self._get(handle))
-                        acc += part_acc
-                        point += part_point
+                        first_cell, *parts = self._get(handle)
+                        part_acc, part_point = (np.load(io.BytesIO(b), allow_pickle=False) for b in parts)
+                        cells = slice(first_cell, first_cell + part_point.shape[0])  # the cells the run of rows covers
+                        acc[:, cells] += part_acc
+                        point[cells] += part_point
                         done += 1
                         progress(f"statistics: {done} of {math.ceil(n / step)} bootstrap tasks on {self.kind} done")
-            except KeyboardInterrupt:
+            except BaseException:  # Ctrl-C, or one task's error: the others are not waited for
                 self._cancel(running)
                 raise
             return acc, point
@@ -438,8 +440,13 @@ class RayExecutor(TaskExecutor):
             raise ExecutorError(f"latency_node: {what} named {name!r} in the Ray cluster at {self.address} "
                                 f"(name a node by id, IP address or host name; nodes: {shown})")
         node = found[0]
+        cpus = int(node.get("Resources", {}).get("CPU", 0))
+        if cpus < 1:
+            self.close()
+            raise ExecutorError(f"latency_node: node {name!r} ({node.get('NodeManagerAddress')}) has no CPUs for Ray tasks "
+                                "(started with --num-cpus=0?): name a node with CPUs")
         return {"name": name, "id": node["NodeID"], "address": node.get("NodeManagerAddress"),
-                "hostname": node.get("NodeManagerHostname"), "cpus": int(node.get("Resources", {}).get("CPU", 1))}
+                "hostname": node.get("NodeManagerHostname"), "cpus": cpus}
 
     def _connect(self, num_cpus: int | None, temp_dir: str | None) -> None:
         import logging
@@ -518,7 +525,7 @@ class RayExecutor(TaskExecutor):
         return done
 
     def _get(self, handle: Any) -> Any:
-        from ray.exceptions import RayTaskError, TaskCancelledError, WorkerCrashedError
+        from ray.exceptions import RayError, RayTaskError, TaskCancelledError, WorkerCrashedError
 
         try:
             return self.ray.get(handle)
@@ -530,6 +537,9 @@ class RayExecutor(TaskExecutor):
         except (WorkerCrashedError, TaskCancelledError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ExecutorError(f"executor ray: a task was lost after {MAX_RETRIES} retries: {first}") from None
+        except RayError as e:  # the cluster's, not the task's: a node died, a task cannot be scheduled, ...
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ExecutorError(f"executor ray: {type(e).__name__}: {first}") from None
 
     def _cancel(self, handles: list[Any]) -> None:
         for h in handles:
@@ -819,13 +829,16 @@ def latency_task(job_text: str, baseline: bytes, *models: bytes) -> str:
     return json.dumps({"latency": latency, "node_id": ray.get_runtime_context().get_node_id()})
 
 
-def bootstrap_task(meta_text: str, start: int, features: bytes) -> tuple[bytes, bytes]:
+def bootstrap_task(meta_text: str, start: int, features: bytes) -> tuple[int, bytes, bytes]:
     """The bootstrap's per-cell replicate sums of one run of rows of the cell order
-    (``bootstrap.partial_sums``), as two .npy byte strings (acc, point)."""
+    (``bootstrap.partial_sums``) for the cells that run covers: (first cell, acc, point as .npy
+    bytes)."""
     from .bootstrap import partial_sums
 
     _test_hook()
     meta = json.loads(meta_text)
     x = np.load(io.BytesIO(features), allow_pickle=False)
-    acc, point = partial_sums(x, start, np.asarray(meta["bounds"], dtype=np.int64), n_boot=meta["n_boot"], seed=meta["seed"])
-    return _npy(acc), _npy(point)
+    bounds = np.asarray(meta["bounds"], dtype=np.int64)
+    acc, point = partial_sums(x, start, bounds, n_boot=meta["n_boot"], seed=meta["seed"])
+    c0, c1 = np.searchsorted(bounds, [start, start + len(x) - 1], side="right") - 1  # cells of the first and last row
+    return int(c0), _npy(acc[:, c0:c1 + 1]), _npy(point[c0:c1 + 1])

@@ -179,6 +179,19 @@ def test_cli_executor_options_are_checked_before_any_work(recipe_dir, tmp_path):
     assert not (tmp_path / "o").exists()
     result = run_cli(["run", str(recipe), "--out", str(tmp_path / "o"), "--executor", "spark"])
     assert result.exit_code == 2 and "'spark' is not one of 'embedded', 'ray'" in result.output
+    result = run_cli(["run", str(recipe), "--out", str(tmp_path / "o"), "--latency-node", "n1"])
+    assert result.exit_code == 2 and result.output.strip() == "Error: --latency-node: only used with --executor ray"
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_command_line_can_run_a_ray_recipe_embedded(recipe_dir, tmp_path):
+    """A recipe written for a cluster ([run] executor, ray_address, latency_node) runs in process
+    with --executor embedded: its Ray settings are ignored, not refused."""
+    recipe = write_recipe(recipe_dir / "r.toml", NO_LATENCY + STEPS
+                          + '\n[run]\nexecutor = "ray"\nray_address = "ray://head:10001"\nlatency_node = "edge-1"\n')
+    result = run_cli(["run", str(recipe), "--out", str(tmp_path / "o"), "--executor", "embedded", "-q", "--no-cache"])
+    assert result.exit_code in (0, 1), result.output
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["executor"]["kind"] == "embedded"
 
 
 def test_steps_that_time_models_are_built_on_the_driver():
