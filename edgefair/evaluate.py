@@ -9,7 +9,7 @@ import numpy as np
 
 from .data import Dataset
 from .errors import DataError, GeneratedModelError, ModelLoadError
-from .mapped import row_chunks
+from .mapped import cast, row_chunks
 from .runtime import fixed_batch, make_session
 
 
@@ -93,5 +93,5 @@ def conform_inputs(session, data: Dataset, key: str) -> Dataset:
                     f"{key}: array {spec.name!r} in {data.path.name} has NaN or infinite values in {int(bad.sum())} rows "
                     f"(first: row {int(np.argmax(bad))})"
                 )
-        inputs[spec.name] = np.ascontiguousarray(arr.astype(dtype, copy=False))
+        inputs[spec.name] = cast(arr, dtype)  # a mapped array stays mapped (mapped.cast)
     return Dataset(data.path, inputs, data.labels, data.attributes)

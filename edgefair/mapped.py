@@ -121,6 +121,29 @@ def check_unchanged(arrays: Mapping[str, np.ndarray]) -> None:
             raise DataError(f"data.eval: {path} changed while edgefair read it; run again once it is written")
 
 
+def cast(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``arr`` as ``dtype``. A mapped array of another dtype (a float64 file for a float32 model)
+    is converted run by run into an unlinked temporary file (in ``tempfile.gettempdir()``), which
+    is mapped in turn, so the conversion does not hold the rows in memory either; any other array
+    is converted in memory, as ``astype`` does."""
+    import tempfile
+
+    dtype = np.dtype(dtype)
+    if arr.dtype == dtype or mapping_of(arr) is None:
+        return np.ascontiguousarray(arr.astype(dtype, copy=False))
+    with tempfile.TemporaryFile(prefix="edgefair-cast-") as f:  # unlinked: gone with its mapping
+        out = np.memmap(f, dtype=dtype, mode="w+", shape=arr.shape)
+    done = 0
+    for chunk in row_chunks({"a": arr}):
+        rows = chunk["a"]
+        out[done:done + len(rows)] = rows
+        done += len(rows)
+        out.flush()  # written back, so that the pages can be handed back too
+        release([out])
+    out.flags.writeable = False
+    return out
+
+
 def row_chunks(arrays: Mapping[str, np.ndarray], rows: int | None = None, *, multiple: int = 1) -> Iterator[dict[str, np.ndarray]]:
     """The first ``rows`` rows of the arrays in consecutive slices of about ``RELEASE_BYTES``, a
     multiple of ``multiple`` rows each (so that batches cut from them follow the batch grid of

@@ -220,3 +220,58 @@ def test_a_header_that_does_not_fit_its_member_is_not_mapped(tmp_path):
     assert mapped.map_npz(path) is None
     with pytest.raises(DataError, match=r"data\.eval: cannot read .*d\.npz"):
         data_mod.load(path, key="data.eval", label=None, groups=(), stream=True)
+
+
+def _resident_kb_at(arr: np.ndarray) -> int:
+    """Resident kB of the mapping that holds `arr`'s first byte (/proc/self/smaps)."""
+    address, inside, total = arr.ctypes.data, False, 0
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if len(head) >= 5 and "-" in head[0] and ":" in head[3]:
+            lo, hi = (int(v, 16) for v in head[0].split("-"))
+            inside = lo <= address < hi
+        elif inside and line.startswith("Rss:"):
+            total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_a_float64_file_for_a_float32_model_is_converted_without_holding_its_rows(tmp_path, monkeypatch):
+    """numpy saves float64 by default: the conversion to the model's float32 goes run by run into a
+    mapped temporary file, so neither the file's rows nor the converted ones stay resident."""
+    monkeypatch.setattr(mapped, "RELEASE_BYTES", 2**20)
+    x = np.random.default_rng(1).normal(size=(40_000, 128))  # 41 MB as float64
+    path = tmp_path / "d.npz"
+    np.savez(path, features=x)
+    loaded = data_mod.load(path, key="data.eval", label=None, groups=(), stream=True)
+    out = mapped.cast(loaded.inputs["features"], np.float32)
+    assert out.dtype == np.float32 and mapped.mapping_of(out) is not None and not out.flags.writeable
+    assert _resident_kb_at(out) <= 4 * 1024 and _resident_kb(path) == 0  # after the conversion
+    peak, rows = 0, []
+    for feed in data_mod.Dataset(path, {"features": out}, None, {}).batches(1000):
+        rows.append(feed["features"][:, :2].copy())
+        peak = max(peak, _resident_kb_at(out))
+    assert 0 < peak <= 4 * 1024
+    np.testing.assert_array_equal(np.concatenate(rows), x[:, :2].astype(np.float32))
+
+
+def test_a_float64_eval_file_gives_the_statistics_of_its_float32_twin(recipe_dir):
+    """An .onnx model with a float32 input (a torch source needs float32 rows to trace) on a float64
+    eval file, converted through the mapped temporary file: the statistics of the float32 file."""
+    with np.load(recipe_dir / "eval.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez(recipe_dir / "eval64.npz", **{**arrays, "features": arrays["features"].astype(np.float64)})
+    first = run_cli(["run", str(write_recipe(recipe_dir / "r0.toml", BASE_RECIPE)), "--out", str(recipe_dir / "o0"), "-q"])
+    assert first.exit_code in (0, 1), first.output
+    (recipe_dir / "tiny.onnx").write_bytes((recipe_dir / "o0" / "00-baseline.onnx").read_bytes())
+    reports = []
+    for name in ("eval.npz", "eval64.npz"):
+        text = (BASE_RECIPE.replace('eval = "eval.npz"', f'eval = "{name}"').replace('source = "tiny.pt2"', 'source = "tiny.onnx"')
+                + '\n[[steps]]\nkind = "quantize_dynamic"\n')
+        out = recipe_dir / f"out_{name}"
+        result = run_cli(["run", str(write_recipe(recipe_dir / f"r_{name}.toml", text)), "--out", str(out), "--no-cache", "-q"])
+        assert result.exit_code in (0, 1), result.output
+        reports.append(json.loads((out / "report.json").read_text()))
+    for sa, sb in zip(reports[0]["steps"], reports[1]["steps"]):
+        for field in ("overall", "groups", "disparity", "gates", "passed"):
+            assert sa[field] == sb[field], field
