@@ -96,8 +96,11 @@ class Inputs:
 
 
 def export_model(recipe: Recipe, module: Any, data: data_mod.Dataset, input_names: list[str], dst: Path) -> None:
-    """Export `module` traced on the first eval rows, with the recipe's opset and dynamic axes."""
-    examples = {k: v[:EXPORT_EXAMPLE_ROWS] for k, v in data.inputs.items()}
+    """Export `module` traced on the first eval rows, with the recipe's opset and dynamic axes;
+    real-valued rows are given to it in its own float dtype (a float64 file, numpy's default, for a
+    float32 model), so that the ONNX model's inputs are what the model computes in."""
+    dtype = model_float_dtype(module)
+    examples = {k: as_float(v[:EXPORT_EXAMPLE_ROWS], dtype) for k, v in data.inputs.items()}
     export_onnx(module, examples, input_names, dst, opset=recipe.model.opset, dynamic_axes=recipe.model.dynamic_axes)
 
 
@@ -297,6 +300,21 @@ def _name_csv(input_names: list[str], data: data_mod.Dataset | None) -> data_mod
     return data.rename_input(data_mod.CSV_INPUT, input_names[0])
 
 
+def model_float_dtype(module: Any) -> np.dtype | None:
+    """The numpy dtype of a torch module's first real-valued parameter or buffer (None: it has none)."""
+    import torch
+
+    for t in [*module.parameters(), *module.buffers()]:
+        if t.is_floating_point():
+            return torch.empty((), dtype=t.dtype).numpy().dtype
+    return None
+
+
+def as_float(arr: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
+    """Real-valued rows in the model's float dtype; other arrays (token ids, masks) as they are."""
+    return arr.astype(dtype) if dtype is not None and arr.dtype.kind == "f" and arr.dtype != dtype else arr
+
+
 def _check_torch_inputs(source: ModelSource, data: data_mod.Dataset) -> None:
     import torch
 
@@ -311,7 +329,8 @@ def _check_torch_inputs(source: ModelSource, data: data_mod.Dataset) -> None:
             shown = tuple("batch" if i == 0 else w if w is not None else "any" for i, w in enumerate(want))
             table = f" ({arr.shape[1]} feature columns)" if data.path.suffix.lower() in (".csv", ".parquet") and arr.ndim == 2 else ""
             raise DataError(f"data.eval: array {name!r} in {data.path.name} has shape {arr.shape}{table}, model input expects {shown}")
-    args = [torch.from_numpy(np.array(data.inputs[n][:2], order="C")) for n in source.input_names]
+    dtype = model_float_dtype(source.module)
+    args = [torch.from_numpy(np.array(as_float(data.inputs[n][:2], dtype), order="C")) for n in source.input_names]
     try:
         with torch.no_grad():
             source.module(*args)
