@@ -58,6 +58,7 @@ BOOT_ROWS = 64 * 2048
 MAX_RETRIES = 3  # a task whose worker dies (killed, out of memory, node lost) is run again this many times
 CONNECT_TIMEOUT_S = 5.0
 LATENCY_NOTE = "measured on the driver (the machine running edgefair), never on executor workers"
+WAIT_NOTICE_S = 30.0  # a latency task that has not finished says it is still waiting this often
 
 # Test-only hook, read by tasks from the environment so that a test can kill a worker mid-task:
 # with EDGEFAIR_TEST_TASK_HOOK=DIR, the first task attempt that claims DIR/pause (a file holding a
@@ -152,7 +153,8 @@ class Executor:
         """None: the bootstrap's sums are computed in this process."""
         return None
 
-    def measure_latency(self, inputs: Any, paths: list[Path], settings: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def measure_latency(self, inputs: Any, paths: list[Path], settings: Any, progress: Callable[[str], None] = lambda s: None
+                        ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """(one latency dict per model, where they were timed) for `paths`: here, on the driver."""
         from .latency import measure_interleaved
 
@@ -479,11 +481,13 @@ class RayExecutor(TaskExecutor):
         return {"kind": self.kind, "address": self.address, "nodes": len([n for n in self.ray.nodes() if n.get("Alive")]),
                 "cpus": int(resources.get("CPU", 0)), "max_retries": MAX_RETRIES, "latency": latency}
 
-    def measure_latency(self, inputs: Any, paths: list[Path], settings: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def measure_latency(self, inputs: Any, paths: list[Path], settings: Any, progress: Callable[[str], None] = lambda s: None
+                        ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """On the named node, by one task that holds all its CPUs (so no other task of the
-        cluster runs beside it); without a named node, on the driver."""
+        cluster runs beside it; it waits for them, and says so every WAIT_NOTICE_S); without a
+        named node, on the driver."""
         if self.latency_node is None:
-            return super().measure_latency(inputs, paths, settings)
+            return super().measure_latency(inputs, paths, settings, progress)
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         node = self.latency_node
@@ -500,6 +504,10 @@ class RayExecutor(TaskExecutor):
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node["id"], soft=False))
         handle = task.remote(json.dumps(job), base_ref, *refs)
         try:
+            started = time.perf_counter()
+            while not self.ray.wait([handle], num_returns=1, timeout=WAIT_NOTICE_S)[0]:
+                progress(f"latency: still waiting after {time.perf_counter() - started:.0f} s for node {node['name']}: "
+                         f"timing starts once all its {node['cpus']} CPUs are free of other tasks")
             result = json.loads(self._get(handle))
         except KeyboardInterrupt:
             self._cancel([handle])

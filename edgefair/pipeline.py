@@ -343,7 +343,7 @@ def measure_latency(
         for i, sha in enumerate(shas):
             first.setdefault(sha, i)
         timed = sorted(set(first.values()))
-        figures, source = executor.measure_latency(inputs, [models[i].path for i in timed], settings)
+        figures, source = executor.measure_latency(inputs, [models[i].path for i in timed], settings, progress)
         measured = dict(zip(timed, figures))
         latency = [dict(measured[first[sha]], **source,
                         **({"same_file_as_step": models[first[sha]].index} if first[sha] != i else {}))

@@ -295,3 +295,38 @@ def test_an_unknown_latency_node_is_exit_2_naming_the_nodes(cluster, assets, tmp
     assert not (tmp_path / "o").exists()
     result = run_cli(["run", str(assets / "r.toml"), "--out", str(tmp_path / "o"), "--latency-node", "127.0.0.1"])
     assert result.exit_code == 2 and result.output.strip() == "Error: --latency-node: only used with --executor ray"
+
+
+def test_latency_on_a_node_waits_for_its_cpus_and_says_so(cluster, assets, tmp_path, monkeypatch):
+    """Another task holds one of the node's 2 CPUs: the latency task waits until both are free
+    (nothing else runs beside the timing), and the terminal says it is waiting. The other task
+    lets go 2 s after the latency stage starts, however long the stages before it took."""
+    import edgefair.executor as ex
+
+    executor, _ = cluster
+    flag = tmp_path / "release"
+
+    def hold_until(flag: str) -> None:  # a task holding one CPU until `flag` exists (a local: pickled by value)
+        deadline = time.monotonic() + 120
+        while not os.path.exists(flag) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    monkeypatch.setattr(ex, "WAIT_NOTICE_S", 0.5)
+    original = ex.RayExecutor.measure_latency
+
+    def measure_latency(self, *args, **kwargs):
+        threading.Timer(2.0, flag.touch).start()
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ex.RayExecutor, "measure_latency", measure_latency)
+    blocker = executor.ray.remote(num_cpus=1)(hold_until).remote(str(flag))
+    try:
+        result = run_cli(["run", str(assets / "r.toml"), "--out", str(tmp_path / "o"), "--executor", "ray",
+                          "--latency-node", socket.gethostname(), "--no-cache"])
+    finally:
+        flag.touch()
+        executor.ray.get(blocker)
+    assert result.exit_code in (0, 1), result.output
+    assert f"for node {socket.gethostname()}: timing starts once all its 2 CPUs are free of other tasks" in result.output
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert all(s["latency"]["source"] == "node" for s in report["steps"])
