@@ -93,5 +93,5 @@ def conform_inputs(session, data: Dataset, key: str) -> Dataset:
                     f"{key}: array {spec.name!r} in {data.path.name} has NaN or infinite values in {int(bad.sum())} rows "
                     f"(first: row {int(np.argmax(bad))})"
                 )
-        inputs[spec.name] = cast(arr, dtype)  # a mapped array stays mapped (mapped.cast)
+        inputs[spec.name] = cast(arr, dtype, f"{key}: array {spec.name!r} in {data.path.name}")  # a mapped array stays mapped
     return Dataset(data.path, inputs, data.labels, data.attributes)

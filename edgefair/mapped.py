@@ -121,27 +121,32 @@ def check_unchanged(arrays: Mapping[str, np.ndarray]) -> None:
             raise DataError(f"data.eval: {path} changed while edgefair read it; run again once it is written")
 
 
-def cast(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def cast(arr: np.ndarray, dtype: np.dtype, what: str = "data.eval") -> np.ndarray:
     """``arr`` as ``dtype``. A mapped array of another dtype (a float64 file for a float32 model)
-    is converted run by run into an unlinked temporary file (in ``tempfile.gettempdir()``), which
-    is mapped in turn, so the conversion does not hold the rows in memory either; any other array
-    is converted in memory, as ``astype`` does."""
+    is converted run by run into an unlinked temporary file (``tempfile.gettempdir()``) that is
+    then mapped read-only, so the conversion does not hold the rows in memory either; any other
+    array is converted in memory, as ``astype`` does. ``what`` names the array in errors: a
+    temporary folder that is full or cannot be written is a DataError naming it and the size."""
     import tempfile
 
     dtype = np.dtype(dtype)
-    if arr.dtype == dtype or mapping_of(arr) is None:
+    if arr.dtype == dtype or mapping_of(arr) is None or arr.size == 0:
         return np.ascontiguousarray(arr.astype(dtype, copy=False))
-    with tempfile.TemporaryFile(prefix="edgefair-cast-") as f:  # unlinked: gone with its mapping
-        out = np.memmap(f, dtype=dtype, mode="w+", shape=arr.shape)
-    done = 0
-    for chunk in row_chunks({"a": arr}):
-        rows = chunk["a"]
-        out[done:done + len(rows)] = rows
-        done += len(rows)
-        out.flush()  # written back, so that the pages can be handed back too
-        release([out])
-    out.flags.writeable = False
-    return out
+    folder = tempfile.gettempdir()
+    need = arr.size * dtype.itemsize
+    try:
+        # written with write(), which reports a full disk as an OSError (stores into a mapping of
+        # a sparse file would be SIGBUS), then mapped read-only; unlinked: gone with its mapping
+        with tempfile.TemporaryFile(prefix="edgefair-cast-", dir=folder) as f:
+            for chunk in row_chunks({"a": arr}):
+                f.write(np.ascontiguousarray(chunk["a"], dtype=dtype).tobytes())
+            f.flush()
+            view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError as e:
+        raise DataError(f"{what}: cannot convert it from {arr.dtype} to the model's {dtype} in the temporary folder "
+                        f"{folder} ({e.strerror or e}); it needs {need / 1e6:.0f} MB there (set TMPDIR, or store the "
+                        f"array as {dtype})") from None
+    return np.frombuffer(view, dtype=dtype, count=arr.size).reshape(arr.shape)
 
 
 def row_chunks(arrays: Mapping[str, np.ndarray], rows: int | None = None, *, multiple: int = 1) -> Iterator[dict[str, np.ndarray]]:

@@ -95,12 +95,11 @@ class Inputs:
         export_model(self.recipe, module, self.eval, self.input_names, dst)
 
 
-def export_model(recipe: Recipe, module: Any, data: data_mod.Dataset, input_names: list[str], dst: Path) -> None:
+def export_model(recipe: Recipe, module: Any, data: data_mod.Dataset, input_names: list[str], dst: Path,
+                 dtypes: dict[str, np.dtype] | None = None) -> None:
     """Export `module` traced on the first eval rows, with the recipe's opset and dynamic axes;
-    real-valued rows are given to it in its own float dtype (a float64 file, numpy's default, for a
-    float32 model), so that the ONNX model's inputs are what the model computes in."""
-    dtype = model_float_dtype(module)
-    examples = {k: as_float(v[:EXPORT_EXAMPLE_ROWS], dtype) for k, v in data.inputs.items()}
+    `dtypes`: float dtypes to trace real-valued inputs in (``_check_torch_inputs``)."""
+    examples = _cast_floats({k: v[:EXPORT_EXAMPLE_ROWS] for k, v in data.inputs.items()}, dtypes or {})
     export_onnx(module, examples, input_names, dst, opset=recipe.model.opset, dynamic_axes=recipe.model.dynamic_axes)
 
 
@@ -203,9 +202,9 @@ def prepare(recipe: Recipe, workdir: Path, cache: Cache, progress: Progress = la
         parity = None
         source = _load(recipe)
         eval_data, calib, train = (_name_csv(source.input_names, d) for d in (eval_data, calib, train))
-        _check_torch_inputs(source, eval_data)
+        dtypes = _check_torch_inputs(source, eval_data)
         progress("export: torch -> ONNX")
-        export_model(recipe, source.module, eval_data, source.input_names, baseline.path)
+        export_model(recipe, source.module, eval_data, source.input_names, baseline.path, dtypes)
         baseline.cache = "miss" if key is not None and cache.enabled else "off"
     session = make_session(baseline.path, threads=0)
     input_names = [i.name for i in session.get_inputs()]
@@ -300,22 +299,49 @@ def _name_csv(input_names: list[str], data: data_mod.Dataset | None) -> data_mod
     return data.rename_input(data_mod.CSV_INPUT, input_names[0])
 
 
-def model_float_dtype(module: Any) -> np.dtype | None:
-    """The numpy dtype of a torch module's first real-valued parameter or buffer (None: it has none)."""
+def _numpy_dtype(torch_dtype: Any) -> np.dtype | None:
     import torch
 
+    try:
+        return torch.empty((), dtype=torch_dtype).numpy().dtype
+    except (TypeError, RuntimeError):  # bfloat16 and other dtypes numpy has not
+        return None
+
+
+def _model_float_dtype(module: Any) -> np.dtype | None:
+    """The numpy dtype of a torch module's first real-valued parameter or buffer (None: none, or
+    one numpy has not)."""
     for t in [*module.parameters(), *module.buffers()]:
         if t.is_floating_point():
-            return torch.empty((), dtype=t.dtype).numpy().dtype
+            return _numpy_dtype(t.dtype)
     return None
 
 
-def as_float(arr: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
-    """Real-valued rows in the model's float dtype; other arrays (token ids, masks) as they are."""
-    return arr.astype(dtype) if dtype is not None and arr.dtype.kind == "f" and arr.dtype != dtype else arr
+def _traced_dtypes(module: Any) -> dict[str, np.dtype]:
+    """Input dtypes a torch.export program was traced with, by input name; empty for a plain module."""
+    import torch
+
+    if not isinstance(module, torch.fx.GraphModule):
+        return {}
+    out = {}
+    for node in module.graph.nodes:
+        dtype = getattr(node.meta.get("val"), "dtype", None) if node.op == "placeholder" else None
+        if dtype is not None and (np_dtype := _numpy_dtype(dtype)) is not None:
+            out[str(node.target)] = np_dtype
+    return out
 
 
-def _check_torch_inputs(source: ModelSource, data: data_mod.Dataset) -> None:
+def _cast_floats(arrays: dict[str, np.ndarray], dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray]:
+    """Real-valued arrays in the given float dtypes, by name; every other array as it is."""
+    return {k: v.astype(dtypes[k]) if k in dtypes and v.dtype.kind == "f" and dtypes[k].kind == "f" and v.dtype != dtypes[k] else v
+            for k, v in arrays.items()}
+
+
+def _check_torch_inputs(source: ModelSource, data: data_mod.Dataset) -> dict[str, np.dtype]:
+    """Check the first eval rows against the torch model; returns the float dtypes its real-valued
+    inputs are traced in where they differ from the data's: a `.pt2` program's own input dtypes,
+    else, only when the rows as they are fail, the model's float dtype (a float64 file, numpy's
+    default, for a float32 model)."""
     import torch
 
     missing = [n for n in source.input_names if n not in data.inputs]
@@ -329,15 +355,31 @@ def _check_torch_inputs(source: ModelSource, data: data_mod.Dataset) -> None:
             shown = tuple("batch" if i == 0 else w if w is not None else "any" for i, w in enumerate(want))
             table = f" ({arr.shape[1]} feature columns)" if data.path.suffix.lower() in (".csv", ".parquet") and arr.ndim == 2 else ""
             raise DataError(f"data.eval: array {name!r} in {data.path.name} has shape {arr.shape}{table}, model input expects {shown}")
-    dtype = model_float_dtype(source.module)
-    args = [torch.from_numpy(np.array(as_float(data.inputs[n][:2], dtype), order="C")) for n in source.input_names]
-    try:
+    head = {n: data.inputs[n][:2] for n in source.input_names}
+
+    def run(dtypes: dict[str, np.dtype]) -> None:
+        rows = _cast_floats(head, dtypes)
         with torch.no_grad():
-            source.module(*args)
-    except Exception as e:
-        shapes = ", ".join(f"{n}: {tuple(data.inputs[n].shape)}" for n in source.input_names)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise DataError(f"data.eval: arrays ({shapes}) in {data.path.name} do not fit the model: {first}") from e
+            source.module(*(torch.from_numpy(np.array(rows[n], order="C")) for n in source.input_names))
+
+    dtypes = {n: d for n, d in _traced_dtypes(source.module).items() if n in head and head[n].dtype.kind == "f" and head[n].dtype != d}
+    try:
+        run(dtypes)
+        return dtypes
+    except Exception as e:  # noqa: BLE001 - reported below, unless the model's own float dtype fits
+        error = e
+    model = _model_float_dtype(source.module)
+    retry = {n: model for n in source.input_names if model is not None and model.kind == "f" and head[n].dtype.kind == "f"
+             and head[n].dtype != model and n not in dtypes}
+    if retry:
+        try:
+            run({**dtypes, **retry})
+            return {**dtypes, **retry}
+        except Exception:  # noqa: BLE001 - the first error is the one to report
+            pass
+    shapes = ", ".join(f"{n}: {tuple(data.inputs[n].shape)}" for n in source.input_names)
+    first = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+    raise DataError(f"data.eval: arrays ({shapes}) in {data.path.name} do not fit the model: {first}") from error
 
 
 def _traced_shapes(module: Any) -> dict[str, tuple[int | None, ...]]:

@@ -272,3 +272,58 @@ def test_a_float64_eval_file_gives_the_statistics_of_its_float32_twin(recipe_dir
     for sa, sb in zip(reports[0]["steps"], reports[1]["steps"]):
         for field in ("overall", "groups", "disparity", "gates", "passed"):
             assert sa[field] == sb[field], field
+
+
+from test_publish import small_disk  # noqa: E402,F401 - a 1 MB tmpfs
+
+
+def test_a_full_temporary_folder_is_a_data_error_naming_it(tmp_path, small_disk, monkeypatch):
+    """Converting a mapped float64 array needs its float32 size in the temporary folder: a real
+    full disk (1 MB tmpfs, 1.6 MB needed) is a one-line DataError naming the folder and the size,
+    not a crash (stores into a mapping of a sparse file there would be SIGBUS)."""
+    import tempfile
+
+    path = tmp_path / "d.npz"
+    np.savez(path, features=np.ones((2000, 200)))
+    loaded = data_mod.load(path, key="data.eval", label=None, groups=(), stream=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(small_disk))
+    with pytest.raises(DataError, match=rf"array 'features': cannot convert it from float64 to the model's float32 in the "
+                                        rf"temporary folder {small_disk} \(No space left on device\); it needs 2 MB there"):
+        mapped.cast(loaded.inputs["features"], np.float32, "data.eval: array 'features'")
+    assert not list(small_disk.iterdir())  # nothing left behind
+
+
+def _source(module, names=("features",)):
+    from edgefair.source import ModelSource
+
+    return ModelSource("factory", "test:build", None, module.eval(), list(names), None)
+
+
+def _rows(x: np.ndarray) -> "data_mod.Dataset":
+    return data_mod.Dataset(Path("eval.npz"), {"features": x}, None, {})
+
+
+def test_torch_rows_are_traced_as_they_are_unless_they_fail_then_in_the_models_float_dtype():
+    """Which float dtype the exporter traces real-valued rows in: the data's own whenever the model
+    runs on it (a float64 model on float64 rows; a model with float64 normalisation buffers and
+    float32 weights on float32 rows); the model's float dtype only when the rows as they are fail
+    (float64 rows, numpy's default, for a float32 model); a bfloat16 model is a one-line DataError."""
+    import torch
+
+    from edgefair.prepare import _check_torch_inputs
+
+    class Normalised(torch.nn.Module):  # float64 buffers first, float32 weights: computes in float32 at the end
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("mean", torch.zeros(4, dtype=torch.float64))
+            self.linear = torch.nn.Linear(4, 2)
+
+        def forward(self, features):
+            return self.linear((features.double() - self.mean).float())
+
+    x32 = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    assert _check_torch_inputs(_source(torch.nn.Linear(4, 2).double()), _rows(x32.astype(np.float64))) == {}
+    assert _check_torch_inputs(_source(Normalised()), _rows(x32)) == {}  # not cast to the buffers' float64
+    assert _check_torch_inputs(_source(torch.nn.Linear(4, 2)), _rows(x32.astype(np.float64))) == {"features": np.float32}
+    with pytest.raises(DataError, match=r"data\.eval: arrays \(features: \(8, 4\)\) in eval\.npz do not fit the model"):
+        _check_torch_inputs(_source(torch.nn.Linear(4, 2).to(torch.bfloat16)), _rows(x32))
