@@ -698,10 +698,9 @@ def _test_hook() -> None:
 def _worker_inputs(job: dict[str, Any], baseline: bytes, workdir: Path, *, sets: tuple[str, ...]) -> Any:
     """The driver's `prepare` result, rebuilt from the recipe file and the data read by path, and
     checked against the driver's content hashes. `sets`: which data sets are needed."""
-    from . import data as data_mod
     from .evaluate import BASELINE_FILE, conform_inputs
     from .io import sha256_bytes
-    from .prepare import Inputs, StepModel, _name_csv, dataset_digest, read_options
+    from .prepare import Inputs, StepModel, _name_csv, dataset_digest, load_set
     from .recipe import parse_recipe
     from .runtime import make_session
 
@@ -717,27 +716,15 @@ def _worker_inputs(job: dict[str, Any], baseline: bytes, workdir: Path, *, sets:
     else:
         _PREPARED.clear()
         recipe = parse_recipe(_toml(job["recipe_text"]), path=Path(job["recipe_path"]), sha256=job["recipe_sha256"])
-        d, options = recipe.data, read_options(recipe)
         session = make_session(path, threads=0)
         datasets = {}
         for name in sets:
-            rel = getattr(d, name)
-            if rel is None:
-                datasets[name] = None
-                continue
-            if name == "eval":
-                data = data_mod.load(recipe.resolve(rel), key="data.eval", label=d.label, groups=d.groups, features=d.features,
-                                     options=options, stream=True)
-            elif name == "calibration":
-                data = data_mod.load(recipe.resolve(rel), key="data.calibration", label=None, groups=(), features=d.features,
-                                     ignore=(d.label or data_mod.DEFAULT_LABEL,), optional_groups=d.groups, options=options)
-            else:
-                data = data_mod.load(recipe.resolve(rel), key="data.train", label=d.label, groups=(), features=d.features,
-                                     require_labels=True, optional_groups=d.groups, options=options)
-            data = conform_inputs(session, _name_csv(job["input_names"], data), f"data.{name}")
-            if dataset_digest(data) != job["digests"][name]:
-                raise ExecutorError(f"data.{name}: {recipe.resolve(rel)} reads differently on worker {os.uname().nodename} "
-                                    "than on the driver (another file at that path?)")
+            data = load_set(recipe, name)
+            if data is not None:
+                data = conform_inputs(session, _name_csv(job["input_names"], data), f"data.{name}")
+                if dataset_digest(data) != job["digests"][name]:
+                    raise ExecutorError(f"data.{name}: {data.path} reads differently on worker {os.uname().nodename} "
+                                        "than on the driver (another file at that path?)")
             datasets[name] = data
         _PREPARED[key] = (recipe, datasets)
     baseline_step = StepModel(0, "baseline", "export", None, path)
@@ -805,9 +792,7 @@ def predict_task(job_text: str, baseline: bytes, model: bytes) -> bytes:
                                    attributes={k: v[rows] for k, v in data.attributes.items()})
         outs = list(predict_batches(path, part, batch_size=job["batch_size"]))
         out = np.concatenate(outs, axis=0) if outs else np.empty((0,), dtype=np.float32)
-    buf = io.BytesIO()
-    np.save(buf, out, allow_pickle=False)
-    return buf.getvalue()
+    return _npy(out)
 
 
 def latency_task(job_text: str, baseline: bytes, *models: bytes) -> str:

@@ -10,9 +10,10 @@ Fortran-ordered arrays are read whole, as before; so are .csv and .parquet table
 Nothing is unpickled: a member whose header names an object dtype is refused like ``np.load``
 with ``allow_pickle=False`` refuses it.
 
-A mapped file must not change while a run reads it: every pass ends by checking that the file is
-still the one mapped (device, inode, size, modification time), and a changed file is a DataError
-naming it, so statistics are never computed from a mix of two files.
+A mapped file must not change while a run reads it: before every run of rows and at the end of a
+pass the file must still be the one mapped (device, inode, size, modification and change times);
+a changed file is a DataError naming it, so statistics are never computed from a mix of two files.
+A mapped array of another dtype than the model's is converted into a mapped temporary file (``cast``).
 """
 
 from __future__ import annotations

@@ -121,25 +121,27 @@ def read_options(recipe: Recipe) -> data_mod.ReadOptions:
     )
 
 
-def _load_data(recipe: Recipe):
+def load_set(recipe: Recipe, name: str) -> data_mod.Dataset | None:
+    """Data set `name` ("eval", "calibration", "train") of the recipe as a run reads it (None when
+    the recipe has none): the eval rows mapped from an uncompressed .npz (mapped.py); calibration
+    and train rows keep the group attributes they have (group-aware steps use them). Driver and
+    executor tasks read it here."""
     d = recipe.data
-    options = read_options(recipe)
-    eval_data = data_mod.load(
-        recipe.resolve(d.eval), key="data.eval", label=d.label, groups=d.groups, features=d.features, options=options, stream=True,
-    )
-    calib = train = None
-    # calibration and train rows keep the group attributes they have (group-aware steps use them)
-    if d.calibration:
-        calib = data_mod.load(
-            recipe.resolve(d.calibration), key="data.calibration", label=None, groups=(), features=d.features,
-            ignore=(d.label or data_mod.DEFAULT_LABEL,), optional_groups=d.groups, options=options,
-        )
-    if d.train:
-        train = data_mod.load(
-            recipe.resolve(d.train), key="data.train", label=d.label, groups=(), features=d.features, require_labels=True,
-            optional_groups=d.groups, options=options,
-        )
-    return eval_data, calib, train
+    rel = getattr(d, name)
+    if rel is None:
+        return None
+    path, options = recipe.resolve(rel), read_options(recipe)
+    if name == "eval":
+        return data_mod.load(path, key="data.eval", label=d.label, groups=d.groups, features=d.features, options=options, stream=True)
+    if name == "calibration":
+        return data_mod.load(path, key="data.calibration", label=None, groups=(), features=d.features,
+                             ignore=(d.label or data_mod.DEFAULT_LABEL,), optional_groups=d.groups, options=options)
+    return data_mod.load(path, key="data.train", label=d.label, groups=(), features=d.features, require_labels=True,
+                         optional_groups=d.groups, options=options)
+
+
+def _load_data(recipe: Recipe):
+    return tuple(load_set(recipe, name) for name in ("eval", "calibration", "train"))
 
 
 def dataset_digest(data: data_mod.Dataset) -> str:
@@ -319,16 +321,8 @@ def _model_float_dtype(module: Any) -> np.dtype | None:
 
 def _traced_dtypes(module: Any) -> dict[str, np.dtype]:
     """Input dtypes a torch.export program was traced with, by input name; empty for a plain module."""
-    import torch
-
-    if not isinstance(module, torch.fx.GraphModule):
-        return {}
-    out = {}
-    for node in module.graph.nodes:
-        dtype = getattr(node.meta.get("val"), "dtype", None) if node.op == "placeholder" else None
-        if dtype is not None and (np_dtype := _numpy_dtype(dtype)) is not None:
-            out[str(node.target)] = np_dtype
-    return out
+    dtypes = {name: _numpy_dtype(val.dtype) for name, val in _traced_inputs(module) if getattr(val, "dtype", None) is not None}
+    return {name: d for name, d in dtypes.items() if d is not None}
 
 
 def _cast_floats(arrays: dict[str, np.ndarray], dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray]:
@@ -382,16 +376,20 @@ def _check_torch_inputs(source: ModelSource, data: data_mod.Dataset) -> dict[str
     raise DataError(f"data.eval: arrays ({shapes}) in {data.path.name} do not fit the model: {first}") from error
 
 
-def _traced_shapes(module: Any) -> dict[str, tuple[int | None, ...]]:
-    """Input shapes a torch.export program was traced with (None for a dynamic axis), by input name;
-    empty for a factory's plain module, whose shapes are only known by running it."""
+def _traced_inputs(module: Any) -> list[tuple[str, Any]]:
+    """(input name, traced example value) of a torch.export program's inputs; empty for a plain
+    module, whose inputs are only known by running it."""
     import torch
 
     if not isinstance(module, torch.fx.GraphModule):
-        return {}
-    out = {}
-    for node in module.graph.nodes:
-        shape = getattr(node.meta.get("val"), "shape", None) if node.op == "placeholder" else None
-        if shape is not None:
-            out[str(node.target)] = tuple(d if isinstance(d, int) else None for d in shape)
-    return out
+        return []
+    return [(str(n.target), n.meta["val"]) for n in module.graph.nodes if n.op == "placeholder" and n.meta.get("val") is not None]
+
+
+def _traced_shapes(module: Any) -> dict[str, tuple[int | None, ...]]:
+    """Input shapes a torch.export program was traced with (None for a dynamic axis), by input name;
+    empty for a factory's plain module, whose shapes are only known by running it."""
+    return {name: tuple(d if isinstance(d, int) else None for d in val.shape)
+            for name, val in _traced_inputs(module) if getattr(val, "shape", None) is not None}
+
+

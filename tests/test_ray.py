@@ -104,6 +104,17 @@ def test_ray_tune_gives_the_embedded_report(cluster, assets, tmp_path):
     assert_same(got, expected)
 
 
+def _assert_exits(pid: int, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"{what} {pid} still runs after Ctrl-C")
+
+
 def _pause_one_task(hook: Path, seconds: float, then) -> threading.Thread:
     """The next task attempt on the cluster sleeps `seconds`; `then(pid)` runs once it does."""
     for f in hook.iterdir():
@@ -162,15 +173,7 @@ def test_ctrl_c_cancels_the_running_tasks(cluster, assets, tmp_path):
         run(load_recipe(assets / "r.toml"), tmp_path / "out", executor=executor)
     watcher.join(5)
     assert paused and not (tmp_path / "out").exists()
-    deadline = time.monotonic() + 30  # a cancelled task's worker is stopped (force), not left sleeping
-    while time.monotonic() < deadline:
-        try:
-            os.kill(paused[0], 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail(f"the paused task's worker {paused[0]} still runs after Ctrl-C")
+    _assert_exits(paused[0], "the paused task's worker")  # a cancelled task's worker is stopped (force), not left sleeping
 
 
 def test_ctrl_c_during_a_tune_cancels_its_candidate_tasks_and_reports_what_was_built(cluster, assets, tmp_path):
@@ -191,15 +194,7 @@ def test_ctrl_c_during_a_tune_cancels_its_candidate_tasks_and_reports_what_was_b
     assert len(built) < 4  # the paused candidate never finished
     assert {c["name"] for c in report["not_tried"]} | built | {c["name"] for c in report["skipped"]} == set(TUNE_PICK)
     assert all(c["reason"] == "interrupted (Ctrl-C)" for c in report["not_tried"])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            os.kill(paused[0], 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail(f"the paused candidate's worker {paused[0]} still runs after Ctrl-C")
+    _assert_exits(paused[0], "the paused candidate's worker")
 
 
 def _closed_port() -> int:
