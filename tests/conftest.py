@@ -142,6 +142,16 @@ def bundled_out(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def digits_out(tmp_path_factory) -> Path:
+    """One run of the digits CNN recipe (`edgefair run`, no cache) for the whole session: its
+    output folder."""
+    out = tmp_path_factory.mktemp("digits") / "out"
+    result = run_cli(["run", str(REPO / "calibration_data" / "digits_cnn.toml"), "--out", str(out), "--no-cache"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
 def run_cli(args: list[str]):
     from click.testing import CliRunner
 

@@ -119,14 +119,12 @@ def test_per_group_accuracy_matches_recomputation(adult_run):
                     assert entry["flip_rate"] == pytest.approx(float(np.mean(pred[m] != base[m])), abs=1e-9)
 
 
-def test_digits_cnn_recipe_end_to_end(tmp_path):
+def test_digits_cnn_recipe_end_to_end(digits_out):
     """The CNN reference recipe on real scikit-learn digits: structured pruning shrinks the exported
-    convolutions, every digit is reported, and the gates pass."""
+    convolutions, every digit is reported, and the gates pass (exit 0: the fixture checks it)."""
     import onnx
 
-    out = tmp_path / "digits"
-    result = run_cli(["run", str(REPO / "calibration_data" / "digits_cnn.toml"), "--out", str(out), "--no-cache"])
-    assert result.exit_code == 0, result.output
+    out = digits_out
     report = json.loads((out / "report.json").read_text())
     assert {f"digit={d}" for d in range(10)} <= set(report["steps"][0]["groups"])
     pruned = next(s for s in report["steps"] if s["name"] == "pruned")
